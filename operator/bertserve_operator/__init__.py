@@ -1,0 +1,1 @@
+"""The BertServer operator: kopf handlers reconciling BertServers into Deployments and Services."""
