@@ -1,0 +1,590 @@
+"""Kubernetes objects for one BertServer, built by pure functions.
+
+Why it exists: what the operator applies must be reviewable and testable without a cluster.
+Every builder takes the parsed spec, the owner's identity and the operator-wide
+:class:`RenderOptions` as arguments and returns plain dicts: no globals, no environment, no
+clock, and nothing from the inputs is aliased into the output (mutable inputs are deep-copied),
+so the same inputs always give byte-identical objects. Golden files in ``tests/api/golden/``
+pin the result.
+
+The server's command line comes from :func:`bertserve_api.contract.to_argv`, so the operator
+can only render flags the server parses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bertserve_api import names
+from bertserve_api.contract import ServerConfig, to_argv
+from bertserve_api.spec import BertServerSpec, ModelSpec, to_dict
+
+MODEL_MOUNT = "/models"
+"""Where the model source appears in the server container (``-model_dir=/models/<pretrainedPath>``)."""
+
+AUTH_MOUNT = "/var/run/secrets/bertserve/model-auth"
+"""Where the download credentials Secret appears, in the fetch init container only."""
+
+TMP_MOUNT = "/tmp"
+PEER_PORT = 5557
+"""Port replicas forward answers on (``-peer_port``); reached through the ``<name>-peers`` Service."""
+
+RUN_AS_USER = 10001
+SERVER_CONTAINER = "bert"
+FETCH_CONTAINER = "fetch-model"
+SERVER_COMMAND = "bert-serving-start"
+FETCH_COMMAND = "bertserve-fetch"
+
+PORT_ZMQ = "zmq"
+PORT_ZMQ_OUT = "zmq-out"
+PORT_HTTP = "http"
+PORT_PEER = "peer"
+
+PROBE_PERIOD_SECONDS = 10
+"""Startup-probe period; the failure threshold is derived from ``spec.startupTimeoutSeconds``."""
+
+PROGRESS_DEADLINE_MARGIN_SECONDS = 300
+"""The Deployment's progress deadline = the model-loading budget plus this margin, so loading a
+large checkpoint is never reported as ``ProgressDeadlineExceeded``."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Operator-wide inputs of the builders (taken from the operator's settings by the caller).
+
+    ``default_image`` serves BertServers without ``spec.image``; ``cluster_domain`` completes
+    the peer Service's DNS name; ``server_log_format`` is passed as ``-log_format``.
+    """
+
+    default_image: str
+    cluster_domain: str = "cluster.local"
+    server_log_format: str = "text"
+    tmp_size_limit: str = "1Gi"
+    fetch_cpu_request: str = "100m"
+    fetch_memory_request: str = "256Mi"
+    fetch_memory_limit: str = "1Gi"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The BertServer the children belong to; ``uid`` empty means "no ownerReference" (tests)."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class Children:
+    """Everything one BertServer renders to; ``hpa``/``pdb`` are ``None`` when disabled."""
+
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+    peer_service: dict[str, Any]
+    hpa: dict[str, Any] | None
+    pdb: dict[str, Any] | None
+
+    def all(self) -> list[dict[str, Any]]:
+        """The objects to apply, Deployment first (it is what users wait for)."""
+        objs = [self.deployment, self.service, self.peer_service, self.hpa, self.pdb]
+        return [o for o in objs if o is not None]
+
+
+# --------------------------------------------------------------------------- names
+
+
+def deployment_name(owner: str) -> str:
+    return names.child_name(owner)
+
+
+def service_name(owner: str) -> str:
+    return names.child_name(owner)
+
+
+def peer_service_name(owner: str) -> str:
+    return names.child_name(owner, "peers")
+
+
+def peer_service_host(owner: Owner, cluster_domain: str) -> str:
+    """Fully qualified DNS name of the headless peer Service (resolves to every replica)."""
+    return f"{peer_service_name(owner.name)}.{owner.namespace}.svc.{cluster_domain}"
+
+
+def model_summary(model: ModelSpec) -> str:
+    """What ``kubectl get`` shows as Model: ``pretrained + tuned/ckpt`` or ``pretrained/ckpt``."""
+    if model.tuned_model_dir:
+        return f"{model.pretrained_path} + {model.tuned_model_dir}/{model.ckpt_name}"
+    return f"{model.pretrained_path}/{model.ckpt_name}"
+
+
+def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
+    """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
+    host = f"{service_name(owner.name)}.{owner.namespace}.svc"
+    ports = spec.serving.ports
+    return {
+        "zmq": f"{host}:{ports.zmq}",
+        "zmqOut": f"{host}:{ports.zmq_out}",
+        "http": f"http://{host}:{ports.http}",
+    }
+
+
+# --------------------------------------------------------------------------- server config
+
+
+def _model_path(relative: str) -> str:
+    return posixpath.normpath(posixpath.join(MODEL_MOUNT, relative))
+
+
+def drain_budget(termination_grace_period_seconds: int) -> tuple[int, float]:
+    """``(preStop sleep, server drain timeout)`` that fit inside the grace period.
+
+    The sleep lets endpoint controllers take the pod out of the Services before the server
+    stops accepting work; the drain finishes in-flight batches; a margin is left for exit.
+    """
+    tgp = termination_grace_period_seconds
+    sleep = min(5, tgp // 4)
+    margin = min(5, tgp // 4)
+    return sleep, float(max(1, tgp - sleep - margin))
+
+
+def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> ServerConfig:
+    """The ``bert-serving-start`` configuration one pod runs with."""
+    serving = spec.serving
+    gpus = spec.resources.gpus
+    _, drain = drain_budget(spec.termination_grace_period_seconds)
+    return ServerConfig(
+        model_dir=_model_path(spec.model.pretrained_path),
+        tuned_model_dir=_model_path(spec.model.tuned_model_dir) if spec.model.tuned_model_dir else None,
+        ckpt_name=spec.model.ckpt_name,
+        config_name=spec.model.config_name,
+        max_seq_len=serving.max_seq_len,
+        do_lower_case=not serving.cased_tokenization,
+        pooling_layer=serving.pooling_layer,
+        pooling_strategy=serving.pooling_strategy,
+        mask_cls_sep=serving.mask_cls_sep,
+        no_special_token=serving.no_special_token,
+        show_tokens_to_client=serving.show_tokens_to_client,
+        no_position_embeddings=serving.no_position_embeddings,
+        num_worker=spec.workers,
+        max_batch_size=serving.max_batch_size,
+        priority_batch_size=serving.priority_batch_size,
+        port=serving.ports.zmq,
+        port_out=serving.ports.zmq_out,
+        http_port=serving.ports.http,
+        http_max_connect=serving.http_max_connect,
+        cors=serving.cors,
+        fp16=serving.fp16,
+        xla=serving.xla,
+        cpu=gpus == 0,
+        gpu_memory_fraction=serving.gpu_memory_fraction,
+        # Inside the container the device plugin exposes the granted GPUs as 0..n-1.
+        device_map=tuple(range(gpus)),
+        prefetch_size=serving.prefetch_size,
+        fixed_embed_length=serving.fixed_embed_length,
+        verbose=serving.verbose,
+        max_queue_size=serving.max_queue_size,
+        max_wait_ms=serving.max_wait_ms,
+        drain_timeout=drain,
+        enable_termination=serving.enable_termination,
+        peer_service=peer_service_host(owner, options.cluster_domain),
+        peer_port=PEER_PORT,
+        log_format=options.server_log_format,
+    )
+
+
+def server_args(config: ServerConfig) -> list[str]:
+    """Container arguments: flags that differ from the defaults, plus the peer port always.
+
+    ``-peer_port`` equals its default, but the headless Service and the container port are
+    rendered from the same constant, so the argument is spelled out to keep all three visibly
+    in step when someone reads the pod.
+    """
+    args = to_argv(config)
+    if not any(a.startswith("-peer_port=") for a in args):
+        args.append(f"-peer_port={config.peer_port}")
+    return args
+
+
+def config_hash(args: list[str], model: ModelSpec) -> str:
+    """Hash of the rendered arguments and the model (source, paths, ``revision``).
+
+    Stored as a pod-template annotation: bumping ``model.revision`` changes nothing else in the
+    template, yet must roll the pods onto the new files; metadata-only edits of the BertServer
+    change neither input, so they never roll pods.
+    """
+    payload = json.dumps({"args": args, "model": to_dict(model)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _metadata(owner: Owner, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": owner.namespace, "labels": dict(labels)}
+    if owner.uid:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def _common_path(paths: list[str]) -> str:
+    """Longest common directory of relative paths ("" when they share nothing)."""
+    split = [[p for p in posixpath.normpath(path).split("/") if p not in ("", ".")] for path in paths]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return "/".join(common)
+
+
+def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model volume and the server container's (read-only) mount of it.
+
+    PVC and hostPath sources are narrowed with ``subPath`` to the deepest directory holding both
+    the pretrained and the tuned dir, so a pod sees no more of a shared model store than it
+    serves; the paths in the arguments stay ``/models/<path>`` either way.
+    """
+    source = spec.model.source
+    mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+    if source.uri is not None:
+        return {"name": "model", "emptyDir": {"sizeLimit": source.uri.size_limit}}, mount
+    paths = [spec.model.pretrained_path]
+    if spec.model.tuned_model_dir:
+        paths.append(spec.model.tuned_model_dir)
+    common = _common_path(paths)
+    if common:
+        mount["mountPath"] = f"{MODEL_MOUNT}/{common}"
+        mount["subPath"] = common
+    if source.pvc is not None:
+        mount["readOnly"] = source.pvc.read_only
+        volume = {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": source.pvc.claim_name, "readOnly": source.pvc.read_only},
+        }
+        return volume, mount
+    assert source.host_path is not None
+    host = source.host_path
+    return {"name": "model", "hostPath": {"path": host.path, "type": host.type}}, mount
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
+    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir."""
+    uri = spec.model.source.uri
+    if uri is None:
+        return None
+    command = [FETCH_COMMAND, "--url", uri.url, "--dest", MODEL_MOUNT]
+    if uri.sha256:
+        command += ["--sha256", uri.sha256]
+    mounts: list[dict[str, Any]] = [
+        {"name": "model", "mountPath": MODEL_MOUNT},
+        {"name": "tmp", "mountPath": TMP_MOUNT},
+    ]
+    if uri.secret_ref is not None:
+        command += ["--auth-dir", AUTH_MOUNT]
+        mounts.append({"name": "model-auth", "mountPath": AUTH_MOUNT, "readOnly": True})
+    return {
+        "name": FETCH_CONTAINER,
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": command,
+        "env": [{"name": "HOME", "value": TMP_MOUNT}],
+        "resources": {
+            "requests": {"cpu": options.fetch_cpu_request, "memory": options.fetch_memory_request},
+            "limits": {"memory": options.fetch_memory_limit},
+        },
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+
+
+def _resources(spec: BertServerSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    res = spec.resources
+    if res.cpu is not None:
+        requests["cpu"] = res.cpu  # no CPU limit: throttling a model server only adds latency
+    if res.memory is not None:
+        requests["memory"] = res.memory
+        limits["memory"] = res.memory
+    if res.gpus > 0:
+        requests[names.GPU_RESOURCE] = str(res.gpus)
+        limits[names.GPU_RESOURCE] = str(res.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probes(spec: BertServerSpec) -> dict[str, Any]:
+    """Startup gates on readiness (model loaded and warmed up) within the spec's budget."""
+    startup_failures = max(1, -(-spec.startup_timeout_seconds // PROBE_PERIOD_SECONDS))
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/readyz", "port": PORT_HTTP},
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "timeoutSeconds": 5,
+            "failureThreshold": startup_failures,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": PORT_HTTP},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": PORT_HTTP},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+    }
+
+
+def _tolerations(spec: BertServerSpec) -> list[dict[str, Any]]:
+    out = []
+    for t in spec.tolerations:
+        item: dict[str, Any] = {"operator": t.operator}
+        if t.key is not None:
+            item["key"] = t.key
+        if t.value is not None:
+            item["value"] = t.value
+        if t.effect is not None:
+            item["effect"] = t.effect
+        if t.toleration_seconds is not None:
+            item["tolerationSeconds"] = t.toleration_seconds
+        out.append(item)
+    return out
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tuple[dict[str, Any], list[str]]:
+    """The pod spec and the server arguments rendered into it."""
+    image = spec.image or options.default_image
+    args = server_args(server_config(owner, spec, options))
+    ports = spec.serving.ports
+    model_volume, model_mount = _model_volume(spec)
+    prestop, _ = drain_budget(spec.termination_grace_period_seconds)
+    container: dict[str, Any] = {
+        "name": SERVER_CONTAINER,
+        "image": image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": [SERVER_COMMAND],
+        "args": args,
+        "env": [{"name": "HOME", "value": TMP_MOUNT}],
+        "ports": [
+            {"name": PORT_ZMQ, "containerPort": ports.zmq, "protocol": "TCP"},
+            {"name": PORT_ZMQ_OUT, "containerPort": ports.zmq_out, "protocol": "TCP"},
+            {"name": PORT_HTTP, "containerPort": ports.http, "protocol": "TCP"},
+            {"name": PORT_PEER, "containerPort": PEER_PORT, "protocol": "TCP"},
+        ],
+        "resources": _resources(spec),
+        **_probes(spec),
+        "securityContext": _container_security(),
+        "volumeMounts": [model_mount, {"name": "tmp", "mountPath": TMP_MOUNT}],
+    }
+    if prestop > 0:
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop}}}
+    volumes: list[dict[str, Any]] = [
+        model_volume,
+        {"name": "tmp", "emptyDir": {"sizeLimit": options.tmp_size_limit}},
+    ]
+    uri = spec.model.source.uri
+    if uri is not None and uri.secret_ref is not None:
+        volumes.append(
+            {"name": "model-auth", "secret": {"secretName": uri.secret_ref.name, "defaultMode": 0o444}}
+        )
+    pod: dict[str, Any] = {
+        # The server never talks to the API server, and service links would put an env var per
+        # Service of the namespace into every pod.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    fetch = _fetch_container(spec, image, options)
+    if fetch is not None:
+        pod["initContainers"] = [fetch]
+    if spec.service_account_name:
+        pod["serviceAccountName"] = spec.service_account_name
+    if spec.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
+    if spec.node_selector:
+        pod["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod["tolerations"] = _tolerations(spec)
+    if spec.affinity:
+        pod["affinity"] = copy.deepcopy(dict(spec.affinity))
+    if spec.runtime_class_name:
+        pod["runtimeClassName"] = spec.runtime_class_name
+    if spec.priority_class_name:
+        pod["priorityClassName"] = spec.priority_class_name
+    return pod, args
+
+
+def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> dict[str, Any]:
+    """The encoder Deployment; ``replicas`` is left out while an HPA owns scaling."""
+    labels = names.common_labels(owner.name)
+    pod, args = pod_spec(owner, spec, options)
+    dep_spec: dict[str, Any] = {}
+    if not spec.autoscaling.enabled:
+        dep_spec["replicas"] = spec.replicas
+    dep_spec.update(
+        {
+            "selector": {"matchLabels": names.selector_labels(owner.name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.rollout.max_surge,
+                    "maxUnavailable": spec.rollout.max_unavailable,
+                },
+            },
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": spec.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS,
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)},
+                },
+                "spec": pod,
+            },
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(owner, deployment_name(owner.name), labels),
+        "spec": dep_spec,
+    }
+
+
+def service(owner: Owner, spec: BertServerSpec) -> dict[str, Any]:
+    """ClusterIP Service clients connect to (requests on zmq, answers on zmq-out, HTTP)."""
+    ports = spec.serving.ports
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, service_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": names.selector_labels(owner.name),
+            "ports": [
+                {"name": PORT_ZMQ, "port": ports.zmq, "targetPort": PORT_ZMQ, "protocol": "TCP"},
+                {"name": PORT_ZMQ_OUT, "port": ports.zmq_out, "targetPort": PORT_ZMQ_OUT, "protocol": "TCP"},
+                {"name": PORT_HTTP, "port": ports.http, "targetPort": PORT_HTTP, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def peer_service(owner: Owner) -> dict[str, Any]:
+    """Headless Service listing every replica, ready or not, for answer routing between pods.
+
+    A client's request (PUSH, load-balanced) and its answer subscription (SUB, pinned to one
+    pod) may land on different replicas; the replica that encoded the request forwards the
+    answer to its peers over this Service. Not-ready pods are published so that a replica
+    that is still warming up can already be reached by its peers.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(owner, peer_service_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": names.selector_labels(owner.name),
+            "ports": [{"name": PORT_PEER, "port": PEER_PORT, "targetPort": PORT_PEER, "protocol": "TCP"}],
+        },
+    }
+
+
+def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """autoscaling/v2 HPA on the Deployment (CPU utilisation), or ``None`` when disabled."""
+    auto = spec.autoscaling
+    if not auto.enabled:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(owner, deployment_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": deployment_name(owner.name),
+            },
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": auto.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """policy/v1 PodDisruptionBudget limiting voluntary evictions, or ``None`` when disabled."""
+    if not spec.disruption_budget.enabled:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, deployment_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "selector": {"matchLabels": names.selector_labels(owner.name)},
+        },
+    }
+
+
+def render(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> Children:
+    """Every child object of one BertServer."""
+    return Children(
+        deployment=deployment(owner, spec, options),
+        service=service(owner, spec),
+        peer_service=peer_service(owner),
+        hpa=hpa(owner, spec),
+        pdb=pdb(owner, spec),
+    )

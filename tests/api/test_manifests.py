@@ -1,0 +1,329 @@
+"""Manifest builders: golden files per example, plus the rules the goldens are meant to show.
+
+Regenerate the goldens after an intended change with ``BERTSERVE_UPDATE_GOLDEN=1 pytest
+tests/api/test_manifests.py`` and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+from typing import Any
+
+import pytest
+import yaml
+
+from bertserve_api import manifests, names
+from bertserve_api.contract import parse_argv
+from bertserve_api.manifests import Owner, RenderOptions, render
+from bertserve_api.spec import parse_spec
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+EXAMPLES = sorted((ROOT / "crds" / "examples").glob("*.yaml"))
+OPTIONS = RenderOptions(default_image="registry.example.com/bertserve-server:0.1.0")
+OWNER = Owner("mrpc", "ml", "0f4e3c2a-1111-2222-3333-444455556666")
+
+MRPC: dict[str, Any] = {
+    "model": {
+        "source": {"pvc": {"claimName": "bert-models"}},
+        "pretrainedPath": "uncased_L-12_H-768_A-12",
+        "tunedModelDir": "mrpc_output",
+        "ckptName": "model.ckpt-343",
+    },
+    "resources": {"gpus": 1, "memory": "8Gi"},
+}
+
+# Cases beyond the shipped examples, each showing one feature in its golden file.
+EXTRA_CASES: dict[str, dict[str, Any]] = {
+    "hostpath-subpath-autoscaling-pdb": {
+        "model": {
+            "source": {"hostPath": {"path": "/data/bert"}},
+            "pretrainedPath": "google/uncased_L-12_H-768_A-12",
+            "tunedModelDir": "google/mrpc_output",
+            "ckptName": "model.ckpt-343",
+            "revision": "7",
+        },
+        "resources": {"gpus": 2, "cpu": "4", "memory": "16Gi"},
+        "serving": {"maxSeqLen": None, "poolingStrategy": "CLS_TOKEN", "fp16": True},
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+        "disruptionBudget": {"enabled": True},
+        "rollout": {"maxSurge": 1, "maxUnavailable": 0},
+        "image": "my/bert:gpu",
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccountName": "bert-sa",
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "inference",
+        "affinity": {
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "mrpc"}},
+                        },
+                    }
+                ]
+            }
+        },
+        "startupTimeoutSeconds": 1800,
+        "terminationGracePeriodSeconds": 120,
+    },
+}
+
+
+def _cases() -> dict[str, tuple[Owner, dict[str, Any]]]:
+    cases = {}
+    for path in EXAMPLES:
+        obj = yaml.safe_load(path.read_text())
+        owner = Owner(obj["metadata"]["name"], "ml", OWNER.uid)
+        cases[path.stem] = (owner, obj["spec"])
+    for name, spec in EXTRA_CASES.items():
+        cases[name] = (OWNER, spec)
+    return cases
+
+
+CASES = _cases()
+
+
+def _render_yaml(owner: Owner, raw: dict[str, Any]) -> str:
+    children = render(owner, parse_spec(raw), OPTIONS)
+    return yaml.safe_dump_all(children.all(), sort_keys=False, width=120)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_children_match_golden_file(case: str) -> None:
+    owner, raw = CASES[case]
+    text = _render_yaml(owner, raw)
+    golden = GOLDEN / f"{case}.yaml"
+    if os.environ.get("BERTSERVE_UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"missing {golden}; run with BERTSERVE_UPDATE_GOLDEN=1"
+    assert text == golden.read_text(), f"{golden.name} differs; if intended, regenerate and review"
+
+
+def _deployment(raw: dict[str, Any], owner: Owner = OWNER) -> dict[str, Any]:
+    return manifests.deployment(owner, parse_spec(raw), OPTIONS)
+
+
+def _container(dep: dict[str, Any]) -> dict[str, Any]:
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_seed_paths_map_to_model_dir_tuned_model_dir_and_ckpt_name() -> None:
+    args = _container(_deployment(MRPC))["args"]
+    assert args[:3] == [
+        "-model_dir=/models/uncased_L-12_H-768_A-12",
+        "-tuned_model_dir=/models/mrpc_output",
+        "-ckpt_name=model.ckpt-343",
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_args_are_what_the_server_parser_accepts(case: str) -> None:
+    owner, raw = CASES[case]
+    spec = parse_spec(raw)
+    container = _container(manifests.deployment(owner, spec, OPTIONS))
+    assert container["command"] == ["bert-serving-start"]
+    parsed = parse_argv(container["args"])
+    assert parsed == manifests.server_config(owner, spec, OPTIONS)
+    assert parsed.http_port == spec.serving.ports.http
+    assert parsed.peer_service == f"{owner.name}-peers.ml.svc.cluster.local"
+    assert "-peer_port=5557" in container["args"]
+
+
+def test_gpus_become_a_gpu_limit_and_a_device_map() -> None:
+    container = _container(_deployment({**MRPC, "resources": {"gpus": 2}}))
+    assert container["resources"]["limits"][names.GPU_RESOURCE] == "2"
+    assert container["resources"]["requests"][names.GPU_RESOURCE] == "2"
+    cfg = parse_argv(container["args"])
+    assert (cfg.cpu, cfg.device_map, cfg.num_worker) == (False, (0, 1), 2)
+
+
+def test_zero_gpus_runs_on_cpu_without_requesting_a_gpu() -> None:
+    container = _container(_deployment({**MRPC, "resources": {"gpus": 0, "cpu": "2"}}))
+    assert "-cpu" in container["args"]
+    assert names.GPU_RESOURCE not in str(container["resources"])
+    assert container["resources"] == {"requests": {"cpu": "2"}}
+
+
+def test_pod_is_non_root_with_read_only_root_and_a_writable_tmp() -> None:
+    dep = _deployment(MRPC)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    sc = _container(dep)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in _container(dep)["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+
+
+def test_pvc_is_mounted_read_only_and_narrowed_to_the_common_directory() -> None:
+    raw = copy.deepcopy(MRPC)
+    raw["model"]["pretrainedPath"] = "bert/base"
+    raw["model"]["tunedModelDir"] = "bert/runs/mrpc"
+    container = _container(_deployment(raw))
+    mount = container["volumeMounts"][0]
+    assert mount == {"name": "model", "mountPath": "/models/bert", "readOnly": True, "subPath": "bert"}
+    assert "-model_dir=/models/bert/base" in container["args"]
+    assert "-tuned_model_dir=/models/bert/runs/mrpc" in container["args"]
+
+
+def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret() -> None:
+    owner, raw = CASES["uri-source"]
+    pod = manifests.deployment(owner, parse_spec(raw), OPTIONS)["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == _container({"spec": {"template": {"spec": pod}}})["image"]
+    assert init["command"][:5] == [
+        "bertserve-fetch",
+        "--url",
+        raw["model"]["source"]["uri"]["url"],
+        "--dest",
+        "/models",
+    ]
+    assert init["command"][5:] == [
+        "--sha256",
+        raw["model"]["source"]["uri"]["sha256"],
+        "--auth-dir",
+        manifests.AUTH_MOUNT,
+    ]
+    assert {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+    assert any(m["name"] == "model-auth" for m in init["volumeMounts"])
+    server = pod["containers"][0]
+    assert all(m["name"] != "model-auth" for m in server["volumeMounts"])
+    assert {"name": "model", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+
+
+def test_probes_give_model_loading_the_startup_budget() -> None:
+    container = _container(_deployment({**MRPC, "startupTimeoutSeconds": 1205}))
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1205
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    dep = _deployment({**MRPC, "startupTimeoutSeconds": 1205})
+    assert dep["spec"]["progressDeadlineSeconds"] > 1205
+
+
+def test_drain_fits_inside_the_termination_grace_period() -> None:
+    dep = _deployment({**MRPC, "terminationGracePeriodSeconds": 40})
+    pod = dep["spec"]["template"]["spec"]
+    container = _container(dep)
+    sleep = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = parse_argv(container["args"]).drain_timeout
+    assert pod["terminationGracePeriodSeconds"] == 40
+    assert sleep > 0 and sleep + drain < 40
+
+
+def test_rollout_defaults_to_no_surge_because_gpus_are_scarce() -> None:
+    assert _deployment(MRPC)["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+
+
+def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
+    raw = {**MRPC, "replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5}}
+    children = render(OWNER, parse_spec(raw), OPTIONS)
+    assert "replicas" not in children.deployment["spec"]
+    assert children.hpa is not None
+    assert children.hpa["spec"]["scaleTargetRef"]["name"] == children.deployment["metadata"]["name"]
+    assert (children.hpa["spec"]["minReplicas"], children.hpa["spec"]["maxReplicas"]) == (1, 5)
+    plain = render(OWNER, parse_spec({**MRPC, "replicas": 3}), OPTIONS)
+    assert plain.deployment["spec"]["replicas"] == 3 and plain.hpa is None and plain.pdb is None
+
+
+def test_config_hash_rolls_pods_on_effective_changes_only() -> None:
+    def hash_of(raw: dict[str, Any], owner: Owner = OWNER) -> str:
+        ann = _deployment(raw, owner)["spec"]["template"]["metadata"]["annotations"]
+        return str(ann[names.ANNOTATION_CONFIG_HASH])
+
+    base = hash_of(MRPC)
+    assert hash_of(copy.deepcopy(MRPC)) == base  # deterministic
+    assert hash_of(MRPC, Owner("mrpc", "ml", "another-uid")) == base  # identity is not config
+    bumped = copy.deepcopy(MRPC)
+    bumped["model"]["revision"] = "2"
+    assert hash_of(bumped) != base
+    assert hash_of({**MRPC, "serving": {"maxSeqLen": 64}}) != base
+    assert hash_of({**MRPC, "replicas": 4}) == base  # scaling is not a new template
+
+
+def test_revision_bump_changes_only_the_hash_annotation() -> None:
+    bumped = copy.deepcopy(MRPC)
+    bumped["model"]["revision"] = "2"
+    a, b = _deployment(MRPC), _deployment(bumped)
+    a["spec"]["template"]["metadata"]["annotations"].clear()
+    b["spec"]["template"]["metadata"]["annotations"].clear()
+    assert a == b
+
+
+def test_services_expose_named_ports_and_a_headless_peer_service() -> None:
+    children = render(OWNER, parse_spec(MRPC), OPTIONS)
+    svc = children.service
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [
+        ("zmq", 5555),
+        ("zmq-out", 5556),
+        ("http", 8125),
+    ]
+    peers = children.peer_service
+    assert peers["metadata"]["name"] == "mrpc-peers"
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is True
+    assert peers["spec"]["ports"] == [{"name": "peer", "port": 5557, "targetPort": "peer", "protocol": "TCP"}]
+    assert svc["spec"]["selector"] == peers["spec"]["selector"] == names.selector_labels("mrpc")
+
+
+def test_children_are_owned_by_the_bertserver_with_fixed_names() -> None:
+    for obj in render(OWNER, parse_spec(EXTRA_CASES["hostpath-subpath-autoscaling-pdb"]), OPTIONS).all():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {
+            "apiVersion": "bertserve.io/v1alpha1",
+            "kind": "BertServer",
+            "name": "mrpc",
+            "uid": OWNER.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert obj["metadata"]["namespace"] == "ml"
+        assert obj["metadata"]["name"] in ("mrpc", "mrpc-peers")
+
+
+def test_long_owner_names_give_valid_child_names() -> None:
+    long = Owner("a" * 120, "ml", "u")
+    for obj in render(long, parse_spec(MRPC), OPTIONS).all():
+        assert names.is_dns_label(obj["metadata"]["name"]), obj["metadata"]["name"]
+        for value in obj["metadata"]["labels"].values():
+            assert len(value) <= 63
+
+
+def test_builders_do_not_alias_or_mutate_their_inputs() -> None:
+    raw = copy.deepcopy(EXTRA_CASES["hostpath-subpath-autoscaling-pdb"])
+    spec = parse_spec(raw)
+    before = copy.deepcopy(spec)
+    first = render(OWNER, spec, OPTIONS)
+    first.deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"].clear()
+    first.deployment["spec"]["template"]["spec"]["nodeSelector"] = {"x": "y"}
+    assert spec == before
+    assert render(OWNER, spec, OPTIONS) == render(OWNER, parse_spec(raw), OPTIONS)
+
+
+def test_default_image_comes_from_the_options_and_spec_image_wins() -> None:
+    assert _container(_deployment(MRPC))["image"] == OPTIONS.default_image
+    assert _container(_deployment({**MRPC, "image": "mine:1"}))["image"] == "mine:1"
+
+
+def test_status_helpers_name_the_model_and_endpoints() -> None:
+    spec = parse_spec(MRPC)
+    assert manifests.model_summary(spec.model) == "uncased_L-12_H-768_A-12 + mrpc_output/model.ckpt-343"
+    assert manifests.endpoints(OWNER, spec) == {
+        "zmq": "mrpc.ml.svc:5555",
+        "zmqOut": "mrpc.ml.svc:5556",
+        "http": "http://mrpc.ml.svc:8125",
+    }
