@@ -1,0 +1,352 @@
+"""The bounded queue between frontends and devices: admission, batching, reassembly.
+
+Why it exists: bert-as-service 1.10.0 ran every request (or 256-sentence chunk of one) as its own
+device batch and queued without limit (reference §5.3). Here requests from any client and any
+frontend meet in one queue, counted in *sentences*:
+
+* **Admission** (:meth:`Batcher.reserve`): a request that would push the queue above
+  ``-max_queue_size`` sentences is refused at once with :class:`~bertserve_server.errors.Busy`
+  (one larger than the whole queue with ``RequestTooLarge``); after :meth:`Batcher.close` new
+  requests get ``ShuttingDown``. Nothing grows without bound.
+* **Batching** (:meth:`Batcher.next_batch`, called by each worker): rows of different requests
+  are merged into one device batch of at most ``-max_batch_size`` sentences. The oldest request
+  leads, small requests (``<= -priority_batch_size`` sentences) get a head start of
+  :data:`PRIORITY_HEAD_START_S`, so they overtake big ones without starving them. Rows are
+  grouped by token length: a row joins a batch only while padding stays under half the batch's
+  token positions (short sequences always join: per-call overhead dominates there). A partial
+  batch waits at most ``-max_wait_ms`` for company.
+* **Reassembly** (:meth:`Batcher.complete`): each row's vector is written back at its original
+  index, so a request split over several batches, or merged with others, comes back in request
+  order; the request's future resolves when its last row is done.
+
+Every wait has a timeout and every loop checks a stop flag, so shutdown never hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bertserve_server.encoder import Batch, TokenizedInput, pad_batch
+from bertserve_server.errors import Busy, EncodeFailed, RequestTooLarge, ServeError, ShuttingDown
+from bertserve_server.metrics import Metrics
+
+#: Seconds by which a small request (``<= -priority_batch_size`` sentences) is treated as older
+#: than it is. Small requests overtake big ones queued up to this long before them; a big request
+#: waiting longer than this is served first again, so nothing starves.
+PRIORITY_HEAD_START_S = 1.0
+#: A row joins a batch only if real tokens stay at least this fraction of the padded positions…
+MIN_PADDING_EFFICIENCY = 0.5
+#: …unless the batch's padded length stays at or below this many tokens.
+SHORT_SEQUENCE = 32
+#: Rows examined per batch when looking for company for the leading request.
+MAX_SCAN_FACTOR = 4
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Queue capacity held for one request; :attr:`future` resolves to its embeddings."""
+
+    size: int
+    future: Future[np.ndarray] = field(default_factory=Future)
+    reserved_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Pending:
+    reservation: Reservation
+    items: list[TokenizedInput]
+    lengths: list[int]
+    key: float
+    arrival: float
+    output: np.ndarray
+    rows: list[int]  # row indices not yet batched, ascending by length
+    remaining: int
+    started: bool = False
+    done: bool = False
+
+
+@dataclass(eq=False)
+class DeviceBatch:
+    """One padded batch for a worker, and where each of its rows belongs."""
+
+    batch: Batch
+    parts: list[tuple[_Pending, list[int]]]
+    formed_at: float
+
+    @property
+    def size(self) -> int:
+        return self.batch.size
+
+
+class Batcher:
+    """Thread-safe; frontends call :meth:`reserve`/:meth:`enqueue`, workers :meth:`next_batch`."""
+
+    def __init__(
+        self,
+        *,
+        width: int = 0,
+        dtype: str = "float32",
+        max_batch_size: int = 256,
+        priority_batch_size: int = 16,
+        max_queue_size: int = 10000,
+        max_wait_ms: float = 2.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch_size < 1 or max_queue_size < 1:
+            raise ValueError("max_batch_size and max_queue_size must be >= 1")
+        self.width = width
+        self.dtype = np.dtype(dtype)
+        self.max_batch_size = max_batch_size
+        self.priority_batch_size = priority_batch_size
+        self.max_queue_size = max_queue_size
+        self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []  # requests with unbatched rows
+        self._depth = 0  # sentences reserved and not yet answered
+        self._closed = False
+        self._stopped = False
+
+    def set_output(self, width: int, dtype: str) -> None:
+        """The encoder's vector width and dtype, known once the model is loaded."""
+        self.width = width
+        self.dtype = np.dtype(dtype)
+
+    # -- admission -------------------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Sentences accepted and not yet answered."""
+        with self._cond:
+            return self._depth
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def reserve(self, size: int) -> Reservation:
+        """Hold room for ``size`` sentences, or raise ``Busy``/``RequestTooLarge``/``ShuttingDown``."""
+        if size > self.max_queue_size:
+            raise RequestTooLarge(
+                f"request of {size} sentences exceeds the server's queue of {self.max_queue_size} "
+                "(-max_queue_size); split it into smaller requests"
+            )
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown("server is shutting down; send the request to another replica")
+            if self._depth + size > self.max_queue_size:
+                raise Busy(
+                    f"server busy: {self._depth} sentences queued, room for "
+                    f"{self.max_queue_size - self._depth} (-max_queue_size={self.max_queue_size}); "
+                    "retry later"
+                )
+            self._depth += size
+            self.metrics.queue_depth.set(self._depth)
+        return Reservation(size)
+
+    def cancel(self, reservation: Reservation, error: ServeError) -> None:
+        """Give back a reservation that will not be enqueued, failing its future with ``error``."""
+        self._release(reservation.size)
+        if not reservation.future.done():
+            reservation.future.set_exception(error)
+
+    def enqueue(
+        self, reservation: Reservation, items: list[TokenizedInput], out_seq_len: int | None = None
+    ) -> None:
+        """Queue tokenized rows. ``out_seq_len`` is ``T`` of a ``[n, T, D]`` answer (NONE pooling)."""
+        if len(items) != reservation.size:
+            raise ValueError(f"reserved {reservation.size} rows, got {len(items)}")
+        if not items:
+            raise ValueError("nothing to enqueue")
+        lengths = [len(item) for item in items]
+        shape: tuple[int, ...] = (len(items), self.width)
+        if out_seq_len is not None:
+            shape = (len(items), out_seq_len, self.width)
+        now = self._clock()
+        small = len(items) <= self.priority_batch_size
+        pending = _Pending(
+            reservation=reservation,
+            items=items,
+            lengths=lengths,
+            key=now - (PRIORITY_HEAD_START_S if small else 0.0),
+            arrival=now,
+            output=np.zeros(shape, dtype=self.dtype),
+            rows=sorted(range(len(items)), key=lengths.__getitem__),
+            remaining=len(items),
+        )
+        with self._cond:
+            if self._stopped:
+                self._release_locked(reservation.size)
+                error = ShuttingDown("server stopped before the request could run")
+                reservation.future.set_exception(error)
+                return
+            self._pending.append(pending)
+            self._cond.notify()
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def next_batch(self, timeout: float = 0.1) -> DeviceBatch | None:
+        """The next device batch, or None after ``timeout`` seconds without one (or once stopped)."""
+        with self._cond:
+            deadline = self._clock() + timeout
+            while not self._stopped:
+                now = self._clock()
+                if self._pending:
+                    ready_at = min(p.arrival for p in self._pending) + self.max_wait_s
+                    queued = sum(len(p.rows) for p in self._pending)
+                    if queued >= self.max_batch_size or now >= ready_at or self._closed:
+                        return self._form_batch_locked(now)
+                    wake = min(deadline, ready_at)
+                else:
+                    wake = deadline
+                if now >= deadline:
+                    return None
+                self._cond.wait(max(0.0, wake - now))
+            return None
+
+    def _form_batch_locked(self, now: float) -> DeviceBatch:
+        order = sorted(self._pending, key=lambda p: p.key)
+        head = order[0]
+        parts: list[tuple[_Pending, list[int]]] = []
+        taken = head.rows[: self.max_batch_size]
+        head.rows = head.rows[len(taken) :]
+        parts.append((head, taken))
+        count = len(taken)
+        longest = max(head.lengths[i] for i in taken)
+        real = sum(head.lengths[i] for i in taken)
+        scanned = 0
+        budget = MAX_SCAN_FACTOR * self.max_batch_size
+        for other in order[1:]:
+            if count >= self.max_batch_size or scanned >= budget:
+                break
+            chosen: list[int] = []
+            keep: list[int] = []
+            for row in other.rows:
+                scanned += 1
+                length = other.lengths[row]
+                padded = max(longest, length)
+                fits = count < self.max_batch_size and scanned <= budget
+                efficient = padded <= SHORT_SEQUENCE or (real + length) >= MIN_PADDING_EFFICIENCY * padded * (
+                    count + 1
+                )
+                if fits and efficient:
+                    chosen.append(row)
+                    count += 1
+                    real += length
+                    longest = padded
+                else:
+                    keep.append(row)
+            if chosen:
+                other.rows = keep
+                parts.append((other, chosen))
+        self._pending = [p for p in self._pending if p.rows]
+        items = [p.items[i] for p, rows in parts for i in rows]
+        batch = pad_batch(items, longest)
+        for pending, _ in parts:
+            if not pending.started:
+                pending.started = True
+                self.metrics.queue_seconds.observe(max(0.0, now - pending.arrival))
+        self.metrics.batch_size.observe(len(items))
+        self.metrics.batch_padding.observe(1.0 - real / float(len(items) * longest))
+        return DeviceBatch(batch=batch, parts=parts, formed_at=now)
+
+    def complete(self, device_batch: DeviceBatch, embeddings: np.ndarray) -> None:
+        """Write a batch's vectors back into their requests; resolve requests that are whole."""
+        if embeddings.shape[0] != device_batch.size:
+            self.fail(
+                device_batch,
+                EncodeFailed(
+                    f"encoder returned {embeddings.shape[0]} rows for a batch of {device_batch.size}"
+                ),
+            )
+            return
+        finished: list[_Pending] = []
+        offset = 0
+        for pending, rows in device_batch.parts:
+            chunk = embeddings[offset : offset + len(rows)]
+            offset += len(rows)
+            if pending.done:
+                continue
+            index = np.asarray(rows)
+            if pending.output.ndim == 3:
+                seq = min(pending.output.shape[1], chunk.shape[1])
+                pending.output[index, :seq] = chunk[:, :seq]
+            else:
+                pending.output[index] = chunk
+            with self._cond:
+                pending.remaining -= len(rows)
+                if pending.remaining == 0 and not pending.done:
+                    pending.done = True
+                    self._release_locked(pending.reservation.size)
+                    finished.append(pending)
+        for pending in finished:
+            if not pending.reservation.future.done():
+                pending.reservation.future.set_result(pending.output)
+
+    def fail(self, device_batch: DeviceBatch, error: ServeError) -> None:
+        """Fail every request that has rows in ``device_batch`` (their other rows are dropped)."""
+        self._fail_requests([p for p, _ in device_batch.parts], error)
+
+    def _fail_requests(self, requests: list[_Pending], error: ServeError) -> None:
+        failed: list[_Pending] = []
+        with self._cond:
+            for pending in requests:
+                if pending.done:
+                    continue
+                pending.done = True
+                pending.rows = []
+                self._release_locked(pending.reservation.size)
+                failed.append(pending)
+            self._pending = [p for p in self._pending if p.rows]
+        for pending in failed:
+            if not pending.reservation.future.done():
+                pending.reservation.future.set_exception(error)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse new requests (``ShuttingDown``); queued ones still run. Batches stop waiting."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every accepted request is answered; False if ``timeout`` passed first."""
+        deadline = self._clock() + timeout
+        with self._cond:
+            while self._depth > 0:
+                left = deadline - self._clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+            return True
+
+    def stop(self) -> None:
+        """Stop handing out batches and fail whatever is still queued with ``ShuttingDown``."""
+        with self._cond:
+            self._closed = True
+            self._stopped = True
+            leftovers = list(self._pending)
+            self._cond.notify_all()
+        self._fail_requests(leftovers, ShuttingDown("server stopped before the request could run"))
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def _release(self, size: int) -> None:
+        with self._cond:
+            self._release_locked(size)
+
+    def _release_locked(self, size: int) -> None:
+        self._depth -= size
+        self.metrics.queue_depth.set(self._depth)
+        self._cond.notify_all()

@@ -1,0 +1,110 @@
+"""Checks on what a client sent, before anything is queued: clear errors instead of hangs.
+
+Why it exists: bert-as-service 1.10.0 trusted the server side of the wire. An empty string made
+the sink wait forever for a row that never came, an empty list or a number in the list killed a
+worker, malformed JSON in a big request killed the ventilator (reference §3.8). Both frontends
+run every request through :func:`parse_json_payload` (ZeroMQ) and :func:`validate_texts` (both),
+which raise :class:`~bertserve_server.errors.InvalidInput` with a message naming the offending
+element, so the request is answered with an error and nothing downstream sees bad input.
+
+The rules match what the 1.10.0 client itself refuses (``_check_input_lst_str``): a non-empty
+list of non-blank strings, or (pre-tokenized) a non-empty list of non-empty lists of non-blank
+strings.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bertserve_server.errors import InvalidInput, RequestTooLarge
+
+#: Largest request body either frontend parses (bytes). Checked before JSON decoding, so a huge
+#: payload costs a length comparison, not a parse.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_payload_size(size: int, limit: int = MAX_PAYLOAD_BYTES) -> None:
+    if size > limit:
+        raise RequestTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes; split it")
+
+
+def parse_json_payload(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
+    """Decode a ZeroMQ message frame: strict UTF-8, then JSON (any spelling, reference §3)."""
+    check_payload_size(len(payload), limit)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"request is not valid UTF-8 (byte {exc.start}: {payload[exc.start : exc.start + 4]!r}); "
+            "send a JSON array of strings encoded as UTF-8"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"request is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "send a JSON array of strings"
+        ) from None
+
+
+def _check_string(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a string, got {_type_name(value)} {_describe(value)}")
+    if not value.strip():
+        raise InvalidInput(f"{where} must be a non-empty string, got {_describe(value)}")
+
+
+def validate_texts(texts: Any, is_tokenized: bool | None = None) -> tuple[list[Any], bool]:
+    """Return ``(texts, is_tokenized)`` or raise :class:`InvalidInput`.
+
+    ``is_tokenized=None`` infers it as 1.10.0 does: pre-tokenized iff every element is a list
+    (the ZeroMQ protocol does not send the flag). An explicit flag (HTTP) must match the data.
+    """
+    if not isinstance(texts, list):
+        raise InvalidInput(
+            "texts must be a JSON array of strings (or of token arrays), "
+            f"got {_type_name(texts)} {_describe(texts)}"
+        )
+    if not texts:
+        raise InvalidInput("texts must be a non-empty array; got an empty array")
+    tokenized = all(isinstance(t, list) for t in texts)
+    if is_tokenized is not None and bool(is_tokenized) != tokenized:
+        if is_tokenized:
+            first = next(i for i, t in enumerate(texts) if not isinstance(t, list))
+            raise InvalidInput(
+                f"is_tokenized is true, so every element must be an array of tokens, "
+                f"but element {first} is {_type_name(texts[first])} {_describe(texts[first])}"
+            )
+        first = next(i for i, t in enumerate(texts) if isinstance(t, list))
+        raise InvalidInput(
+            f"element {first} is an array of tokens; set is_tokenized to true, or send strings only"
+        )
+    if tokenized:
+        for i, tokens in enumerate(texts):
+            if not tokens:
+                raise InvalidInput(f"element {i} must be a non-empty array of tokens; got an empty array")
+            for j, token in enumerate(tokens):
+                _check_string(token, f"token {j} of element {i}")
+    else:
+        for i, text in enumerate(texts):
+            if isinstance(text, list):
+                raise InvalidInput(
+                    f"element {i} is an array but other elements are strings; "
+                    "send all strings, or all token arrays (pre-tokenized)"
+                )
+            _check_string(text, f"element {i}")
+    return texts, tokenized
