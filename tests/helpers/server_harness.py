@@ -1,0 +1,183 @@
+"""Start real ``BertServer`` instances in-process for protocol tests, fast and on 127.0.0.1 only.
+
+The model is the numpy ``FakeEncoder`` (no TensorFlow); the tokenizer is the project's WordPiece
+tokenizer over the tiny synthetic vocabulary when it is importable, else a whitespace stand-in
+with the same ``[CLS] a [SEP] (b [SEP])`` layout. Ports are picked free by the OS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from bertserve_api.contract import ServerConfig
+from bertserve_server.app import BertServer
+from bertserve_server.encoder import TokenizedInput
+from bertserve_server.fake_encoder import FakeEncoder
+from bertserve_server.model.config import BertConfig
+from bertserve_server.model.synthetic import DEFAULT_VOCAB, write_vocab
+
+MAX_POSITIONS = 64
+CLIENT_TIMEOUT_MS = 15000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_model_dir(directory: Path, *, max_position_embeddings: int = MAX_POSITIONS, layers: int = 2) -> Path:
+    """``bert_config.json`` and ``vocab.txt`` (no checkpoint: the fake encoder needs none)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_vocab(directory / "vocab.txt", DEFAULT_VOCAB)
+    BertConfig(
+        vocab_size=len(DEFAULT_VOCAB),
+        hidden_size=8,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=max_position_embeddings,
+    ).write(directory / "bert_config.json")
+    return directory
+
+
+class WhitespaceTokenizer:
+    """Whitespace split, ids from a hash; ``[CLS] a [SEP] (b [SEP])`` with 1.10.0's truncation."""
+
+    def __init__(self, config: ServerConfig, max_position_embeddings: int) -> None:
+        self.config = config
+        self.limit = config.max_seq_len or max_position_embeddings
+
+    @staticmethod
+    def _id(token: str) -> int:
+        return 5 + zlib.crc32(token.encode("utf-8")) % 100
+
+    def tokenize(self, texts: Sequence[Any], is_tokenized: bool) -> list[TokenizedInput]:
+        return [self._one(t, is_tokenized) for t in texts]
+
+    def _one(self, text: Any, is_tokenized: bool) -> TokenizedInput:
+        if is_tokenized:
+            words = list(text)
+            if "|||" in words:
+                cut = words.index("|||")
+                a, b = words[:cut], words[cut + 1 :]
+            else:
+                a, b = words, None
+        else:
+            parts = text.split(" ||| ", 1)
+            a = parts[0].lower().split()
+            b = parts[1].lower().split() if len(parts) == 2 else None
+        if b is None and is_tokenized and self.config.no_special_token:
+            tokens = a[: self.limit]
+            types = [0] * len(tokens)
+            mask = [1] * len(tokens)
+        elif b is None:
+            a = a[: self.limit - 2]
+            tokens = ["[CLS]", *a, "[SEP]"]
+            types = [0] * len(tokens)
+            special = int(not self.config.mask_cls_sep)
+            mask = [special] + [1] * len(a) + [special]
+        else:
+            while len(a) + len(b) > self.limit - 3:
+                (a if len(a) > len(b) else b).pop()
+            tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
+            types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+            special = int(not self.config.mask_cls_sep)
+            mask = [special] + [1] * len(a) + [special] + [1] * len(b) + [special]
+        ids = tuple(self._id(t) for t in tokens)
+        return TokenizedInput(ids, tuple(types), tuple(mask), tuple(tokens))
+
+
+def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
+    base: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "bind_host": "127.0.0.1",
+        "port": free_port(),
+        "port_out": free_port(),
+        "cpu": True,
+        "drain_timeout": 5.0,
+    }
+    base.update(flags)
+    if base.get("http_port") == 0:
+        base["http_port"] = free_port()
+    return ServerConfig(**base)
+
+
+def fake_encoder_for(config: ServerConfig, **kw: Any) -> FakeEncoder:
+    return FakeEncoder(
+        pooling_strategy=config.pooling_strategy.name,
+        pooling_layer=config.pooling_layer,
+        fp16=config.fp16,
+        max_position_embeddings=MAX_POSITIONS,
+        **kw,
+    )
+
+
+@contextlib.contextmanager
+def fake_server(
+    tmp_path: Path, *, encoder: FakeEncoder | None = None, start: bool = True, **flags: Any
+) -> Iterator[BertServer]:
+    """A started server on free 127.0.0.1 ports, shut down (drained) on exit."""
+    model_dir = write_model_dir(tmp_path / "model")
+    config = make_config(model_dir, **flags)
+    enc = encoder or fake_encoder_for(config)
+    server = BertServer(
+        config,
+        encoder_factory=lambda device: enc,
+        tokenizer=WhitespaceTokenizer(config, MAX_POSITIONS),
+        gpu_ids=[],
+    )
+    if start:
+        server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown(drain_timeout=2.0)
+
+
+def client_for(server: BertServer, **kw: Any) -> Any:
+    from bert_serving.client import BertClient
+
+    kw.setdefault("timeout", CLIENT_TIMEOUT_MS)
+    return BertClient(ip="127.0.0.1", port=server.config.port, port_out=server.config.port_out, **kw)
+
+
+class RawClient:
+    """A bare PUSH/SUB pair speaking the 1.10.0 frames, for sending what the real client never would."""
+
+    def __init__(self, server: BertServer, identity: bytes = b"raw-client") -> None:
+        self.identity = identity
+        self.context = zmq.Context()
+        self.push = self.context.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(f"tcp://127.0.0.1:{server.config.port}")
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, identity)
+        self.sub.connect(f"tcp://127.0.0.1:{server.config.port_out}")
+
+    def send(self, *frames: bytes) -> None:
+        self.push.send_multipart(list(frames))
+
+    def recv(self, timeout_ms: int = 5000) -> list[bytes] | None:
+        if self.sub.poll(timeout_ms):
+            return list(self.sub.recv_multipart())
+        return None
+
+    def close(self) -> None:
+        self.push.close()
+        self.sub.close()
+        self.context.term()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
