@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from bertserve_api.contract import ServerConfig
+from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.app import BertServer
 from bertserve_server.encoder import TokenizedInput
 from bertserve_server.fake_encoder import FakeEncoder
@@ -27,13 +28,24 @@ MAX_POSITIONS = 64
 CLIENT_TIMEOUT_MS = 15000
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def write_model_dir(directory: Path, *, max_position_embeddings: int = MAX_POSITIONS, layers: int = 2) -> Path:
+def write_model_dir(
+    directory: Path, *, max_position_embeddings: int = MAX_POSITIONS, layers: int = 2
+) -> Path:
     """``bert_config.json`` and ``vocab.txt`` (no checkpoint: the fake encoder needs none)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_vocab(directory / "vocab.txt", DEFAULT_VOCAB)
@@ -105,6 +117,8 @@ def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
         "drain_timeout": 5.0,
     }
     base.update(flags)
+    if isinstance(base.get("pooling_strategy"), str):
+        base["pooling_strategy"] = PoolingStrategy.from_string(base["pooling_strategy"])
     if base.get("http_port") == 0:
         base["http_port"] = free_port()
     return ServerConfig(**base)

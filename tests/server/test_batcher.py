@@ -129,7 +129,7 @@ def test_small_requests_overtake_a_big_one_queued_just_before():
 
 def test_a_big_request_is_not_starved_by_a_stream_of_small_ones():
     clock = Clock()
-    batcher, enc = make(max_batch_size=4, priority_batch_size=2, clock=clock)
+    batcher, _ = make(max_batch_size=4, priority_batch_size=2, clock=clock)
     big = submit(batcher, rows([5] * 4))
     clock.now += PRIORITY_HEAD_START_S + 0.5
     submit(batcher, rows([5, 5]))
@@ -155,7 +155,7 @@ def test_a_request_bigger_than_the_whole_queue_is_too_large_not_busy():
 
 
 def test_partial_batch_waits_for_company_at_most_max_wait():
-    batcher, enc = make(max_wait_ms=50.0, max_batch_size=8)
+    batcher, _ = make(max_wait_ms=50.0, max_batch_size=8)
     submit(batcher, rows([5]))
     started = time.monotonic()
     threading.Timer(0.01, lambda: submit(batcher, rows([5, 5]))).start()

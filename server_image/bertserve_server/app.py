@@ -1,0 +1,241 @@
+"""Wiring and lifecycle of one server: load → warm up → ready → (SIGTERM) → drain → exit.
+
+Why it exists: the order of start-up and shutdown is where servers lose requests. This module
+owns it, and nothing else:
+
+1. HTTP (when ``-http_port``) binds first, so ``/healthz`` answers and ``/readyz`` says 503 while
+   the model loads; encode calls get ``NotReady``.
+2. Workers build their models and run a warm-up batch.
+3. Only then do the ZeroMQ ports bind — exactly like 1.10.0, a client constructed earlier simply
+   waits in ZeroMQ's reconnect loop instead of failing — and the server reports ready
+   (``/readyz`` 200 and the 1.10.0 log line ``all set, ready to serve request!``).
+4. On SIGTERM/SIGINT (or an enabled TERMINATION): readiness drops, new requests are answered
+   ``ShuttingDown``, everything already accepted runs to completion and is delivered, within
+   ``-drain_timeout`` seconds; then sockets close and the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bertserve_api.contract import ServerConfig
+from bertserve_server.batcher import Batcher
+from bertserve_server.encoder import Encoder
+from bertserve_server.http_frontend import HttpFrontend
+from bertserve_server.metrics import Metrics
+from bertserve_server.model.config import BertConfig
+from bertserve_server.service import EncodeService, Tokenizer
+from bertserve_server.status import StatusBook
+from bertserve_server.worker import (
+    EncoderFactory,
+    Worker,
+    build_encoders,
+    plan_devices,
+    tf_encoder_factory,
+    visible_gpu_ids,
+    warm_up,
+)
+from bertserve_server.zmq_frontend import ResultRouter, ZmqFrontend
+
+logger = logging.getLogger(__name__)
+
+READY_LOG_LINE = "all set, ready to serve request!"
+
+
+class StartupAbortedError(Exception):
+    """A shutdown was requested while the model was still loading."""
+
+
+def default_tokenizer(config: ServerConfig, max_position_embeddings: int) -> Tokenizer:
+    """The WordPiece tokenizer for ``<model_dir>/vocab.txt`` with the server's flags."""
+    from bertserve_server.tokenization_adapter import build_tokenizer
+
+    tokenizer: Tokenizer = build_tokenizer(config, max_position_embeddings)
+    return tokenizer
+
+
+class BertServer:
+    """One server. ``start`` returns once it is ready; ``shutdown`` drains and stops it."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        encoder_factory: EncoderFactory | None = None,
+        tokenizer: Tokenizer | None = None,
+        gpu_ids: Sequence[int] | None = None,
+        router_factory: Callable[[ZmqFrontend], ResultRouter] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.model_config = BertConfig.from_json_file(Path(config.model_dir) / config.config_name)
+        self._encoder_factory = encoder_factory
+        self._tokenizer = tokenizer
+        self._gpu_ids = gpu_ids
+        self._router_factory = router_factory
+        self._shutdown = threading.Event()
+        self.batcher = Batcher(
+            max_batch_size=config.max_batch_size,
+            priority_batch_size=config.priority_batch_size,
+            max_queue_size=config.max_queue_size,
+            max_wait_ms=config.max_wait_ms,
+            metrics=self.metrics,
+        )
+        self.service: EncodeService | None = None
+        self.status: StatusBook | None = None
+        self.devices: list[str] = []
+        self.encoders: list[Encoder] = []
+        self.workers: list[Worker] = []
+        self.zmq: ZmqFrontend | None = None
+        self.http: HttpFrontend | None = None
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        """Ask the server to drain and stop (thread- and signal-safe)."""
+        self._shutdown.set()
+
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown.is_set()
+
+    def _check_abort(self) -> None:
+        if self._shutdown.is_set():
+            raise StartupAbortedError("shutdown requested during start-up")
+
+    def start(self) -> None:
+        config = self.config
+        tokenizer = self._tokenizer or default_tokenizer(config, self.model_config.max_position_embeddings)
+        self.service = EncodeService(
+            config,
+            self.batcher,
+            tokenizer,
+            max_position_embeddings=self.model_config.max_position_embeddings,
+            metrics=self.metrics,
+        )
+        gpu_ids = (
+            list(self._gpu_ids) if self._gpu_ids is not None else ([] if config.cpu else visible_gpu_ids())
+        )
+        self.devices = plan_devices(config, gpu_ids)
+        self.status = StatusBook(config, devices=self.devices, extra=self._status_extra)
+        if config.http_port is not None:
+            self.http = HttpFrontend(config, self.service, self.status, self.metrics)
+            self.http.start()
+        started = time.perf_counter()
+        factory = self._encoder_factory or tf_encoder_factory(config, self.devices)
+        self.encoders = build_encoders(factory, self.devices)
+        self._check_abort()
+        first = self.encoders[0]
+        self.batcher.set_output(first.hidden_size, first.dtype)
+        warm_up(self.encoders)
+        self._check_abort()
+        logger.info(
+            "model loaded and warmed up in %.1fs on %s",
+            time.perf_counter() - started,
+            ", ".join(self.devices),
+        )
+        self.workers = [
+            Worker(i, device, encoder, self.batcher, self.metrics)
+            for i, (device, encoder) in enumerate(zip(self.devices, self.encoders, strict=True))
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.zmq = ZmqFrontend(
+            config,
+            self.service,
+            self.status,
+            self.metrics,
+            on_terminate=self.request_shutdown,
+            router_factory=self._router_factory,
+        )
+        self.zmq.start()
+        self.service.set_ready()
+        logger.info(READY_LOG_LINE)
+
+    def _status_extra(self) -> dict[str, Any]:
+        return {
+            "ready": bool(self.service and self.service.ready),
+            "queue_depth": self.batcher.depth,
+            "output_dim": self.batcher.width,
+            "output_dtype": str(self.batcher.dtype),
+        }
+
+    # -- running and stopping --------------------------------------------------------------------
+
+    def wait(self, poll_s: float = 0.5) -> None:
+        """Block until a shutdown is requested (signals are handled between polls)."""
+        while not self._shutdown.wait(poll_s):
+            pass
+
+    def shutdown(self, drain_timeout: float | None = None) -> bool:
+        """Drain and stop. True if every accepted request was answered in time."""
+        budget = self.config.drain_timeout if drain_timeout is None else drain_timeout
+        deadline = time.monotonic() + budget
+        if self.service is not None:
+            self.service.set_not_ready()
+        self.batcher.close()
+        pending = self.batcher.depth
+        if pending:
+            logger.info("draining: %d sentences in flight, up to %.1fs", pending, budget)
+        drained = self.batcher.wait_idle(max(0.0, deadline - time.monotonic()))
+        if self.zmq is not None:
+            drained = self.zmq.flush(max(0.0, deadline - time.monotonic())) and drained
+        if not drained:
+            logger.warning(
+                "drain timeout (-drain_timeout=%.1fs): %d sentences not answered", budget, self.batcher.depth
+            )
+        for worker in self.workers:
+            worker.stop()
+        self.batcher.stop()
+        for worker in self.workers:
+            worker.join(timeout=5.0)
+        if self.zmq is not None:
+            self.zmq.stop(linger_s=max(0.2, min(2.0, deadline - time.monotonic())))
+        if self.http is not None:
+            self.http.stop()
+        if self.service is not None:
+            self.service.close()
+        logger.info("server stopped%s", "" if drained else " (drain incomplete)")
+        return drained
+
+
+def serve(
+    config: ServerConfig,
+    *,
+    encoder_factory: EncoderFactory | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> int:
+    """Run a server in the foreground until SIGTERM/SIGINT; the process exit code."""
+    server = BertServer(config, encoder_factory=encoder_factory, tokenizer=tokenizer)
+    loading = threading.Event()
+    loading.set()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("received %s: draining", signal.Signals(signum).name)
+        server.request_shutdown()
+        if loading.is_set():
+            raise StartupAbortedError(f"{signal.Signals(signum).name} during start-up")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            server.start()
+        except StartupAbortedError as exc:
+            logger.info("start-up aborted: %s", exc)
+            server.shutdown(drain_timeout=0.0)
+            return 0
+        finally:
+            loading.clear()
+        server.wait()
+        server.shutdown()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,354 @@
+"""The HTTP API (``-http_port``): bert-as-service's ``/encode``, OpenAI embeddings, probes, metrics.
+
+Why it exists: 1.10.0's HTTP proxy was a Flask development server in front of a pool of ZeroMQ
+clients without timeouts (reference §4). Here aiohttp serves straight from the same
+``EncodeService`` as the ZeroMQ frontend, on its own event loop thread:
+
+* ``POST /encode`` — ``{"id", "texts", "is_tokenized"}`` → ``{"id", "result", "status": 200}``;
+  errors ``{"description", "type", "status"}`` (400 for bad input, as 1.10.0).
+* ``GET /status/server`` — the SHOW_STATUS document + ``"status": 200``; ``GET /status/client`` —
+  this frontend's own counters in the shape 1.10.0's pooled client reported.
+* ``POST /v1/embeddings`` — OpenAI-compatible (``input`` string or list, ``model``,
+  ``encoding_format`` ``float``/``base64``, ``usage``), OpenAI error bodies.
+* ``GET /healthz`` (the process is alive), ``GET /readyz`` (model loaded and warmed up, not
+  draining; 503 otherwise), ``GET /metrics`` (Prometheus).
+
+Overload is explicit: a full queue answers 429 with ``Retry-After``; more than
+``-http_max_connect`` encodes in flight also answers 429; loading or draining answers 503.
+HTTP binds before the model loads, so the probes answer during start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+
+from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
+from bertserve_server.errors import (
+    Busy,
+    InvalidInput,
+    RequestTooLarge,
+    ServeError,
+    as_serve_error,
+    http_error_body,
+    http_headers,
+    openai_error_body,
+)
+from bertserve_server.metrics import CONTENT_TYPE, Metrics
+from bertserve_server.service import EncodeAnswer, EncodeService
+from bertserve_server.status import StatusBook
+from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_texts
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data).encode("utf-8"), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class HttpFrontend:
+    """aiohttp on ``-bind_host:-http_port`` in a thread of its own."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        service: EncodeService,
+        status: StatusBook,
+        metrics: Metrics,
+        *,
+        model_name: str | None = None,
+    ) -> None:
+        if config.http_port is None:
+            raise ValueError("HttpFrontend needs -http_port")
+        self.config = config
+        self.service = service
+        self.status = status
+        self.metrics = metrics
+        self.model_name = model_name or Path(config.tuned_model_dir or config.model_dir).name or "bert"
+        self.port: int = config.http_port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._slots = config.http_max_connect
+        self._in_flight = 0
+        self._num_request = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._cors_middleware])
+        app.router.add_post("/encode", self.encode)
+        app.router.add_get("/status/server", self.status_server)
+        app.router.add_get("/status/client", self.status_client)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_text)
+        return app
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Bind and serve in a background thread; bind errors are raised here."""
+        self._thread = threading.Thread(target=self._serve, name="http-frontend", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise TimeoutError("HTTP frontend did not start")
+        if self._start_error is not None:
+            raise OSError(
+                f"cannot bind -http_port {self.config.bind_host}:{self.port}: {self._start_error}; "
+                "choose a free port with -http_port"
+            ) from self._start_error
+        logger.info("HTTP: listening on %s:%d", self.config.bind_host, self.port)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._setup())
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._cleanup())
+            loop.close()
+
+    async def _setup(self) -> None:
+        self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.bind_host, self.port, reuse_address=True)
+        await site.start()
+
+    async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    # -- middleware ------------------------------------------------------------------------------
+
+    def _allowed_origin(self, origin: str | None) -> str | None:
+        allowed = [o.strip() for o in self.config.cors.split(",") if o.strip()]
+        if "*" in allowed:
+            return "*"
+        if origin and origin in allowed:
+            return origin
+        return None
+
+    @web.middleware
+    async def _cors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        response: web.StreamResponse
+        if preflight:
+            response = web.Response(status=204)
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                response = exc
+        allowed = self._allowed_origin(request.headers.get("Origin"))
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+            if preflight:
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                    "Access-Control-Request-Headers", "Content-Type"
+                )
+        if isinstance(response, web.HTTPException):
+            raise response
+        return response
+
+    # -- shared request plumbing -----------------------------------------------------------------
+
+    async def _read_body(self, request: web.Request) -> dict[str, Any]:
+        """A JSON object body (or, for /encode, a form with repeated ``texts`` fields)."""
+        try:
+            if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                form = await request.post()
+                body: dict[str, Any] = {"texts": [str(v) for v in form.getall("texts", [])]}
+                if "id" in form:
+                    body["id"] = str(form["id"])
+                if "is_tokenized" in form:
+                    body["is_tokenized"] = _as_bool(form["is_tokenized"])
+                return body
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLarge(
+                f"request body exceeds the limit of {MAX_PAYLOAD_BYTES} bytes; split it"
+            ) from None
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
+        return data
+
+    async def _run_encode(self, texts: Any, is_tokenized: bool | None, client: str) -> EncodeAnswer:
+        if self._in_flight >= self._slots:
+            raise Busy(
+                f"too many concurrent HTTP encode requests ({self._in_flight}, "
+                f"-http_max_connect={self._slots}); "
+                "retry later"
+            )
+        self._in_flight += 1
+        self._num_request += 1
+        try:
+            future = self.service.submit(texts, is_tokenized=is_tokenized)
+            self.status.statistic.record(client, len(texts), system=False)
+            return await asyncio.wrap_future(future)
+        finally:
+            self._in_flight -= 1
+
+    def _count(self, kind: str, outcome: str) -> None:
+        self.metrics.count("http", kind, outcome)
+
+    def _error(self, kind: str, err: ServeError, *, openai: bool = False) -> web.Response:
+        self._count(kind, err.reason)
+        logger.warning("HTTP %s answered %d %s: %s", kind, err.http_status, type(err).__name__, err.message)
+        body = openai_error_body(err) if openai else http_error_body(err)
+        return _json(body, status=err.http_status, headers=http_headers(err))
+
+    def _done(self, kind: str, answer: EncodeAnswer, started: float) -> None:
+        self._count(kind, "ok")
+        self.metrics.sentences.labels(frontend="http").inc(answer.embeddings.shape[0])
+        self.metrics.request_seconds.labels(frontend="http").observe(time.perf_counter() - started)
+
+    # -- bert-as-service API ---------------------------------------------------------------------
+
+    async def encode(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            if "texts" not in body:
+                raise InvalidInput('missing "texts": send {"id": ..., "texts": [...], "is_tokenized": false}')
+            is_tokenized = _as_bool(body.get("is_tokenized", False))
+            answer = await self._run_encode(body["texts"], is_tokenized, f"http:{request.remote}")
+        except Exception as exc:
+            return self._error("encode", as_serve_error(exc))
+        self._done("encode", answer, started)
+        return _json({"id": body.get("id"), "result": answer.embeddings.tolist(), "status": 200})
+
+    async def status_server(self, request: web.Request) -> web.Response:
+        self.status.statistic.record(f"http:{request.remote}", 0, system=True)
+        self._count("status", "ok")
+        document = self.status.document(f"http:{request.remote}", with_statistic=True)
+        return _json({**document, "status": 200})
+
+    async def status_client(self, request: web.Request) -> web.Response:
+        self._count("client_status", "ok")
+        return _json(
+            {
+                "identity": "http",
+                "num_request": self._num_request,
+                "num_pending_request": self._in_flight,
+                "pending_request": [],
+                "output_fmt": "list",
+                "port": self.config.port,
+                "port_out": self.config.port_out,
+                "server_ip": self.config.bind_host,
+                "client_version": SERVER_VERSION,
+                "timeout": -1,
+                "max_concurrency": self._slots,
+                "status": 200,
+            }
+        )
+
+    # -- OpenAI embeddings -----------------------------------------------------------------------
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            texts = self._openai_inputs(body)
+            encoding = body.get("encoding_format", "float") or "float"
+            if encoding not in ("float", "base64"):
+                raise InvalidInput(f'encoding_format must be "float" or "base64", got {encoding!r}')
+            if self.config.pooling_strategy == PoolingStrategy.NONE:
+                raise InvalidInput(
+                    "this server uses -pooling_strategy NONE (one vector per token); use POST /encode"
+                )
+            answer = await self._run_encode(texts, False, f"openai:{request.remote}")
+            dimensions = body.get("dimensions")
+            if dimensions is not None and dimensions != answer.embeddings.shape[1]:
+                raise InvalidInput(
+                    f"dimensions={dimensions} is not supported: "
+                    f"this model returns {answer.embeddings.shape[1]}"
+                )
+        except Exception as exc:
+            return self._error("embeddings", as_serve_error(exc), openai=True)
+        vectors = answer.embeddings.astype(np.float32)
+        data = []
+        for index, vector in enumerate(vectors):
+            value: Any
+            if encoding == "base64":
+                value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+            else:
+                value = vector.tolist()
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        self._done("embeddings", answer, started)
+        usage = {"prompt_tokens": answer.num_tokens, "total_tokens": answer.num_tokens}
+        return _json(
+            {"object": "list", "data": data, "model": body.get("model") or self.model_name, "usage": usage}
+        )
+
+    @staticmethod
+    def _openai_inputs(body: dict[str, Any]) -> list[str]:
+        if "input" not in body:
+            raise InvalidInput('missing "input": a string or an array of strings')
+        value = body["input"]
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and value and all(isinstance(v, int | list) for v in value):
+            raise InvalidInput("token-id arrays are not supported; send text")
+        texts, _ = validate_texts(value, is_tokenized=False)
+        return texts
+
+    # -- probes and metrics ----------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "alive"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.service.ready:
+            return _json({"status": "ready"})
+        reason = "draining" if self.service.batcher.closed else "loading"
+        return _json({"status": "not ready", "reason": reason}, status=503)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        response = web.Response(body=self.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response

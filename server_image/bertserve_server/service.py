@@ -1,0 +1,144 @@
+"""What both frontends call to encode: validate → admit → tokenize → batch → answer.
+
+Why it exists: the ZeroMQ and HTTP frontends differ only in how bytes arrive and leave. The steps
+in between — the checks of ``validation``, admission into the bounded queue, WordPiece on a
+small thread pool (so a 4 000-sentence request does not stall a frontend's I/O loop), the answer
+shape for NONE pooling — are the same, and live here once. The service is the frontends' only
+way to the model: it hands tokenized rows to the :class:`~bertserve_server.batcher.Batcher`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from bertserve_api.contract import PoolingStrategy, ServerConfig
+from bertserve_server.batcher import Batcher, Reservation
+from bertserve_server.encoder import TokenizedInput
+from bertserve_server.errors import NotReady, ServeError, as_serve_error
+from bertserve_server.metrics import Metrics
+from bertserve_server.validation import validate_texts
+
+logger = logging.getLogger(__name__)
+
+
+class Tokenizer(Protocol):
+    """Turns validated texts into rows: ``[CLS] a [SEP] (b [SEP])``, truncated, masked."""
+
+    def tokenize(self, texts: Sequence[Any], is_tokenized: bool) -> list[TokenizedInput]: ...
+
+
+@dataclass(frozen=True)
+class EncodeAnswer:
+    """Embeddings in request order (``[n, D]`` or ``[n, T, D]``) and each row's tokens."""
+
+    embeddings: np.ndarray
+    tokens: list[list[str]]
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (unpadded) token positions, ``[CLS]``/``[SEP]`` included: OpenAI ``usage``."""
+        return sum(len(t) for t in self.tokens)
+
+
+class EncodeService:
+    """Thread-safe; ``submit`` returns at once with a future (errors it can see early are raised)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        batcher: Batcher,
+        tokenizer: Tokenizer,
+        *,
+        max_position_embeddings: int,
+        metrics: Metrics | None = None,
+        tokenize_threads: int = 2,
+    ) -> None:
+        self.config = config
+        self.batcher = batcher
+        self.tokenizer = tokenizer
+        self.max_position_embeddings = max_position_embeddings
+        self.metrics = metrics or batcher.metrics
+        self._pool = ThreadPoolExecutor(max_workers=tokenize_threads, thread_name_prefix="tokenize")
+        self._ready = threading.Event()
+
+    # -- readiness -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self.batcher.closed
+
+    def set_ready(self) -> None:
+        self._ready.set()
+        self.metrics.ready.set(1)
+
+    def set_not_ready(self) -> None:
+        self._ready.clear()
+        self.metrics.ready.set(0)
+
+    # -- encoding --------------------------------------------------------------------------------
+
+    def submit(self, texts: Any, *, is_tokenized: bool | None = None) -> Future[EncodeAnswer]:
+        """Validate and admit ``texts`` now (raising ``ServeError``), encode them in the background."""
+        if not self._ready.is_set() and not self.batcher.closed:
+            raise NotReady("model is still loading or warming up; retry shortly")
+        rows, tokenized = validate_texts(texts, is_tokenized)
+        reservation = self.batcher.reserve(len(rows))
+        answer: Future[EncodeAnswer] = Future()
+        self._pool.submit(self._tokenize_and_enqueue, reservation, rows, tokenized, answer)
+        return answer
+
+    def _out_seq_len(self, items: list[TokenizedInput]) -> int | None:
+        """``T`` of a NONE-pooling answer: ``-max_seq_len``, or per request when it is NONE."""
+        if self.config.pooling_strategy != PoolingStrategy.NONE:
+            return None
+        if self.config.max_seq_len is not None:
+            return self.config.max_seq_len
+        if self.config.fixed_embed_length:
+            return self.max_position_embeddings
+        return max(len(item) for item in items)
+
+    def _tokenize_and_enqueue(
+        self, reservation: Reservation, rows: list[Any], tokenized: bool, answer: Future[EncodeAnswer]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            items = self.tokenizer.tokenize(rows, tokenized)
+        except Exception as exc:  # a tokenizer bug must answer this request, not kill the pool
+            logger.exception("tokenization failed for a request of %d sentences", len(rows))
+            error = as_serve_error(exc)
+            self.batcher.cancel(reservation, error)
+            answer.set_exception(error)
+            return
+        self.metrics.tokenize_seconds.observe(time.perf_counter() - started)
+        tokens = [list(item.tokens) for item in items]
+
+        def finish(done: Future[np.ndarray]) -> None:
+            error = done.exception()
+            if error is not None:
+                answer.set_exception(as_serve_error(error))
+            else:
+                answer.set_result(EncodeAnswer(done.result(), tokens))
+
+        reservation.future.add_done_callback(finish)
+        try:
+            self.batcher.enqueue(reservation, items, self._out_seq_len(items))
+        except Exception as exc:
+            error = exc if isinstance(exc, ServeError) else as_serve_error(exc)
+            self.batcher.cancel(reservation, error)
+
+    def encode(
+        self, texts: Any, *, is_tokenized: bool | None = None, timeout: float | None = None
+    ) -> EncodeAnswer:
+        """Blocking convenience for tests and tools."""
+        return self.submit(texts, is_tokenized=is_tokenized).result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=False)

@@ -1,0 +1,162 @@
+"""The SHOW_CONFIG / SHOW_STATUS document, with every key bert-as-service 1.10.0 sent.
+
+Why it exists: the 1.10.0 client reads ``server_version``, ``max_seq_len`` and
+``show_tokens_to_client`` from it at connect time (a missing key is a ``KeyError`` in the
+client), and tools built around 1.10.0 read the rest (reference §3.6). Both frontends answer it —
+ZeroMQ for ``server_config``/``server_status``, HTTP for ``GET /status/server`` — so it is built
+here once, as ``{**runtime, **args, **static}`` in 1.10.0's order (the CLI's ``device_map``
+overwrites the runtime one, as it did there; the devices in use are under ``devices``).
+
+Keys that described 1.10.0's process topology (``ventilator -> worker`` …) are kept with honest
+values for this single-process server.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import zmq
+
+from bertserve_api.contract import SERVER_VERSION, ServerConfig
+
+#: A client counts as active if it sent an encode request within this many seconds (as 1.10.0).
+ACTIVE_CLIENT_WINDOW_S = 180.0
+#: Clients remembered for the per-client statistics (oldest forgotten first).
+MAX_TRACKED_CLIENTS = 500
+#: Request intervals kept for the interval/rate statistics.
+MAX_INTERVALS = 200
+
+
+def tensorflow_version() -> list[str]:
+    """The installed TensorFlow version as 1.10.0 reported it, a list like ``["2", "21", "0"]``.
+
+    Read from the package metadata, so answering SHOW_CONFIG never imports TensorFlow.
+    """
+    try:
+        return importlib.metadata.version("tensorflow").split(".")
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def _min_max_avg(name: str, values: list[float]) -> dict[str, float]:
+    if not values:
+        return {
+            f"avg_{name}": 0,
+            f"min_{name}": 0,
+            f"max_{name}": 0,
+            f"num_min_{name}": 0,
+            f"num_max_{name}": 0,
+        }
+    low, high = min(values), max(values)
+    return {
+        f"avg_{name}": sum(values) / len(values),
+        f"min_{name}": low,
+        f"max_{name}": high,
+        f"num_min_{name}": sum(1 for v in values if v == low),
+        f"num_max_{name}": sum(1 for v in values if v == high),
+    }
+
+
+class ServerStatistic:
+    """Request counters behind SHOW_STATUS's ``statistic`` object (1.10.0 key names)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._requests_per_client: OrderedDict[str, int] = OrderedDict()
+        self._last_active: dict[str, float] = {}
+        self._sizes: dict[int, int] = {}
+        self._intervals: list[float] = []
+        self._num_data = 0
+        self._num_sys = 0
+        self._num_seq = 0
+        self._last_request: float | None = None
+
+    def record(self, client: str, size: int, *, system: bool) -> None:
+        """Count one request; ``system`` for SHOW_CONFIG/SHOW_STATUS (not counted as data)."""
+        with self._lock:
+            self._requests_per_client[client] = self._requests_per_client.pop(client, 0) + 1
+            while len(self._requests_per_client) > MAX_TRACKED_CLIENTS:
+                old, _ = self._requests_per_client.popitem(last=False)
+                self._last_active.pop(old, None)
+            if system:
+                self._num_sys += 1
+                return
+            now = self._clock()
+            self._num_data += 1
+            self._num_seq += size
+            self._sizes[size] = self._sizes.get(size, 0) + 1
+            self._last_active[client] = now
+            if self._last_request is not None:
+                self._intervals.append(now - self._last_request)
+                del self._intervals[:-MAX_INTERVALS]
+            self._last_request = now
+
+    def value(self) -> dict[str, Any]:
+        with self._lock:
+            now = self._clock()
+            active = sum(1 for t in self._last_active.values() if now - t <= ACTIVE_CLIENT_WINDOW_S)
+            intervals = list(self._intervals)
+            out: dict[str, Any] = {
+                "num_data_request": self._num_data,
+                "num_total_seq": self._num_seq,
+                "num_sys_request": self._num_sys,
+                "num_total_request": self._num_data + self._num_sys,
+                "num_total_client": len(self._requests_per_client),
+                "num_active_client": active,
+            }
+            out.update(
+                _min_max_avg("request_per_client", [float(v) for v in self._requests_per_client.values()])
+            )
+            out.update(_min_max_avg("size_per_request", [float(v) for v in self._sizes]))
+            out.update(_min_max_avg("last_two_interval", intervals))
+            out.update(_min_max_avg("request_per_second", [1.0 / v for v in intervals if v > 0]))
+            return out
+
+
+class StatusBook:
+    """Builds the SHOW_CONFIG/SHOW_STATUS JSON object for one server."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        devices: Iterable[str] = (),
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.devices = list(devices)
+        self.statistic = ServerStatistic()
+        self._extra = extra
+        self._start_time = str(datetime.now())
+
+    def document(self, client: str, *, with_statistic: bool) -> dict[str, Any]:
+        runtime: dict[str, Any] = {
+            "client": client,
+            "num_process": 1,
+            "ventilator -> worker": [],
+            "worker -> sink": "",
+            "ventilator <-> sink": "",
+            "server_current_time": str(datetime.now()),
+            "device_map": self.devices,
+            "num_concurrent_socket": 2,
+        }
+        if with_statistic:
+            runtime["statistic"] = self.statistic.value()
+        static = {
+            "tensorflow_version": tensorflow_version(),
+            "python_version": sys.version,
+            "server_version": SERVER_VERSION,
+            "pyzmq_version": zmq.pyzmq_version(),
+            "zmq_version": zmq.zmq_version(),
+            "server_start_time": self._start_time,
+        }
+        ours = {"devices": self.devices, **(self._extra() if self._extra else {})}
+        return {**runtime, **self.config.show_config(), **static, **ours}
