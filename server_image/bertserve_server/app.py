@@ -55,10 +55,16 @@ class StartupAbortedError(Exception):
 
 def default_tokenizer(config: ServerConfig, max_position_embeddings: int) -> Tokenizer:
     """The WordPiece tokenizer for ``<model_dir>/vocab.txt`` with the server's flags."""
-    from bertserve_server.tokenization_adapter import build_tokenizer
+    from bertserve_server.tokenization import BertTokenizer
 
-    tokenizer: Tokenizer = build_tokenizer(config, max_position_embeddings)
-    return tokenizer
+    return BertTokenizer(
+        Path(config.model_dir) / "vocab.txt",
+        do_lower_case=config.do_lower_case,
+        max_seq_len=config.max_seq_len,
+        max_position_embeddings=max_position_embeddings,
+        mask_cls_sep=config.mask_cls_sep,
+        no_special_token=config.no_special_token,
+    )
 
 
 class BertServer:

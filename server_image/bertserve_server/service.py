@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 class Tokenizer(Protocol):
     """Turns validated texts into rows: ``[CLS] a [SEP] (b [SEP])``, truncated, masked."""
 
-    def tokenize(self, texts: Sequence[Any], is_tokenized: bool) -> list[TokenizedInput]: ...
+    def tokenize_batch(self, texts: Sequence[Any], is_tokenized: bool = False) -> list[TokenizedInput]: ...
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class EncodeService:
     ) -> None:
         started = time.perf_counter()
         try:
-            items = self.tokenizer.tokenize(rows, tokenized)
+            items = self.tokenizer.tokenize_batch(rows, tokenized)
         except Exception as exc:  # a tokenizer bug must answer this request, not kill the pool
             logger.exception("tokenization failed for a request of %d sentences", len(rows))
             error = as_serve_error(exc)

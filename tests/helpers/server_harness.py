@@ -1,8 +1,7 @@
 """Start real ``BertServer`` instances in-process for protocol tests, fast and on 127.0.0.1 only.
 
 The model is the numpy ``FakeEncoder`` (no TensorFlow); the tokenizer is the project's WordPiece
-tokenizer over the tiny synthetic vocabulary when it is importable, else a whitespace stand-in
-with the same ``[CLS] a [SEP] (b [SEP])`` layout. Ports are picked free by the OS.
+tokenizer over the tiny synthetic vocabulary. Ports are picked free by the OS.
 """
 
 from __future__ import annotations
@@ -10,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,10 @@ import zmq
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.app import BertServer
-from bertserve_server.encoder import TokenizedInput
 from bertserve_server.fake_encoder import FakeEncoder
 from bertserve_server.model.config import BertConfig
 from bertserve_server.model.synthetic import DEFAULT_VOCAB, write_vocab
+from bertserve_server.tokenization import BertTokenizer
 
 MAX_POSITIONS = 64
 CLIENT_TIMEOUT_MS = 15000
@@ -60,51 +58,16 @@ def write_model_dir(
     return directory
 
 
-class WhitespaceTokenizer:
-    """Whitespace split, ids from a hash; ``[CLS] a [SEP] (b [SEP])`` with 1.10.0's truncation."""
-
-    def __init__(self, config: ServerConfig, max_position_embeddings: int) -> None:
-        self.config = config
-        self.limit = config.max_seq_len or max_position_embeddings
-
-    @staticmethod
-    def _id(token: str) -> int:
-        return 5 + zlib.crc32(token.encode("utf-8")) % 100
-
-    def tokenize(self, texts: Sequence[Any], is_tokenized: bool) -> list[TokenizedInput]:
-        return [self._one(t, is_tokenized) for t in texts]
-
-    def _one(self, text: Any, is_tokenized: bool) -> TokenizedInput:
-        if is_tokenized:
-            words = list(text)
-            if "|||" in words:
-                cut = words.index("|||")
-                a, b = words[:cut], words[cut + 1 :]
-            else:
-                a, b = words, None
-        else:
-            parts = text.split(" ||| ", 1)
-            a = parts[0].lower().split()
-            b = parts[1].lower().split() if len(parts) == 2 else None
-        if b is None and is_tokenized and self.config.no_special_token:
-            tokens = a[: self.limit]
-            types = [0] * len(tokens)
-            mask = [1] * len(tokens)
-        elif b is None:
-            a = a[: self.limit - 2]
-            tokens = ["[CLS]", *a, "[SEP]"]
-            types = [0] * len(tokens)
-            special = int(not self.config.mask_cls_sep)
-            mask = [special] + [1] * len(a) + [special]
-        else:
-            while len(a) + len(b) > self.limit - 3:
-                (a if len(a) > len(b) else b).pop()
-            tokens = ["[CLS]", *a, "[SEP]", *b, "[SEP]"]
-            types = [0] * (len(a) + 2) + [1] * (len(b) + 1)
-            special = int(not self.config.mask_cls_sep)
-            mask = [special] + [1] * len(a) + [special] + [1] * len(b) + [special]
-        ids = tuple(self._id(t) for t in tokens)
-        return TokenizedInput(ids, tuple(types), tuple(mask), tuple(tokens))
+def make_tokenizer(config: ServerConfig, max_position_embeddings: int = MAX_POSITIONS) -> BertTokenizer:
+    """The project's WordPiece tokenizer over the tiny synthetic vocabulary, with the server's flags."""
+    return BertTokenizer(
+        Path(config.model_dir) / "vocab.txt",
+        do_lower_case=config.do_lower_case,
+        max_seq_len=config.max_seq_len,
+        max_position_embeddings=max_position_embeddings,
+        mask_cls_sep=config.mask_cls_sep,
+        no_special_token=config.no_special_token,
+    )
 
 
 def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
@@ -145,7 +108,7 @@ def fake_server(
     server = BertServer(
         config,
         encoder_factory=lambda device: enc,
-        tokenizer=WhitespaceTokenizer(config, MAX_POSITIONS),
+        tokenizer=make_tokenizer(config),
         gpu_ids=[],
     )
     if start:

@@ -18,7 +18,7 @@ def url(server, path: str) -> str:
 
 
 def expected(server, texts):
-    rows = server.service.tokenizer.tokenize(texts, False)
+    rows = server.service.tokenizer.tokenize_batch(texts, False)
     return np.stack([server.encoders[0].encode(pad_batch([r], len(r)))[0] for r in rows])
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def expected(server, texts, is_tokenized=False):
-    rows = server.service.tokenizer.tokenize(texts, is_tokenized)
+    rows = server.service.tokenizer.tokenize_batch(texts, is_tokenized)
     encoder = server.encoders[0]
     return np.stack([encoder.encode(pad_batch([r], len(r)))[0] for r in rows])
 

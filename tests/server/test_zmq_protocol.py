@@ -57,7 +57,9 @@ STATISTIC_KEYS = {
 def expected_rows(server, texts):
     tokenizer = server.service.tokenizer
     encoder = server.encoders[0]
-    return np.stack([encoder.encode(pad_batch([r], len(r)))[0] for r in tokenizer.tokenize(texts, False)])
+    return np.stack(
+        [encoder.encode(pad_batch([r], len(r)))[0] for r in tokenizer.tokenize_batch(texts, False)]
+    )
 
 
 def test_show_config_is_a_three_frame_answer_with_every_1_10_0_key(tmp_path):
@@ -246,7 +248,7 @@ def test_every_answer_leaves_through_the_result_router(tmp_path):
                 seen.append((identity, len(frames)))
             super().deliver(identity, frames)
 
-    from server_harness import WhitespaceTokenizer, fake_encoder_for, make_config, write_model_dir
+    from server_harness import fake_encoder_for, make_config, make_tokenizer, write_model_dir
 
     from bertserve_server.app import BertServer
 
@@ -254,7 +256,7 @@ def test_every_answer_leaves_through_the_result_router(tmp_path):
     server = BertServer(
         config,
         encoder_factory=lambda d: fake_encoder_for(config),
-        tokenizer=WhitespaceTokenizer(config, 64),
+        tokenizer=make_tokenizer(config),
         gpu_ids=[],
         router_factory=RecordingRouter,
     )
