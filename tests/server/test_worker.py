@@ -1,0 +1,62 @@
+"""Device placement (1.10.0's round-robin rule) and the worker loop's resilience."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bertserve_api.contract import ServerConfig
+from bertserve_server.batcher import Batcher
+from bertserve_server.encoder import TokenizedInput
+from bertserve_server.errors import EncodeFailed
+from bertserve_server.fake_encoder import FakeEncoder
+from bertserve_server.metrics import Metrics
+from bertserve_server.worker import DeviceError, Worker, plan_devices
+
+
+def config(**kw) -> ServerConfig:
+    return ServerConfig(model_dir="/m", **kw)
+
+
+@pytest.mark.parametrize(
+    ("flags", "gpus", "devices"),
+    [
+        ({}, [], ["/CPU:0"]),
+        ({"num_worker": 2}, [], ["/CPU:0", "/CPU:0"]),
+        ({"cpu": True, "num_worker": 2}, [0, 1], ["/CPU:0", "/CPU:0"]),
+        ({}, [0, 1], ["/GPU:0"]),
+        ({"num_worker": 2}, [0, 1], ["/GPU:0", "/GPU:1"]),
+        ({"num_worker": 3}, [0, 1], ["/GPU:0", "/GPU:1", "/GPU:0"]),
+        ({"num_worker": 2, "device_map": (1,)}, [0, 1], ["/GPU:1", "/GPU:1"]),
+        ({"num_worker": 3, "device_map": (1, 0)}, [0, 1, 2], ["/GPU:1", "/GPU:0", "/GPU:1"]),
+        ({"cpu": True, "device_map": (3,)}, [], ["/CPU:0"]),
+    ],
+)
+def test_plan_devices(flags, gpus, devices):
+    assert plan_devices(config(**flags), gpus) == devices
+
+
+def test_device_map_naming_an_invisible_gpu_is_an_error():
+    with pytest.raises(DeviceError, match="visible GPUs are 0, 1; fix -device_map"):
+        plan_devices(config(device_map=(0, 4)), [0, 1])
+    with pytest.raises(DeviceError, match="none is visible; use -cpu"):
+        plan_devices(config(device_map=(0,)), [])
+
+
+def test_worker_survives_a_failing_batch_and_keeps_serving():
+    encoder = FakeEncoder(fail_if=lambda batch: bool((batch.input_ids == 66).any()))
+    batcher = Batcher(width=encoder.hidden_size, dtype=encoder.dtype, max_wait_ms=0.0)
+    worker = Worker(0, "/CPU:0", encoder, batcher, Metrics())
+    worker.start()
+    try:
+        bad = batcher.reserve(1)
+        batcher.enqueue(bad, [TokenizedInput((2, 66, 3), (0, 0, 0), (1, 1, 1), ("[CLS]", "x", "[SEP]"))])
+        assert isinstance(bad.future.exception(5), EncodeFailed)
+        good = batcher.reserve(1)
+        batcher.enqueue(good, [TokenizedInput((2, 7, 3), (0, 0, 0), (1, 1, 1), ("[CLS]", "y", "[SEP]"))])
+        assert np.isfinite(good.future.result(5)).all()
+    finally:
+        worker.stop()
+        batcher.stop()
+        worker.join(5)
+    assert not worker.is_alive()
