@@ -126,15 +126,16 @@ class BertServer:
             max_position_embeddings=self.model_config.max_position_embeddings,
             metrics=self.metrics,
         )
-        gpu_ids = (
-            list(self._gpu_ids) if self._gpu_ids is not None else ([] if config.cpu else visible_gpu_ids())
-        )
-        self.devices = plan_devices(config, gpu_ids)
-        self.status = StatusBook(config, devices=self.devices, extra=self._status_extra)
+        self.status = StatusBook(config, extra=self._status_extra)
         if config.http_port is not None:
             self.http = HttpFrontend(config, self.service, self.status, self.metrics)
             self.http.start()
         started = time.perf_counter()
+        gpu_ids = (
+            list(self._gpu_ids) if self._gpu_ids is not None else ([] if config.cpu else visible_gpu_ids())
+        )
+        self.devices = plan_devices(config, gpu_ids)
+        self.status.devices = list(self.devices)
         factory = self._encoder_factory or tf_encoder_factory(config, self.devices)
         self.encoders = build_encoders(factory, self.devices)
         self._check_abort()
@@ -231,16 +232,22 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        aborted = False
         try:
             server.start()
-        except StartupAbortedError as exc:
-            logger.info("start-up aborted: %s", exc)
-            server.shutdown(drain_timeout=0.0)
-            return 0
-        finally:
             loading.clear()
-        server.wait()
-        server.shutdown()
+            server.wait()
+        except StartupAbortedError as exc:
+            loading.clear()
+            aborted = True
+            logger.info("start-up aborted: %s", exc)
+        except Exception as exc:
+            loading.clear()
+            logger.error("start-up failed: %s: %s", type(exc).__name__, exc)
+            logger.debug("start-up failure details", exc_info=True)
+            server.shutdown(drain_timeout=0.0)
+            return 1
+        server.shutdown(drain_timeout=0.0 if aborted else None)
         return 0
     finally:
         for sig, handler in previous.items():

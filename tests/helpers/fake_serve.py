@@ -1,0 +1,33 @@
+"""``bert-serving-start`` with the numpy fake model: ``python fake_serve.py DELAY_S ARGS...``.
+
+For lifecycle tests that need work to stay in flight (each device batch sleeps ``DELAY_S``)
+while exercising the real process: argument parsing, validation, signal handling and drain of
+``bertserve_server.app.serve``. Everything but the model is the production code path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bertserve_api.contract import parse_argv
+from bertserve_server.app import serve
+from bertserve_server.cli import setup_logging, validate
+from bertserve_server.fake_encoder import FakeEncoder
+
+
+def main(argv: list[str]) -> int:
+    delay = float(argv[0])
+    config = parse_argv(argv[1:])
+    bert = validate(config)
+    setup_logging(config)
+    encoder = FakeEncoder(
+        pooling_strategy=config.pooling_strategy.name,
+        pooling_layer=config.pooling_layer,
+        max_position_embeddings=bert.max_position_embeddings,
+        delay_s=delay,
+    )
+    return serve(config, encoder_factory=lambda device: encoder)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

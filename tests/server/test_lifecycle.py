@@ -1,0 +1,203 @@
+"""The server process from the outside: ready only after warm-up, SIGTERM drains and exits in time.
+
+The fake-model tests run ``tests/helpers/fake_serve.py`` — the production ``serve()`` (flags,
+validation, signal handling, drain) with a numpy model whose batches sleep, so work is reliably in
+flight when SIGTERM arrives. The TensorFlow test runs the real ``bert-serving-start`` console
+script on a tiny fine-tuned checkpoint. Every wait is bounded; processes are killed by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from bert_serving.client import BertClient
+from server_harness import free_port, wait_until, write_model_dir
+
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+class ServerProcess:
+    """A server subprocess on 127.0.0.1 with free ports; output goes to a log file."""
+
+    def __init__(self, argv: list[str], log: Path, **ports: int) -> None:
+        self.port = ports["port"]
+        self.port_out = ports["port_out"]
+        self.http_port = ports["http_port"]
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str) -> requests.Response | None:
+        try:
+            return requests.get(self.url(path), timeout=2)
+        except requests.ConnectionError:
+            return None
+
+    def client(self, **kw) -> BertClient:
+        return BertClient(ip="127.0.0.1", port=self.port, port_out=self.port_out, timeout=30000, **kw)
+
+    def wait_ready(self, timeout: float) -> list[int]:
+        """Poll /readyz until 200; the statuses seen on the way."""
+        seen: list[int] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early:\n{self.log}"
+            r = self.get("/readyz")
+            if r is not None:
+                seen.append(r.status_code)
+                if r.status_code == 200:
+                    return seen
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def server_flags(model_dir: Path, *switches: str, **extra: str) -> tuple[list[str], dict[str, int]]:
+    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port()}
+    flags = (
+        [
+            f"-model_dir={model_dir}",
+            "-bind_host=127.0.0.1",
+            "-cpu",
+            f"-port={ports['port']}",
+            f"-port_out={ports['port_out']}",
+            f"-http_port={ports['http_port']}",
+        ]
+        + [f"-{k}={v}" for k, v in extra.items()]
+        + [f"-{s}" for s in switches]
+    )
+    return flags, ports
+
+
+@pytest.fixture
+def fake_process(tmp_path: Path) -> Iterator[callable]:
+    started: list[ServerProcess] = []
+
+    def start(delay_s: float, **extra: str) -> ServerProcess:
+        model_dir = write_model_dir(tmp_path / "model")
+        (model_dir / "bert_model.ckpt.index").write_bytes(b"")  # validation only looks for the prefix
+        flags, ports = server_flags(model_dir, **extra)
+        proc = ServerProcess(
+            [sys.executable, str(HELPERS / "fake_serve.py"), str(delay_s), *flags],
+            tmp_path / "server.log",
+            **ports,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process):
+    server = fake_process(0.4, max_batch_size="4", drain_timeout="20")
+    server.wait_ready(60)
+    texts = [f"sentence number {i}" for i in range(16)]  # 4 batches x 0.4 s
+    with server.client() as bc, server.client() as late:
+        bc.encode(texts, blocking=False)
+        wait_until(
+            lambda: json.loads(server.get("/status/server").text)["queue_depth"] == 16, what="in flight"
+        )
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: server.get("/readyz").status_code == 503, what="readiness dropped")
+        r = requests.post(server.url("/encode"), json={"id": 1, "texts": ["new"]}, timeout=5)
+        assert r.status_code == 503 and r.json()["type"] == "ShuttingDown"
+        with pytest.raises(TypeError, match="shutting_down"):
+            late.encode(["new work"])
+        results = bc.fetch_all(concat=True)
+        assert results.shape == (16, 8)
+    assert server.proc.wait(20) == 0
+    assert time.monotonic() - sent < 20
+    assert "draining" in server.log and "server stopped" in server.log
+
+
+def test_drain_timeout_bounds_the_shutdown(fake_process):
+    server = fake_process(1.0, max_batch_size="1", drain_timeout="1.5")
+    server.wait_ready(60)
+    with server.client() as bc:
+        bc.encode([f"s{i}" for i in range(20)], blocking=False)  # 20 s of work
+        wait_until(
+            lambda: json.loads(server.get("/status/server").text)["queue_depth"] == 20, what="in flight"
+        )
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(15) == 0
+    assert time.monotonic() - sent < 6.0
+    assert "drain timeout" in server.log
+
+
+def test_sigterm_when_idle_exits_promptly(fake_process):
+    server = fake_process(0.0)
+    server.wait_ready(60)
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(10) == 0 and time.monotonic() - sent < 5
+
+
+@pytest.mark.tf
+def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_model_dir, tiny_finetuned_dir):
+    """The seed's command line, end to end: ready after warm-up, right vectors, clean SIGTERM."""
+    from bertserve_server.encoder import pad_batch
+    from bertserve_server.model.tf_encoder import TFEncoder
+    from bertserve_server.tokenization import BertTokenizer
+
+    flags, ports = server_flags(
+        tiny_model_dir,
+        "show_tokens_to_client",
+        tuned_model_dir=str(tiny_finetuned_dir),
+        ckpt_name="model.ckpt-343",
+    )
+    script = Path(sys.executable).with_name("bert-serving-start")
+    server = ServerProcess([str(script), *flags], tmp_path / "server.log", **ports)
+    try:
+        seen = server.wait_ready(180)
+        assert seen[0] == 503 or len(seen) == 1  # HTTP answered before the model was ready
+        assert server.get("/healthz").status_code == 200
+        log = server.log
+        assert f"checkpoint (override by the fine-tuned model): {tiny_finetuned_dir}/model.ckpt-343" in log
+        assert log.index("warm-up done") < log.index("all set, ready to serve request!")
+        texts = ["hello world", "the dog is not a cat ||| good night", "un ##want"]
+        with server.client() as bc:
+            vecs, tokens = bc.encode(texts, show_tokens=True)
+        tokenizer = BertTokenizer(tiny_model_dir / "vocab.txt", max_seq_len=25, max_position_embeddings=64)
+        rows = tokenizer.tokenize_batch(texts)
+        assert tokens == [list(r.tokens) for r in rows]
+        direct = TFEncoder(
+            tiny_model_dir, tuned_model_dir=str(tiny_finetuned_dir), ckpt_name="model.ckpt-343"
+        )
+        from bertserve_server.encoder import pad_batch
+
+        expected = direct.encode(pad_batch(rows, max(len(r) for r in rows)))
+        np.testing.assert_allclose(vecs, expected, rtol=1e-5, atol=1e-5)
+        pretrained = TFEncoder(tiny_model_dir).encode(pad_batch(rows, max(len(r) for r in rows)))
+        assert not np.allclose(vecs, pretrained, atol=1e-3)  # the fine-tuned step, not the base weights
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
