@@ -1,0 +1,255 @@
+"""The BERT encoder in TensorFlow 2, numerically equal to Google's ``modeling.py`` in inference.
+
+Why it is written by hand instead of using a Keras model: serving needs exactly the reference
+maths (erf GELU unless ``hidden_act`` says otherwise, attention mask adder −10000, LayerNorm
+epsilon 1e-12, position embeddings sliced to the sequence length, token-type embeddings) and
+nothing else: no dropout, no training graph, no layers above the deepest one pooling reads. The
+computation is a plain function of a dict of weight tensors, so the same code runs with weights
+held as device variables (GPU) or embedded as graph constants (CPU, where oneDNN can then cache
+its packed copies of the kernels), inside one ``tf.function`` that also does the pooling.
+
+Layout choices made for speed, all exact re-associations of the reference maths: the query, key
+and value projections are one ``[H, 3H]`` matmul with the ``1/sqrt(head_size)`` score scale folded
+into the query kernel and bias, and every dense layer works on ``[batch*seq, width]`` matrices so
+TensorFlow's remapper can fuse bias-add and activation into the matmul.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from bertserve_server.model.config import BertConfig
+
+#: Added to attention scores of masked ("to") positions, as in Google's BERT.
+ATTENTION_MASK_ADDER = -10000.0
+#: LayerNorm epsilon of ``tf.contrib.layers.layer_norm``, which Google's BERT uses.
+LAYER_NORM_EPSILON = 1e-12
+
+
+def gelu_erf(x: tf.Tensor) -> tf.Tensor:
+    """Exact GELU, ``x * 0.5 * (1 + erf(x / sqrt(2)))`` (Google BERT's ``gelu``)."""
+    return tf.nn.gelu(x, approximate=False)
+
+
+def gelu_tanh(x: tf.Tensor) -> tf.Tensor:
+    """The tanh approximation of GELU (``gelu_new`` in Hugging Face configs)."""
+    return tf.nn.gelu(x, approximate=True)
+
+
+ACTIVATIONS: dict[str, Callable[[tf.Tensor], tf.Tensor]] = {
+    "gelu": gelu_erf,
+    "gelu_new": gelu_tanh,
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "relu": tf.nn.relu,
+    "tanh": tf.tanh,
+    "swish": tf.nn.silu,
+    "silu": tf.nn.silu,
+    "linear": tf.identity,
+}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What to build: how many layers, and which optional parts.
+
+    ``num_layers`` is the number of transformer layers computed (the deepest pooling layer + 1);
+    layers above it are never built. ``with_pooler`` adds Google's ``tanh(dense(first token))``
+    pooled output of the *last* layer (``CLS_POOLED``), which then requires all layers.
+    """
+
+    config: BertConfig
+    num_layers: int
+    use_position_embeddings: bool = True
+    with_pooler: bool = False
+    #: CPU-friendly fused LayerNorm (see ``layer_norm``); off for GPUs.
+    fused_layer_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_layers <= self.config.num_hidden_layers:
+            raise ValueError(
+                f"num_layers must be in 1..{self.config.num_hidden_layers}, got {self.num_layers}"
+            )
+        if self.with_pooler and self.num_layers != self.config.num_hidden_layers:
+            raise ValueError("the pooler reads the last layer: build all layers when with_pooler is set")
+
+
+def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Turn checkpoint-layout weights (keys of ``checkpoint_names``) into the layout ``encode`` uses.
+
+    Per layer, ``query``/``key``/``value`` kernels ``[H, H]`` and biases ``[H]`` become one
+    ``qkv/kernel [H, 3H]`` and ``qkv/bias [3H]``, with the query part pre-multiplied by
+    ``1/sqrt(head_size)`` (the reference multiplies the scores instead: same value).
+    Everything is float32 and C-contiguous. Weights of layers above ``num_layers`` are dropped.
+    """
+    scale = np.float32(1.0 / math.sqrt(spec.config.head_size))
+    out: dict[str, np.ndarray] = {}
+
+    def take(key: str) -> np.ndarray:
+        return np.ascontiguousarray(np.asarray(weights[key], dtype=np.float32))
+
+    out["embeddings/word"] = take("embeddings/word")
+    out["embeddings/token_type"] = take("embeddings/token_type")
+    if spec.use_position_embeddings:
+        out["embeddings/position"] = take("embeddings/position")
+    out["embeddings/ln/gamma"] = take("embeddings/ln/gamma")
+    out["embeddings/ln/beta"] = take("embeddings/ln/beta")
+    for layer in range(spec.num_layers):
+        p = f"layer_{layer}/"
+        q_kernel = take(p + "query/kernel") * scale
+        q_bias = take(p + "query/bias") * scale
+        out[p + "qkv/kernel"] = np.ascontiguousarray(
+            np.concatenate([q_kernel, take(p + "key/kernel"), take(p + "value/kernel")], axis=1)
+        )
+        out[p + "qkv/bias"] = np.concatenate([q_bias, take(p + "key/bias"), take(p + "value/bias")])
+        for name in (
+            "attention_output/kernel",
+            "attention_output/bias",
+            "attention_ln/gamma",
+            "attention_ln/beta",
+            "intermediate/kernel",
+            "intermediate/bias",
+            "output/kernel",
+            "output/bias",
+            "output_ln/gamma",
+            "output_ln/beta",
+        ):
+            out[p + name] = take(p + name)
+    if spec.with_pooler:
+        out["pooler/kernel"] = take("pooler/kernel")
+        out["pooler/bias"] = take("pooler/bias")
+    return out
+
+
+def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, *, fused: bool = False) -> tf.Tensor:
+    """LayerNorm over the last axis with epsilon 1e-12, computed in float32. ``x``: ``[rows, H]``.
+
+    ``fused=True`` (CPU) expresses the normalisation as a training-mode ``FusedBatchNormV3`` over
+    ``[1, rows, H, 1]`` NCHW (one "channel" per row: the same biased mean/variance), the form
+    oneDNN turns into a single LayerNorm kernel, about 5x faster than the unfused ops. It is not
+    used on GPU, where cuDNN clamps batch-norm epsilon to 1e-5.
+    """
+    dtype = x.dtype
+    if dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+        gamma = tf.cast(gamma, tf.float32)
+        beta = tf.cast(beta, tf.float32)
+    if fused:
+        rows, hidden = tf.shape(x)[0], x.shape[-1]
+        y = tf.reshape(x, [1, rows, hidden, 1])  # [1, rows, H, 1], rows as NCHW channels
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            y,
+            tf.ones([rows]),
+            tf.zeros([rows]),
+            epsilon=LAYER_NORM_EPSILON,
+            data_format="NCHW",
+            is_training=True,
+        )
+        y = tf.reshape(y, [rows, hidden]) * gamma + beta  # [rows, H]
+    else:
+        mean = tf.reduce_mean(x, axis=-1, keepdims=True)  # [rows, 1]
+        variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)  # [rows, 1]
+        y = (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * gamma + beta  # [rows, H]
+    return tf.cast(y, dtype) if dtype != tf.float32 else y
+
+
+def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
+    """``x @ kernel + bias`` on a ``[rows, in]`` matrix (shape kept 2-D so MatMul+BiasAdd fuse)."""
+    return tf.nn.bias_add(tf.matmul(x, kernel), bias)
+
+
+def encode(
+    spec: EncoderSpec,
+    params: Mapping[str, tf.Tensor],
+    input_ids: tf.Tensor,
+    input_mask: tf.Tensor,
+    type_ids: tf.Tensor,
+    *,
+    compute_dtype: tf.DType = tf.float32,
+) -> tuple[list[tf.Tensor], tf.Tensor | None]:
+    """Run the encoder.
+
+    Args:
+      params: ``prepare_weights`` layout, as tensors (variables or constants) of ``compute_dtype``
+        except LayerNorm parameters and embeddings, which may stay float32.
+      input_ids, input_mask, type_ids: int32 ``[batch, seq]``.
+
+    Returns:
+      ``(layers, pooled)``: ``layers[i]`` is the output of transformer layer ``i`` as
+      ``[batch, seq, hidden]`` in ``compute_dtype`` for ``i < spec.num_layers``; ``pooled`` is
+      ``[batch, hidden]`` when ``spec.with_pooler`` else None.
+    """
+    config = spec.config
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    head_size = config.head_size
+    activation = ACTIVATIONS[config.hidden_act]
+    fused = spec.fused_layer_norm
+
+    shape = tf.shape(input_ids)
+    batch, seq = shape[0], shape[1]
+    rows = batch * seq
+
+    # Embeddings: word + token type (+ position), then LayerNorm.
+    embedded = tf.gather(params["embeddings/word"], input_ids)  # [batch, seq, hidden]
+    embedded += tf.gather(params["embeddings/token_type"], type_ids)  # [batch, seq, hidden]
+    if spec.use_position_embeddings:
+        positions = params["embeddings/position"][:seq]  # [seq, hidden]
+        embedded += positions[tf.newaxis]  # broadcast over batch
+    x = tf.reshape(embedded, [rows, hidden])  # [batch*seq, hidden]
+    x = layer_norm(x, params["embeddings/ln/gamma"], params["embeddings/ln/beta"], fused=fused)
+    x = tf.cast(x, compute_dtype)
+
+    # Attention mask adder over "to" positions: [batch, 1, 1, seq].
+    mask_adder = (1.0 - tf.cast(input_mask, tf.float32)) * ATTENTION_MASK_ADDER
+    mask_adder = mask_adder[:, tf.newaxis, tf.newaxis, :]
+
+    layers: list[tf.Tensor] = []
+    for layer in range(spec.num_layers):
+        p = f"layer_{layer}/"
+        qkv = dense(x, params[p + "qkv/kernel"], params[p + "qkv/bias"])  # [batch*seq, 3*hidden]
+        qkv = tf.reshape(qkv, [batch, seq, 3, heads, head_size])
+        qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, head_size]
+        query, key, value = qkv[0], qkv[1], qkv[2]  # [batch, heads, seq, head_size] each
+        scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, seq, seq], already scaled
+        scores = tf.cast(scores, tf.float32) + mask_adder
+        probs = tf.cast(tf.nn.softmax(scores, axis=-1), compute_dtype)  # [batch, heads, seq, seq]
+        context = tf.matmul(probs, value)  # [batch, heads, seq, head_size]
+        context = tf.transpose(context, [0, 2, 1, 3])  # [batch, seq, heads, head_size]
+        context = tf.reshape(context, [rows, hidden])  # [batch*seq, hidden]
+
+        attention = dense(context, params[p + "attention_output/kernel"], params[p + "attention_output/bias"])
+        attention = layer_norm(
+            attention + x, params[p + "attention_ln/gamma"], params[p + "attention_ln/beta"], fused=fused
+        )
+
+        intermediate = activation(
+            dense(attention, params[p + "intermediate/kernel"], params[p + "intermediate/bias"])
+        )  # [batch*seq, intermediate]
+        output = dense(intermediate, params[p + "output/kernel"], params[p + "output/bias"])
+        x = layer_norm(
+            output + attention, params[p + "output_ln/gamma"], params[p + "output_ln/beta"], fused=fused
+        )
+        layers.append(tf.reshape(x, [batch, seq, hidden]))  # [batch, seq, hidden]
+
+    pooled = None
+    if spec.with_pooler:
+        first = layers[-1][:, 0]  # [batch, hidden]
+        pooled = tf.tanh(dense(first, params["pooler/kernel"], params["pooler/bias"]))  # [batch, hidden]
+    return layers, pooled
+
+
+#: Parameters kept in float32 under ``-fp16``: gathers and LayerNorm are cheap and precision-sensitive.
+FLOAT32_PARAMS = ("embeddings/", "_ln/", "/ln/")
+
+
+def param_dtype(key: str, compute_dtype: tf.DType) -> tf.DType:
+    """Storage dtype of a prepared weight under a compute dtype."""
+    if compute_dtype == tf.float32 or any(marker in key for marker in FLOAT32_PARAMS):
+        return tf.float32
+    return compute_dtype

@@ -1,0 +1,296 @@
+"""``TFEncoder``: the real ``Encoder`` — a BERT checkpoint on one device behind one compiled function.
+
+Why it exists: workers need a single object that owns a model on a device and turns padded id
+batches into pooled numpy vectors. Everything TensorFlow-specific (device placement, threads,
+XLA, mixed precision, how weights are held) stays here, behind the narrow ``Encoder`` protocol.
+
+How it is made fast:
+- Only the layers up to the deepest ``-pooling_layer`` are built; pooling runs inside the same
+  ``tf.function``, so one call does ids → pooled vectors.
+- On CPU the weights are embedded in the traced graph as constants: Grappler's oneDNN remapper
+  then fuses MatMul+BiasAdd(+GELU/+Add) and oneDNN caches its pre-packed kernels across calls.
+  On GPU they are device variables (no multi-hundred-MB constants in the graph).
+- ``-xla`` compiles with ``jit_compile=True``; batch and length are then rounded up to buckets so
+  a stream of odd batch sizes does not trigger a compilation each.
+- ``-fp16`` on a GPU computes matmuls in float16 with LayerNorm/softmax in float32; on CPU (no
+  fast float16 matmul) it computes in float32. The output is float16 in both cases.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from bertserve_server.encoder import Batch
+from bertserve_server.model import PoolingStrategy
+from bertserve_server.model.checkpoint import load_encoder_weights
+from bertserve_server.model.config import BertConfig, resolve_pooling_layers
+from bertserve_server.model.modeling import EncoderSpec, encode, param_dtype, prepare_weights
+from bertserve_server.model.pooling import output_width, pool
+
+logger = logging.getLogger(__name__)
+
+_configure_lock = threading.Lock()
+_configured = False
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def configure_runtime(
+    *,
+    intra_op_threads: int | None = None,
+    inter_op_threads: int | None = None,
+    gpu_memory_growth: bool = True,
+    gpu_memory_limit_mb: int | None = None,
+) -> None:
+    """Set TensorFlow's process-wide runtime options; call once, before any model is built.
+
+    Defaults: intra-op threads = available CPUs, inter-op threads = 1 (the encoder is one chain
+    of big ops; a second pool only oversubscribes the cores oneDNN already uses), GPU memory
+    growth on (several workers or other processes can share a GPU), optionally a per-GPU memory
+    cap (``-gpu_memory_fraction`` × card memory). Options TensorFlow no longer accepts because the
+    runtime already started are logged and skipped, not fatal.
+    """
+    global _configured
+    with _configure_lock:
+        if _configured:
+            return
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads or available_cpus())
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads or 1)
+        except RuntimeError as exc:
+            logger.warning("thread pools already initialised, keeping them: %s", exc)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                if gpu_memory_limit_mb:
+                    tf.config.set_logical_device_configuration(
+                        gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=gpu_memory_limit_mb)]
+                    )
+                elif gpu_memory_growth:
+                    tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError) as exc:
+                logger.warning("cannot configure %s, keeping defaults: %s", gpu.name, exc)
+        _configured = True
+
+
+def list_gpu_ids() -> list[int]:
+    """Ids of the GPUs TensorFlow sees, i.e. the ``N`` of the ``/GPU:N`` devices it will create."""
+    return list(range(len(tf.config.list_physical_devices("GPU"))))
+
+
+def _is_gpu(device: str) -> bool:
+    return "GPU" in device.upper()
+
+
+def _round_up(value: int, buckets: Sequence[int], step: int) -> int:
+    for bucket in buckets:
+        if value <= bucket:
+            return bucket
+    return -(-value // step) * step
+
+
+#: Shape buckets used under ``-xla`` (each distinct shape is one XLA compilation).
+XLA_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+XLA_SEQ_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+class TFEncoder:
+    """A BERT checkpoint on one device, computing pooled embeddings for padded batches.
+
+    Args mirror ``bert-serving-start`` flags: ``model_dir`` (config and vocab), ``tuned_model_dir``
+    and ``ckpt_name`` (weights from ``(tuned_model_dir or model_dir)/ckpt_name``), ``config_name``,
+    ``pooling_strategy`` (enum member, name or int), ``pooling_layer`` (Python indices, ``-1`` =
+    last), ``fp16``, ``xla``, ``no_position_embeddings``; ``device`` is a TensorFlow device string
+    (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        tuned_model_dir: str | None = None,
+        ckpt_name: str = "bert_model.ckpt",
+        config_name: str = "bert_config.json",
+        pooling_strategy: object = PoolingStrategy.REDUCE_MEAN,
+        pooling_layer: Sequence[int] = (-2,),
+        fp16: bool = False,
+        xla: bool = False,
+        device: str = "/CPU:0",
+        no_position_embeddings: bool = False,
+        weights_as_constants: bool | None = None,
+    ) -> None:
+        configure_runtime()
+        self._device = device
+        self._xla = bool(xla)
+        self._fp16 = bool(fp16)
+        self.strategy = PoolingStrategy.parse(pooling_strategy)
+        config_path = Path(model_dir) / config_name
+        logger.info("model config: %s", config_path)
+        self.config = BertConfig.from_json_file(config_path)
+        if self.strategy == PoolingStrategy.CLS_POOLED:
+            self.pooling_layers: list[int] = []
+            num_layers = self.config.num_hidden_layers
+        else:
+            self.pooling_layers = resolve_pooling_layers(list(pooling_layer), self.config.num_hidden_layers)
+            num_layers = max(self.pooling_layers) + 1
+        self.spec = EncoderSpec(
+            config=self.config,
+            num_layers=num_layers,
+            use_position_embeddings=not no_position_embeddings,
+            with_pooler=self.strategy == PoolingStrategy.CLS_POOLED,
+            fused_layer_norm=not _is_gpu(device),
+        )
+        loaded = load_encoder_weights(
+            self.config,
+            model_dir,
+            ckpt_name,
+            tuned_model_dir,
+            num_layers=num_layers,
+            use_position_embeddings=self.spec.use_position_embeddings,
+            with_pooler=self.spec.with_pooler,
+        )
+        self.checkpoint_path = loaded.path
+        on_gpu = _is_gpu(device)
+        self._compute_dtype = tf.float16 if (self._fp16 and on_gpu) else tf.float32
+        if self._fp16 and not on_gpu:
+            logger.info("-fp16 on CPU: computing in float32, returning float16")
+        prepared = prepare_weights(self.spec, loaded.weights)
+        self._constants = (not on_gpu) if weights_as_constants is None else weights_as_constants
+        self._numpy_params: dict[str, np.ndarray] = {}
+        self._variables: dict[str, tf.Variable] = {}
+        if self._constants:
+            self._numpy_params = {
+                k: v.astype(param_dtype(k, self._compute_dtype).as_numpy_dtype) for k, v in prepared.items()
+            }
+        else:
+            with tf.device(device):
+                self._variables = {
+                    k: tf.Variable(
+                        tf.constant(v, dtype=param_dtype(k, self._compute_dtype)),
+                        trainable=False,
+                        name=k.replace("/", "."),
+                    )
+                    for k, v in prepared.items()
+                }
+        self._width = output_width(self.strategy, self.config.hidden_size, len(self.pooling_layers))
+        signature = [
+            tf.TensorSpec([None, None], tf.int32, name=n) for n in ("input_ids", "input_mask", "type_ids")
+        ]
+
+        def forward(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
+            return self._forward(input_ids, input_mask, type_ids)
+
+        # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
+        # function object, and each encoder legitimately traces its own.
+        self._function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
+        logger.info(
+            "encoder ready to trace: %d of %d layers, pooling %s %s, device %s, %s%s",
+            num_layers,
+            self.config.num_hidden_layers,
+            self.strategy.name,
+            self.pooling_layers or "(pooler)",
+            device,
+            "float16" if self._fp16 else "float32",
+            ", XLA" if self._xla else "",
+        )
+
+    # -- Encoder protocol ------------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> str:
+        return "float16" if self._fp16 else "float32"
+
+    @property
+    def hidden_size(self) -> int:
+        return self._width
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.config.max_position_embeddings
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def encode(self, batch: Batch) -> np.ndarray:
+        """``[batch, D]`` (or ``[batch, seq, D]`` for NONE) as a numpy array of ``self.dtype``."""
+        return self.encode_arrays(batch.input_ids, batch.input_mask, batch.type_ids)
+
+    def encode_arrays(
+        self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray
+    ) -> np.ndarray:
+        """Like ``encode`` on three int ``[batch, seq]`` arrays."""
+        ids = np.asarray(input_ids, dtype=np.int32)
+        mask = np.asarray(input_mask, dtype=np.int32)
+        types = np.asarray(type_ids, dtype=np.int32)
+        if ids.ndim != 2 or ids.shape != mask.shape or ids.shape != types.shape:
+            raise ValueError(
+                f"expected three equal [batch, seq] arrays, got {ids.shape}, {mask.shape}, {types.shape}"
+            )
+        rows, seq = ids.shape
+        if rows == 0:
+            shape = (0, seq, self._width) if self.strategy == PoolingStrategy.NONE else (0, self._width)
+            return np.zeros(shape, dtype=self.dtype)
+        if seq > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {seq} exceeds max_position_embeddings {self.config.max_position_embeddings}"
+            )
+        if self._xla:
+            ids, mask, types = self._pad_to_bucket(ids, mask, types)
+        with tf.device(self._device):
+            out = self._function(ids, mask, types)
+        result = out.numpy()
+        if self._xla:
+            result = result[:rows, :seq] if self.strategy == PoolingStrategy.NONE else result[:rows]
+        return result
+
+    def warm_up(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
+        """Trace and run once per ``(batch, seq)`` shape, so the first request pays nothing extra.
+
+        Default shapes: a single short sentence, and a full batch of 32 at length 128 (or the
+        position limit), which also builds oneDNN's cached kernels.
+        """
+        longest = min(128, self.config.max_position_embeddings)
+        for rows, seq in shapes or ((1, min(16, longest)), (32, longest)):
+            ids = np.full((rows, seq), 0, np.int32)
+            ids[:, 0] = 1
+            mask = np.ones((rows, seq), np.int32)
+            self.encode_arrays(ids, mask, np.zeros_like(ids))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _pad_to_bucket(
+        self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, seq = ids.shape
+        target_rows = _round_up(rows, XLA_BATCH_BUCKETS, 256)
+        target_seq = min(_round_up(seq, XLA_SEQ_BUCKETS, 128), self.config.max_position_embeddings)
+        if (target_rows, target_seq) == (rows, seq):
+            return ids, mask, types
+        pad = ((0, target_rows - rows), (0, target_seq - seq))
+        return np.pad(ids, pad), np.pad(mask, pad), np.pad(types, pad)
+
+    def _params(self) -> dict[str, tf.Tensor]:
+        if self._constants:
+            # Called while tracing: the arrays become Const nodes of the traced graph.
+            return {k: tf.constant(v) for k, v in self._numpy_params.items()}
+        return dict(self._variables)
+
+    def _forward(self, input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
+        layers, pooled = encode(
+            self.spec, self._params(), input_ids, input_mask, type_ids, compute_dtype=self._compute_dtype
+        )
+        result = pool(self.strategy, layers, self.pooling_layers, input_mask, pooled)
+        return tf.cast(result, tf.float16) if self._fp16 else result
