@@ -37,6 +37,15 @@ cluster-up: cluster-build venv ## start the local control plane (.local/cluster/
 cluster-down: ## stop every process of the local control plane (PURGE=1 also deletes its data)
 	$(PY) hack/cluster/localcluster.py down $(if $(PURGE),--purge,)
 
+demo: venv ## the whole product on this machine: control plane, operator via helm, a Ready BertServer, real encodings
+	$(PY) hack/demo.py up
+
+demo-down: ## stop everything the demo started
+	$(PY) hack/demo.py down
+
+images: venv ## build the server and operator images with buildah (OCI archives under .local/images)
+	bash hack/images/build.sh
+
 bench: venv ## run the benchmarks (see benchmarks/README.md)
 	@echo "see benchmarks/README.md for the individual benchmark commands"
 
