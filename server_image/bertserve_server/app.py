@@ -194,6 +194,8 @@ class BertServer:
         drained = self.batcher.wait_idle(max(0.0, deadline - time.monotonic()))
         if self.zmq is not None:
             drained = self.zmq.flush(max(0.0, deadline - time.monotonic())) and drained
+        if self.http is not None:
+            drained = self.http.flush(max(0.0, deadline - time.monotonic())) and drained
         if not drained:
             logger.warning(
                 "drain timeout (-drain_timeout=%.1fs): %d sentences not answered", budget, self.batcher.depth

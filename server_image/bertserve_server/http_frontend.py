@@ -92,7 +92,8 @@ class HttpFrontend:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self._slots = config.http_max_connect
-        self._in_flight = 0
+        self._in_flight = 0  # encodes waiting for the model (bounded by -http_max_connect)
+        self._open = 0  # encode/embeddings handlers not yet returned (the drain waits for these)
         self._num_request = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -148,6 +149,15 @@ class HttpFrontend:
     async def _cleanup(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until no encode request is being answered (used by the drain)."""
+        deadline = time.monotonic() + timeout
+        while self._open > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def stop(self) -> None:
         loop = self._loop
@@ -250,6 +260,13 @@ class HttpFrontend:
     # -- bert-as-service API ---------------------------------------------------------------------
 
     async def encode(self, request: web.Request) -> web.Response:
+        self._open += 1
+        try:
+            return await self._encode(request)
+        finally:
+            self._open -= 1
+
+    async def _encode(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -290,6 +307,13 @@ class HttpFrontend:
     # -- OpenAI embeddings -----------------------------------------------------------------------
 
     async def embeddings(self, request: web.Request) -> web.Response:
+        self._open += 1
+        try:
+            return await self._embeddings(request)
+        finally:
+            self._open -= 1
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -301,13 +325,12 @@ class HttpFrontend:
                 raise InvalidInput(
                     "this server uses -pooling_strategy NONE (one vector per token); use POST /encode"
                 )
-            answer = await self._run_encode(texts, False, f"openai:{request.remote}")
             dimensions = body.get("dimensions")
-            if dimensions is not None and dimensions != answer.embeddings.shape[1]:
+            if dimensions is not None and dimensions != self.service.batcher.width:
                 raise InvalidInput(
-                    f"dimensions={dimensions} is not supported: "
-                    f"this model returns {answer.embeddings.shape[1]}"
+                    f"dimensions={dimensions} is not supported: this model returns {self.service.batcher.width}"
                 )
+            answer = await self._run_encode(texts, False, f"openai:{request.remote}")
         except Exception as exc:
             return self._error("embeddings", as_serve_error(exc), openai=True)
         vectors = answer.embeddings.astype(np.float32)

@@ -200,3 +200,22 @@ def test_terminate_sends_the_1_10_0_frames():
     finally:
         pull.close()
         context.term()
+
+
+def test_json_log_format_writes_one_object_per_line(capsys, model_dir):
+    import json
+    import logging
+
+    from bertserve_server.cli import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        setup_logging(parse_argv([f"-model_dir={model_dir}", "-log_format=json"]))
+        logging.getLogger("bertserve_server.test").warning("queue is %s", "full")
+        entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert entry["level"] == "WARNING" and entry["message"] == "queue is full"
+        assert entry["logger"] == "bertserve_server.test"
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,11 +118,20 @@ def fake_process(tmp_path: Path) -> Iterator[callable]:
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process):
     server = fake_process(0.4, max_batch_size="4", drain_timeout="20")
     server.wait_ready(60)
-    texts = [f"sentence number {i}" for i in range(16)]  # 4 batches x 0.4 s
+    texts = [f"sentence number {i}" for i in range(16)]  # 4 batches x 0.4 s, plus one HTTP request
+    http_answer: list[requests.Response] = []
+
+    def post() -> None:
+        http_answer.append(
+            requests.post(server.url("/encode"), json={"id": 9, "texts": ["over http"]}, timeout=30)
+        )
+
     with server.client() as bc, server.client() as late:
         bc.encode(texts, blocking=False)
+        http = threading.Thread(target=post)
+        http.start()
         wait_until(
-            lambda: json.loads(server.get("/status/server").text)["queue_depth"] == 16, what="in flight"
+            lambda: json.loads(server.get("/status/server").text)["queue_depth"] == 17, what="in flight"
         )
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -132,6 +142,8 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process
             late.encode(["new work"])
         results = bc.fetch_all(concat=True)
         assert results.shape == (16, 8)
+        http.join(30)
+        assert http_answer[0].status_code == 200 and http_answer[0].json()["id"] == 9
     assert server.proc.wait(20) == 0
     assert time.monotonic() - sent < 20
     assert "draining" in server.log and "server stopped" in server.log
