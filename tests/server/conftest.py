@@ -10,9 +10,14 @@ use them stays TensorFlow-free.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# numpy_bert.py (the independent reference model) sits beside the tests that use it; with
+# --import-mode=importlib test directories are not on sys.path, so put this one there.
+sys.path.insert(0, str(Path(__file__).parent))
 
 TINY_FINETUNED_STEP = 343
 

@@ -72,7 +72,12 @@ class NumpyBert:
         return (x - mean) / np.sqrt(var + self.eps) * self.w[name + ".weight"] + self.w[name + ".bias"]
 
     def forward(
-        self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray
+        self,
+        input_ids: np.ndarray,
+        input_mask: np.ndarray,
+        type_ids: np.ndarray,
+        *,
+        use_position_embeddings: bool = True,
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """All layer outputs ``[batch, seq, hidden]`` and the pooler output ``[batch, hidden]``."""
         b, s = input_ids.shape
@@ -80,8 +85,9 @@ class NumpyBert:
         x = (
             self.w["embeddings.word_embeddings.weight"][input_ids]
             + self.w["embeddings.token_type_embeddings.weight"][type_ids]
-            + self.w["embeddings.position_embeddings.weight"][np.arange(s)][None]
         )
+        if use_position_embeddings:
+            x = x + self.w["embeddings.position_embeddings.weight"][np.arange(s)][None]
         x = self._norm(x, "embeddings.LayerNorm")
         adder = (1.0 - input_mask.astype(np.float64))[:, None, None, :] * -10000.0
         outs = []

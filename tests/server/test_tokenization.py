@@ -59,10 +59,12 @@ def reference_basic_tokenize(text: str, lower: bool) -> list[str]:
     for ch in cleaned:
         spaced.append(f" {ch} " if _is_cjk(ord(ch)) else ch)
     out: list[str] = []
-    for token in "".join(spaced).split():
+    for raw in "".join(spaced).split():
+        token = raw
         if lower:
-            token = token.lower()
-            token = "".join(c for c in unicodedata.normalize("NFD", token) if unicodedata.category(c) != "Mn")
+            token = "".join(
+                c for c in unicodedata.normalize("NFD", raw.lower()) if unicodedata.category(c) != "Mn"
+            )
         word: list[str] = []
         for ch in token:
             if _is_punctuation(ch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -137,10 +138,6 @@ def convert_hf_to_google(
     ``source`` is a directory (``config.json``, ``vocab.txt``, ``model.safetensors``) or a
     ``.safetensors`` file with those files beside it; ``vocab`` overrides the vocabulary file.
     """
-    from safetensors.numpy import load_file
-
-    from bertserve_server.model.checkpoint import write_checkpoint
-
     weights_file, meta_dir = _locate(Path(source))
     config_file = meta_dir / "config.json"
     if not config_file.is_file():
@@ -149,6 +146,11 @@ def convert_hf_to_google(
     if not vocab_file.is_file():
         raise ConversionError(f"{vocab_file} not found (pass --vocab)")
     config = google_config_from_hf(json.loads(config_file.read_text(encoding="utf-8")))
+
+    from safetensors.numpy import load_file
+
+    from bertserve_server.model.checkpoint import write_checkpoint  # TensorFlow: only once the input is sound
+
     tensors = hf_to_google_tensors(load_file(str(weights_file)), config)
 
     out = Path(out_dir)
@@ -240,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # a CLI: keep TensorFlow's start-up chatter out
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         out = convert_hf_to_google(args.source, args.out, vocab=args.vocab)

@@ -1,0 +1,218 @@
+"""Every pooling strategy and layer choice of the TF encoder against a plain-numpy BERT, on a tiny model.
+
+The tiny checkpoint is random (``tiny_model_dir``); the numpy reference reads the same checkpoint
+with its own renaming and its own maths (``numpy_bert.py``), so a wrong layer index, mask,
+transpose or pooling formula shows up as a numeric difference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pytest
+from numpy_bert import NumpyBert, reference_pool
+
+if TYPE_CHECKING:
+    from bertserve_server.model.tf_encoder import TFEncoder
+
+pytestmark = pytest.mark.tf
+
+STRATEGIES = [
+    "REDUCE_MEAN",
+    "REDUCE_MAX",
+    "REDUCE_MEAN_MAX",
+    "FIRST_TOKEN",
+    "LAST_TOKEN",
+    "NONE",
+    "CLS_POOLED",
+]
+LAYER_CHOICES = [[-1], [-2], [0, 1], [1, 0, -1]]
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four rows of length 9: padded single, pair with type ids, a -mask_cls_sep row, a full row."""
+    ids = np.array(
+        [
+            [2, 5, 10, 7, 3, 0, 0, 0, 0],
+            [2, 8, 9, 3, 12, 13, 14, 3, 0],
+            [2, 30, 31, 32, 3, 0, 0, 0, 0],
+            [2, 40, 41, 42, 43, 44, 45, 46, 3],
+        ],
+        np.int32,
+    )
+    mask = (ids > 0).astype(np.int32)
+    mask[2, [0, 4]] = 0  # -mask_cls_sep: CLS and SEP masked (also for attention)
+    types = np.zeros_like(ids)
+    types[1, 4:8] = 1
+    return ids, mask, types
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[list, np.ndarray]:
+    return NumpyBert.from_google_dir(tiny_model_dir).forward(*batch)
+
+
+def _encoder(model_dir: Path, strategy: str, layers: list[int] | None = None, **kwargs: Any) -> TFEncoder:
+    from bertserve_server.model.tf_encoder import TFEncoder
+
+    return TFEncoder(model_dir, pooling_strategy=strategy, pooling_layer=layers or [-2], **kwargs)
+
+
+@pytest.mark.parametrize("layers", LAYER_CHOICES, ids=str)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_strategy_matches_numpy_reference(
+    tiny_model_dir: Path,
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray],
+    reference: tuple[list, np.ndarray],
+    strategy: str,
+    layers: list[int],
+) -> None:
+    encoder = _encoder(tiny_model_dir, strategy, layers)
+    got = encoder.encode_arrays(*batch)
+    all_layers, pooled = reference
+    want = reference_pool(strategy, all_layers, [i % 2 for i in layers], batch[1], pooled)
+    assert got.dtype == np.float32
+    assert got.shape == want.shape
+    assert got.shape[-1] == encoder.hidden_size
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize(("alias", "canonical"), [("CLS_TOKEN", "FIRST_TOKEN"), ("SEP_TOKEN", "LAST_TOKEN")])
+def test_aliases_pool_like_their_canonical_strategy(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray], alias: str, canonical: str
+) -> None:
+    np.testing.assert_array_equal(
+        _encoder(tiny_model_dir, alias).encode_arrays(*batch),
+        _encoder(tiny_model_dir, canonical).encode_arrays(*batch),
+    )
+
+
+def test_none_returns_every_position_and_zeroes_masked_ones(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    out = _encoder(tiny_model_dir, "NONE", [-1, 0]).encode_arrays(*batch)
+    assert out.shape == (4, 9, 64)
+    mask = batch[1]
+    assert np.all(out[mask == 0] == 0.0)
+    assert np.all(np.abs(out[mask == 1]).sum(-1) > 0)
+
+
+def test_last_token_of_an_all_masked_row_does_not_fail_the_batch(tiny_model_dir: Path) -> None:
+    ids = np.array([[2, 3, 0], [2, 5, 3]], np.int32)
+    mask = np.array([[0, 0, 0], [1, 1, 1]], np.int32)  # [CLS] [SEP] of "" under -mask_cls_sep
+    out = _encoder(tiny_model_dir, "LAST_TOKEN").encode_arrays(ids, mask, np.zeros_like(ids))
+    assert out.shape == (2, 32) and np.all(np.isfinite(out))
+
+
+def test_rows_do_not_depend_on_batch_mates_or_padding(tiny_model_dir: Path) -> None:
+    encoder = _encoder(tiny_model_dir, "REDUCE_MEAN_MAX", [-1, 0])
+    row = np.array([[2, 5, 6, 7, 3]], np.int32)
+    alone = encoder.encode_arrays(row, np.ones_like(row), np.zeros_like(row))
+    padded_ids = np.zeros((3, 20), np.int32)
+    padded_ids[0, :9] = [2, 11, 12, 13, 14, 15, 16, 17, 3]
+    padded_ids[1, :5] = row[0]
+    padded_ids[2, :3] = [2, 9, 3]
+    merged = encoder.encode_arrays(padded_ids, (padded_ids > 0).astype(np.int32), np.zeros_like(padded_ids))
+    np.testing.assert_allclose(merged[1], alone[0], atol=1e-5, rtol=0)
+
+
+def test_fp16_returns_float16_close_to_float32(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    half = _encoder(tiny_model_dir, "REDUCE_MEAN", fp16=True)
+    full = _encoder(tiny_model_dir, "REDUCE_MEAN")
+    out = half.encode_arrays(*batch)
+    assert half.dtype == "float16" and out.dtype == np.float16
+    np.testing.assert_allclose(out.astype(np.float32), full.encode_arrays(*batch), atol=1e-2, rtol=1e-2)
+
+
+def test_xla_matches_graph_mode_for_odd_shapes(tiny_model_dir: Path) -> None:
+    rng = np.random.default_rng(3)
+    ids = rng.integers(4, 80, (5, 11)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[2, 6:] = 0
+    types = np.zeros_like(ids)
+    for strategy in ("REDUCE_MEAN", "NONE"):
+        plain = _encoder(tiny_model_dir, strategy, [-1]).encode_arrays(ids, mask, types)
+        xla = _encoder(tiny_model_dir, strategy, [-1], xla=True).encode_arrays(ids, mask, types)
+        assert xla.shape == plain.shape  # bucket padding is cut off again
+        np.testing.assert_allclose(xla, plain, atol=1e-5, rtol=0)
+
+
+def test_device_variables_match_embedded_constants(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """The GPU layout (weights as variables) computes the same as the CPU layout."""
+    consts = _encoder(tiny_model_dir, "REDUCE_MAX", [-1, 0], weights_as_constants=True)
+    variables = _encoder(tiny_model_dir, "REDUCE_MAX", [-1, 0], weights_as_constants=False)
+    np.testing.assert_allclose(
+        variables.encode_arrays(*batch), consts.encode_arrays(*batch), atol=1e-5, rtol=0
+    )
+
+
+def test_unfused_layer_norm_matches_fused(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    """The GPU LayerNorm (plain ops) and the CPU one (fused batch-norm form) agree."""
+    import tensorflow as tf
+
+    from bertserve_server.model.checkpoint import load_encoder_weights
+    from bertserve_server.model.config import BertConfig
+    from bertserve_server.model.modeling import EncoderSpec, encode, prepare_weights
+
+    config = BertConfig.from_json_file(tiny_model_dir / "bert_config.json")
+    weights = load_encoder_weights(config, tiny_model_dir).weights
+    outputs = []
+    for fused in (True, False):
+        spec = EncoderSpec(config=config, num_layers=2, fused_layer_norm=fused)
+        params = {k: tf.constant(v) for k, v in prepare_weights(spec, weights).items()}
+        layers, _ = encode(spec, params, *(tf.constant(a) for a in batch))
+        outputs.append(layers[-1].numpy())
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5, rtol=0)
+
+
+def test_no_position_embeddings_drops_the_position_table(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    out = _encoder(tiny_model_dir, "REDUCE_MEAN", [-1], no_position_embeddings=True).encode_arrays(*batch)
+    layers, pooled = NumpyBert.from_google_dir(tiny_model_dir).forward(*batch, use_position_embeddings=False)
+    np.testing.assert_allclose(out, reference_pool("REDUCE_MEAN", layers, [1], batch[1], pooled), atol=ATOL)
+    with_positions = _encoder(tiny_model_dir, "REDUCE_MEAN", [-1]).encode_arrays(*batch)
+    assert np.abs(out - with_positions).max() > 1e-3
+
+
+def test_only_layers_up_to_the_deepest_pooling_layer_are_built(tiny_model_dir: Path) -> None:
+    assert _encoder(tiny_model_dir, "REDUCE_MEAN", [0]).spec.num_layers == 1
+    assert _encoder(tiny_model_dir, "REDUCE_MEAN", [0, -1]).spec.num_layers == 2
+    pooled = _encoder(tiny_model_dir, "CLS_POOLED", [0])
+    assert pooled.spec.num_layers == 2 and pooled.hidden_size == 32
+
+
+def test_empty_batch_and_overlong_sequences(tiny_model_dir: Path) -> None:
+    encoder = _encoder(tiny_model_dir, "NONE", [-1])
+    empty = np.zeros((0, 7), np.int32)
+    assert encoder.encode_arrays(empty, empty, empty).shape == (0, 7, 32)
+    too_long = np.ones((1, 65), np.int32)
+    with pytest.raises(ValueError, match="max_position_embeddings 64"):
+        encoder.encode_arrays(too_long, too_long, too_long * 0)
+
+
+def test_encode_accepts_padded_batches_and_warms_up(tiny_model_dir: Path) -> None:
+    from bertserve_server.encoder import TokenizedInput, pad_batch
+
+    encoder = _encoder(tiny_model_dir, "REDUCE_MEAN")
+    encoder.warm_up()
+    items = [
+        TokenizedInput((2, 5, 3), (0, 0, 0), (1, 1, 1), ("[CLS]", "the", "[SEP]")),
+        TokenizedInput((2, 5, 6, 3), (0, 0, 0, 0), (1, 1, 1, 1), ("[CLS]", "the", "a", "[SEP]")),
+    ]
+    batch = pad_batch(items, 6)
+    out = encoder.encode(batch)
+    assert out.shape == (2, encoder.hidden_size) and out.dtype == np.float32
+    assert encoder.max_position_embeddings == 64
