@@ -167,7 +167,7 @@ class BertTokenizer:
 
     def tokenize(self, text: str | Sequence[str], is_tokenized: bool = False) -> TokenizedInput:
         """One sentence; see ``tokenize_batch``."""
-        return self.tokenize_batch([text], is_tokenized)[0]  # type: ignore[list-item]
+        return self.tokenize_batch([text], is_tokenized)[0]
 
     def wordpiece(self, texts: Sequence[str]) -> list[tuple[list[str], list[int]]]:
         """Google ``FullTokenizer.tokenize`` (tokens and ids) for each text, no special tokens, no limit."""

@@ -111,7 +111,7 @@ def write_random_bert(
     tensors = random_encoder_tensors(config, seed=seed, weight_std=weight_std, with_pooler=with_pooler)
     if with_pretraining_heads:
         rng = np.random.default_rng(seed + 1)
-        heads = {
+        head_shapes: dict[str, tuple[int, ...]] = {
             "cls/predictions/transform/dense/kernel": (hidden, hidden),
             "cls/predictions/transform/dense/bias": (hidden,),
             "cls/predictions/transform/LayerNorm/gamma": (hidden,),
@@ -120,7 +120,9 @@ def write_random_bert(
             "cls/seq_relationship/output_weights": (2, hidden),
             "cls/seq_relationship/output_bias": (2,),
         }
-        tensors.update({name: rng.standard_normal(shape).astype(np.float32) for name, shape in heads.items()})
+        tensors.update(
+            {name: rng.standard_normal(shape).astype(np.float32) for name, shape in head_shapes.items()}
+        )
     tensors.update(extra_variables or {})
     write_checkpoint(out / ckpt_name, tensors)
     return out

@@ -253,7 +253,7 @@ class TFEncoder:
             ids, mask, types = self._pad_to_bucket(ids, mask, types)
         with tf.device(self._device):
             out = self._function(ids, mask, types)
-        result = out.numpy()
+        result: np.ndarray = out.numpy()
         if self._xla:
             result = result[:rows, :seq] if self.strategy == PoolingStrategy.NONE else result[:rows]
         return result
