@@ -8,10 +8,11 @@ computation is a plain function of a dict of weight tensors, so the same code ru
 held as device variables (GPU) or embedded as graph constants (CPU, where oneDNN can then cache
 its packed copies of the kernels), inside one ``tf.function`` that also does the pooling.
 
-Layout choices made for speed, all exact re-associations of the reference maths: the query, key
-and value projections are one ``[H, 3H]`` matmul with the ``1/sqrt(head_size)`` score scale folded
-into the query kernel and bias, and every dense layer works on ``[batch*seq, width]`` matrices so
-TensorFlow's remapper can fuse bias-add and activation into the matmul.
+Layout choices made for speed, all exact re-arrangements of the reference maths: the query, key
+and value projections are one ``[H, 3H]`` matmul; every dense layer works on ``[batch*seq, width]``
+matrices so TensorFlow's remapper fuses bias-add, GELU and the residual add into the matmul; the
+attention scores are written ``(q @ k^T) * scale + mask`` (the reference order), which oneDNN runs
+as one fused batch matmul; and on CPU LayerNorm takes a form oneDNN runs as one kernel.
 """
 
 from __future__ import annotations
@@ -83,11 +84,9 @@ def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dic
     """Turn checkpoint-layout weights (keys of ``checkpoint_names``) into the layout ``encode`` uses.
 
     Per layer, ``query``/``key``/``value`` kernels ``[H, H]`` and biases ``[H]`` become one
-    ``qkv/kernel [H, 3H]`` and ``qkv/bias [3H]``, with the query part pre-multiplied by
-    ``1/sqrt(head_size)`` (the reference multiplies the scores instead: same value).
-    Everything is float32 and C-contiguous. Weights of layers above ``num_layers`` are dropped.
+    ``qkv/kernel [H, 3H]`` and ``qkv/bias [3H]``. Everything is float32 and C-contiguous.
+    Weights of layers above ``num_layers`` are dropped.
     """
-    scale = np.float32(1.0 / math.sqrt(spec.config.head_size))
     out: dict[str, np.ndarray] = {}
 
     def take(key: str) -> np.ndarray:
@@ -101,12 +100,14 @@ def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dic
     out["embeddings/ln/beta"] = take("embeddings/ln/beta")
     for layer in range(spec.num_layers):
         p = f"layer_{layer}/"
-        q_kernel = take(p + "query/kernel") * scale
-        q_bias = take(p + "query/bias") * scale
         out[p + "qkv/kernel"] = np.ascontiguousarray(
-            np.concatenate([q_kernel, take(p + "key/kernel"), take(p + "value/kernel")], axis=1)
+            np.concatenate(
+                [take(p + "query/kernel"), take(p + "key/kernel"), take(p + "value/kernel")], axis=1
+            )
         )
-        out[p + "qkv/bias"] = np.concatenate([q_bias, take(p + "key/bias"), take(p + "value/bias")])
+        out[p + "qkv/bias"] = np.concatenate(
+            [take(p + "query/bias"), take(p + "key/bias"), take(p + "value/bias")]
+        )
         for name in (
             "attention_output/kernel",
             "attention_output/bias",
@@ -208,6 +209,7 @@ def encode(
     # Attention mask adder over "to" positions: [batch, 1, 1, seq].
     mask_adder = (1.0 - tf.cast(input_mask, tf.float32)) * ATTENTION_MASK_ADDER
     mask_adder = mask_adder[:, tf.newaxis, tf.newaxis, :]
+    score_scale = 1.0 / math.sqrt(float(head_size))
 
     layers: list[tf.Tensor] = []
     for layer in range(spec.num_layers):
@@ -216,8 +218,8 @@ def encode(
         qkv = tf.reshape(qkv, [batch, seq, 3, heads, head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, head_size]
         query, key, value = qkv[0], qkv[1], qkv[2]  # [batch, heads, seq, head_size] each
-        scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, seq, seq], already scaled
-        scores = tf.cast(scores, tf.float32) + mask_adder
+        scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, seq, seq]
+        scores = tf.cast(scores, tf.float32) * score_scale + mask_adder
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), compute_dtype)  # [batch, heads, seq, seq]
         context = tf.matmul(probs, value)  # [batch, heads, seq, head_size]
         context = tf.transpose(context, [0, 2, 1, 3])  # [batch, seq, heads, head_size]
