@@ -300,7 +300,7 @@ def compute_status(
 
 def _is_bad(cond: Mapping[str, Any]) -> bool:
     if cond.get("type") == READY:
-        return cond.get("status") != "True"
+        return cond.get("status") != "True" and cond.get("reason") not in (CREATING, STARTING)
     if cond.get("type") == DEGRADED:
         return cond.get("status") == "True"
     return cond.get("status") == "False" and cond.get("reason") != ROLLOUT_COMPLETE

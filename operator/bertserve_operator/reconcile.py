@@ -1,0 +1,317 @@
+"""One level-based, idempotent pass over a BertServer.
+
+Why it exists: create, update, resume, child events and the periodic resync all run this same
+function, so there is one definition of "converged". A pass:
+
+1. parses the spec — a :class:`~bertserve_api.spec.SpecError` the schema let through becomes
+   ``Ready=False, reason=InvalidSpec`` (with the field path) and a Warning event, and the pass
+   *returns*: retrying an invalid spec cannot help, and the running pods are left alone;
+2. renders the children (pure builders) and applies each one that is missing or has drifted
+   from its rendering (a desired-⊆-observed check against the watch cache, so a quiet pass costs
+   no API calls);
+3. removes an HPA/PDB the spec no longer asks for;
+4. derives status from what the API server returned and the cached pods, writes it through the
+   ``/status`` subresource when it changed, and posts an Event per condition transition.
+
+Replicas and the HPA: when autoscaling is switched on, the Deployment's ``spec.replicas`` is
+dropped from the applied configuration. Dropping a field that only our manager owns would make
+the API server *reset* it to 1 (capacity loss before the HPA reacts, KServe#3768), so the
+pass first hands the field over as the Kubernetes server-side-apply documentation prescribes
+(an apply of just the current value under :data:`kube.HANDOVER_MANAGER`), after which the HPA
+is its only writer.
+
+API errors propagate as kopf Temporary/Permanent errors (see :mod:`kube`); a permanent one is
+also written to status (``ApplyFailed``) so ``kubectl get`` shows it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bertserve_api import manifests, names
+from bertserve_api.manifests import Owner, RenderOptions
+from bertserve_api.spec import BertServerSpec, SpecError, parse_spec
+from bertserve_api.status import Transition, compute_status, transitions
+from bertserve_operator.cache import Cache, Key, controller_owner, key_of
+from bertserve_operator.kube import HANDOVER_MANAGER, Kube, PermanentApiError
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_subset(desired: Any, observed: Any) -> bool:
+    """True when every field of ``desired`` is present with the same value in ``observed``.
+
+    Lists must match element by element (same length): the API server keeps list order, and
+    a list we render (containers, ports, tolerations) with an extra element is drift. Fields
+    the API server adds (defaults, status) are ignored, like server-side apply ignores them.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(observed, Mapping):
+            return False
+        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(observed, list) or len(desired) != len(observed):
+            return False
+        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
+    return bool(desired == observed)
+
+
+def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
+    """Whether ``observed`` lacks anything ``desired`` sets (spec, labels, our ownerReference)."""
+    if observed is None:
+        return True
+    if not is_subset(desired.get("spec", {}), observed.get("spec", {})):
+        return True
+    meta, seen = desired["metadata"], observed.get("metadata") or {}
+    if not is_subset(meta.get("labels", {}), seen.get("labels") or {}):
+        return True
+    wanted = {r["uid"] for r in meta.get("ownerReferences", [])}
+    present = {r.get("uid") for r in seen.get("ownerReferences") or [] if r.get("controller")}
+    return not wanted <= present
+
+
+def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
+    """Whether ``manager`` (with an Apply operation) owns the field at ``path`` of ``obj``."""
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        node: Any = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        else:
+            return True
+    return False
+
+
+@dataclass
+class Outcome:
+    """What one pass did (for logs and tests)."""
+
+    applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    status_written: bool = False
+    events: list[Transition] = field(default_factory=list)
+    spec_error: SpecError | None = None
+    skipped: str = ""
+
+
+class Reconciler:
+    """Runs passes; one at a time per BertServer (threads may call it concurrently)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        cache: Cache,
+        options: RenderOptions,
+        *,
+        clock: Callable[[], str] = utc_now,
+        instance: str | None = None,
+    ) -> None:
+        self.kube = kube
+        self.cache = cache
+        self.options = options
+        self.clock = clock
+        self.instance = instance or socket.gethostname()
+        self._locks: dict[Key, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._written: dict[str, dict[str, Any]] = {}  # uid -> last status we wrote
+
+    def _lock(self, key: Key) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def forget(self, key: Key, uid: str | None) -> None:
+        """Drop per-object memory once a BertServer is gone."""
+        with self._locks_guard:
+            self._locks.pop(key, None)
+            if uid:
+                self._written.pop(uid, None)
+
+    def reconcile_key(self, key: Key) -> Outcome | None:
+        """A pass over the cached BertServer ``key``; ``None`` when it no longer exists."""
+        body = self.cache.owner(key)
+        if body is None:
+            return None
+        return self.reconcile(body)
+
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome:
+        """A pass over ``body`` (a BertServer as read from the API server)."""
+        key = key_of(body)
+        with self._lock(key):
+            return self._pass(body, key)
+
+    # ------------------------------------------------------------------ the pass
+
+    def _pass(self, body: Mapping[str, Any], key: Key) -> Outcome:
+        meta = body["metadata"]
+        outcome = Outcome()
+        if meta.get("deletionTimestamp"):
+            outcome.skipped = "being deleted (children go with the garbage collector)"
+            return outcome
+        owner = Owner(meta["name"], meta["namespace"], meta.get("uid", ""))
+        generation = int(meta.get("generation") or 1)
+        previous = self._previous_status(body)
+        dep_name = manifests.deployment_name(owner.name)
+        try:
+            spec = parse_spec(body.get("spec"))
+        except SpecError as err:
+            outcome.spec_error = err
+            status = compute_status(
+                owner=owner,
+                generation=generation,
+                spec=None,
+                spec_error=err,
+                now=self.clock(),
+                deployment=self.cache.child("Deployment", owner.namespace, dep_name),
+                pods=self.cache.pods_of(key),
+                previous=previous,
+            )
+            self._publish(body, previous, status, outcome)
+            if outcome.status_written:  # said once per change, not at every resync
+                log.warning("%s/%s: invalid spec, nothing applied: %s", key[0], key[1], err)
+            return outcome
+
+        children = manifests.render(owner, spec, self.options)
+        try:
+            deployment = self._ensure_deployment(children.deployment, spec, outcome)
+            self._ensure(children.service, outcome)
+            self._ensure(children.peer_service, outcome)
+            self._ensure_optional(key, "HorizontalPodAutoscaler", dep_name, children.hpa, outcome)
+            self._ensure_optional(key, "PodDisruptionBudget", dep_name, children.pdb, outcome)
+        except PermanentApiError as err:
+            status = compute_status(
+                owner=owner,
+                generation=generation,
+                spec=spec,
+                now=self.clock(),
+                deployment=self.cache.child("Deployment", owner.namespace, dep_name),
+                pods=self.cache.pods_of(key),
+                previous=previous,
+                apply_error=str(err),
+            )
+            self._publish(body, previous, status, outcome)
+            raise
+        status = compute_status(
+            owner=owner,
+            generation=generation,
+            spec=spec,
+            now=self.clock(),
+            deployment=deployment,
+            pods=self.cache.pods_of(key),
+            previous=previous,
+        )
+        self._publish(body, previous, status, outcome)
+        return outcome
+
+    # ------------------------------------------------------------------ children
+
+    def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        applied = self.kube.apply(obj)
+        self.cache.put_child(applied)
+        outcome.applied.append(str(obj["kind"]))
+        log.info("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        return applied
+
+    def _ensure(self, desired: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        meta = desired["metadata"]
+        observed = self.cache.child(desired["kind"], meta["namespace"], meta["name"])
+        if observed is not None and not needs_apply(desired, observed):
+            return observed
+        return self._apply(desired, outcome)
+
+    def _ensure_deployment(
+        self, desired: Mapping[str, Any], spec: BertServerSpec, outcome: Outcome
+    ) -> dict[str, Any]:
+        if not spec.autoscaling.enabled:
+            return self._ensure(desired, outcome)
+        meta = desired["metadata"]
+        observed = self.cache.child("Deployment", meta["namespace"], meta["name"])
+        if observed is None:
+            # Ownership of replicas must be known before dropping it: ask, do not assume.
+            observed = self.kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
+        if observed is not None and manager_owns(observed, names.FIELD_MANAGER, "spec", "replicas"):
+            replicas = int((observed.get("spec") or {}).get("replicas") or 1)
+            self.kube.apply(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                    "spec": {"replicas": replicas},
+                },
+                field_manager=HANDOVER_MANAGER,
+            )
+            log.info(
+                "handed spec.replicas=%d of %s/%s over to the HPA", replicas, meta["namespace"], meta["name"]
+            )
+            return self._apply(desired, outcome)
+        if observed is not None and not needs_apply(desired, observed):
+            return observed
+        return self._apply(desired, outcome)
+
+    def _ensure_optional(
+        self, key: Key, kind: str, name: str, desired: Mapping[str, Any] | None, outcome: Outcome
+    ) -> None:
+        if desired is not None:
+            self._ensure(desired, outcome)
+            return
+        observed = self.cache.child(kind, key[0], name)
+        if observed is None or controller_owner(observed) != key:
+            return
+        api_version = str(observed.get("apiVersion"))
+        self.kube.delete(api_version, kind, key[0], name)
+        self.cache.drop_child(observed)
+        outcome.deleted.append(kind)
+        log.info("deleted %s %s/%s (no longer in the spec)", kind, key[0], name)
+
+    # ------------------------------------------------------------------ status
+
+    def _previous_status(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        uid = str(body["metadata"].get("uid", ""))
+        written = self._written.get(uid)
+        if written is not None:
+            return written
+        current = dict(body.get("status") or {})
+        current.pop("kopf", None)
+        return current
+
+    def _publish(
+        self, body: Mapping[str, Any], previous: Mapping[str, Any], status: dict[str, Any], outcome: Outcome
+    ) -> None:
+        meta = body["metadata"]
+        uid = str(meta.get("uid", ""))
+        current = dict(body.get("status") or {})
+        current.pop("kopf", None)
+        if status in (previous, current):
+            self._written[uid] = status
+            return
+        if self.kube.patch_status(meta["namespace"], meta["name"], status) is None:
+            return  # deleted meanwhile
+        self._written[uid] = status
+        outcome.status_written = True
+        for transition in transitions(previous.get("conditions") or [], status["conditions"]):
+            outcome.events.append(transition)
+            try:
+                self.kube.post_event(
+                    body,
+                    type_=transition.type,
+                    reason=transition.reason,
+                    message=transition.message,
+                    now=self.clock(),
+                    instance=self.instance,
+                )
+            except Exception as exc:  # an Event is advice; the status above is the record
+                log.warning(
+                    "%s/%s: could not post event %s: %s", meta["namespace"], meta["name"], transition, exc
+                )

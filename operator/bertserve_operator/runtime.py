@@ -1,0 +1,179 @@
+"""The running operator's moving parts: cache, work queue, workers, periodic resync.
+
+Why it exists: kopf delivers events and runs the create/update/resume handlers; everything
+that must live for the whole process (the watch cache, the queue of BertServers to
+re-examine after a child changed, the worker tasks, the resync timer) is owned here, started
+by the ``startup`` handler and stopped by ``cleanup``, so :mod:`handlers` stays declarations.
+
+The periodic resync is an operator-level task on purpose: kopf timers are per object and add
+a finalizer to every BertServer, and a finalizer turns "operator down" into "deletions hang".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+
+from bertserve_api import names
+from bertserve_operator.cache import Cache, Key, key_of
+from bertserve_operator.kube import Kube
+from bertserve_operator.reconcile import Outcome, Reconciler
+from bertserve_operator.settings import Settings
+from bertserve_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+OWNED_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
+"""Server-side filter of every child watch: only objects this operator manages are streamed."""
+
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("", "v1", "pods"),
+)
+
+
+def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
+    """Apply our settings to kopf's (called once, in the startup handler)."""
+    # Progress and the last-handled spec live in annotations: nothing of kopf's in status.
+    kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.bertserve.io")
+    kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.bertserve.io", key="last-handled-configuration"
+    )
+    # kopf would post an Event per handler success; ours (one per condition change) say more.
+    kopf_settings.posting.level = logging.WARNING
+    kopf_settings.peering.standalone = True
+    kopf_settings.peering.mandatory = False
+    # No CRD/namespace scanning: needs cluster-scoped RBAC we do not otherwise need.
+    kopf_settings.scanning.disabled = True
+    kopf_settings.execution.max_workers = settings.handler_threads
+    kopf_settings.networking.request_timeout = settings.request_timeout_seconds
+    kopf_settings.watching.server_timeout = settings.watch_timeout_seconds
+    kopf_settings.watching.client_timeout = settings.watch_timeout_seconds + 30
+    kopf_settings.watching.connect_timeout = settings.request_timeout_seconds
+    for group, version, plural in CHILD_RESOURCES:
+        kopf_settings.watching.label_selectors[group or version, plural] = OWNED_SELECTOR
+    if not settings.verbose:
+        # kopf logs every watch event it hands to a handler ("Handler 'pod_event' succeeded");
+        # at hundreds of objects that drowns what matters. Warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per liveness probe
+
+
+class Runtime:
+    """Process-wide state of one operator (one instance, stored in kopf's memo)."""
+
+    def __init__(self, settings: Settings, kube: Kube) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.cache = Cache()
+        self.reconciler = Reconciler(kube, self.cache, settings.render_options())
+        self.queue: WorkQueue[Key] = WorkQueue(
+            base_delay=settings.retry_delay_seconds, max_delay=settings.max_retry_delay_seconds
+        )
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_resync = time.monotonic()
+        self.passes = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for i in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"bertserve-worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="bertserve-resync"))
+        log.info("started %d workers, resync every %ss", self.settings.workers, self.settings.resync_seconds)
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight passes finish (bounded), release connections."""
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(None, self._executor.shutdown, True),
+                timeout=self.settings.request_timeout_seconds + 5,
+            )
+        except TimeoutError:
+            log.warning("in-flight reconciles did not finish in time; exiting anyway")
+        self.kube.close()
+
+    def health(self) -> dict[str, Any]:
+        """Liveness detail; raises when a worker or the resync task died (kopf then fails the probe)."""
+        dead = [t.get_name() for t in self._tasks if t.done()]
+        if dead:
+            raise RuntimeError(f"background tasks stopped: {', '.join(dead)}")
+        return {
+            "queued": len(self.queue),
+            "passes": self.passes,
+            "sinceResyncSeconds": round(time.monotonic() - self.last_resync, 1),
+            "cached": self.cache.sizes(),
+        }
+
+    # ------------------------------------------------------------------ events (event loop)
+
+    def on_owner_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        if event_type == "DELETED":
+            key = key_of(obj)
+            self.cache.drop_owner(key)
+            self.reconciler.forget(key, (obj.get("metadata") or {}).get("uid"))
+        else:
+            self.cache.put_owner(obj)
+
+    def on_child_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        owner = self.cache.drop_child(obj) if event_type == "DELETED" else self.cache.put_child(obj)
+        if owner is not None:
+            self.queue.add(owner)
+
+    def on_pod_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        owner = self.cache.drop_pod(obj) if event_type == "DELETED" else self.cache.put_pod(obj)
+        if owner is not None:
+            self.queue.add(owner)
+
+    # ------------------------------------------------------------------ passes
+
+    def reconcile_now(self, body: Mapping[str, Any]) -> Outcome:
+        """A pass for kopf's create/update/resume handlers (in kopf's thread; errors to kopf)."""
+        self.cache.put_owner(body)
+        outcome = self.reconciler.reconcile(body)
+        self.passes += 1
+        return outcome
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self.queue.get()
+            try:
+                await loop.run_in_executor(self._executor, self.reconciler.reconcile_key, key)
+                self.passes += 1
+                self.queue.forget(key)
+            except kopf.PermanentError as exc:
+                log.error("%s/%s: %s (status records it; next change retries)", key[0], key[1], exc)
+                self.queue.forget(key)
+            except kopf.TemporaryError as exc:
+                wait = self.queue.retry(key, exc.delay)
+                log.warning("%s/%s: %s; retrying in %.0fs", key[0], key[1], exc, wait)
+            except Exception:
+                wait = self.queue.retry(key)
+                log.exception("%s/%s: reconcile failed; retrying in %.0fs", key[0], key[1], wait)
+            finally:
+                self.queue.done(key)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            keys = self.cache.owner_keys()
+            for key in keys:
+                self.queue.add(key)
+            self.last_resync = time.monotonic()
+            log.debug("resync: queued %d BertServers", len(keys))

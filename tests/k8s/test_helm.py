@@ -1,0 +1,234 @@
+"""The operator chart: files, values, lint and rendering (real helm), and install + ``helm test``.
+
+Only the last test needs the cluster; the rest runs the helm binary offline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from operator_harness import CHART, REPO_ROOT, get_json, localcluster
+
+from bertserve_operator.selfcheck import REQUIRED
+
+VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``helm(*args)`` with isolated config/cache dirs (the binary from hack/cluster/build.sh)."""
+    binary = Path(localcluster().build_binaries(quiet=True)) / "helm"
+    home = tmp_path_factory.mktemp("helm")
+    env = {f"HELM_{k}_HOME": str(home / k.lower()) for k in ("CACHE", "CONFIG", "DATA")}
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(binary), *args],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", **env},
+            timeout=120,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    yield run
+
+
+def render(helm: Any, *sets: str, release: str = "rel", namespace: str = "ops") -> list[dict[str, Any]]:
+    args = [a for s in sets for a in ("--set", s)]
+    out = helm("template", release, str(CHART), "-n", namespace, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+# --------------------------------------------------------------------------- files (no helm)
+
+
+def test_chart_crd_is_byte_identical_to_the_top_level_crd() -> None:
+    top = (REPO_ROOT / "crds" / "bertservers.bertserve.io.yaml").read_bytes()
+    assert (CHART / "crds" / "bertservers.bertserve.io.yaml").read_bytes() == top
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["bertservers.bertserve.io.yaml"]
+
+
+def test_chart_versions_follow_the_project_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == VERSION
+
+
+def test_every_value_is_documented() -> None:
+    """Each top-level key is commented, or else each of its direct children is."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    parents_ok: dict[str, bool] = {}
+    for i, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z][\w-]*):", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        prev = next((p for p in reversed(lines[:i]) if p.strip()), "")
+        commented = prev.strip().startswith("#")
+        if depth == 0:
+            parent = match.group(2)
+            parents_ok[parent] = commented
+        elif depth == 1 and not parents_ok.get(parent, False) and not commented:
+            undocumented.append(f"{parent}.{match.group(2)}")
+    top_without_children = [k for k, ok in parents_ok.items() if not ok and not _has_children(lines, k)]
+    assert not undocumented and not top_without_children, undocumented + top_without_children
+
+
+def _has_children(lines: list[str], key: str) -> bool:
+    idx = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
+    return idx + 1 < len(lines) and lines[idx + 1].startswith("  ")
+
+
+def test_values_schema_accepts_the_defaults_and_rejects_typos() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.validate(values, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**values, "watchNamespace": ["a"]}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**values, "operator": {**values["operator"], "logFormat": "xml"}}, schema)
+
+
+# --------------------------------------------------------------------------- helm lint / template
+
+
+@pytest.mark.helm
+@pytest.mark.parametrize(
+    "sets",
+    [
+        (),
+        ("rbac.clusterWide=false", "watchNamespaces={a,b}"),
+        ("operator.verbose=true", "tests.enabled=false"),
+    ],
+)
+def test_helm_lint_passes(helm: Any, sets: tuple[str, ...]) -> None:
+    args = [a for s in sets for a in ("--set", s)]
+    out = helm("lint", "--strict", str(CHART), *args).stdout
+    assert "1 chart(s) linted, 0 chart(s) failed" in out, out
+
+
+@pytest.mark.helm
+def test_operator_deployment_is_single_recreate_non_root_with_liveness(helm: Any) -> None:
+    (dep,) = by_kind(render(helm), "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == f"ghcr.io/bertserve/bertserve-operator:{VERSION}"
+    assert container["args"][0] == "--all-namespaces"
+    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["BERTSERVE_DEFAULT_IMAGE"] == f"ghcr.io/bertserve/bertserve-server:{VERSION}"
+    assert pod["serviceAccountName"] == "rel-bertserve-operator"
+
+
+def _rules_grant(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+@pytest.mark.helm
+def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm: Any) -> None:
+    docs = render(helm)
+    roles = {d["metadata"]["name"]: d for d in by_kind(docs, "ClusterRole")}
+    operator_role = roles["rel-bertserve-operator"]
+    assert _rules_grant(operator_role["rules"]) == set(REQUIRED)
+    (binding,) = by_kind(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == "rel-bertserve-operator"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-bertserve-operator", "namespace": "ops"}
+    ]
+    granted = _rules_grant(operator_role["rules"])
+    assert not any(r == "secrets" or v in ("*", "update", "deletecollection") for _, r, v in granted)
+    # Aggregated roles let namespace users work with BertServers.
+    assert roles["rel-bertserve-operator-edit"]["metadata"]["labels"][
+        "rbac.authorization.k8s.io/aggregate-to-edit"
+    ]
+    assert roles["rel-bertserve-operator-view"]["metadata"]["labels"][
+        "rbac.authorization.k8s.io/aggregate-to-view"
+    ]
+
+
+@pytest.mark.helm
+def test_namespaced_rbac_is_one_role_per_watched_namespace(helm: Any) -> None:
+    docs = render(
+        helm,
+        "rbac.clusterWide=false",
+        "watchNamespaces={team-a,team-b}",
+        "rbac.aggregateToDefaultRoles=false",
+    )
+    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(_rules_grant(r["rules"]) == set(REQUIRED) for r in roles)
+    assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    (dep,) = by_kind(docs, "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"] and "--all-namespaces" not in args
+
+
+@pytest.mark.helm
+def test_watching_everything_without_cluster_rbac_is_refused(helm: Any) -> None:
+    proc = helm("template", "rel", str(CHART), "--set", "rbac.clusterWide=false", check=False)
+    assert proc.returncode != 0
+    assert "watchNamespaces is empty" in proc.stderr, proc.stderr
+
+
+@pytest.mark.helm
+def test_long_release_names_give_names_of_at_most_63_characters(helm: Any) -> None:
+    docs = render(helm, release="r" * 53)
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+    assert len({d["metadata"]["name"] for d in by_kind(docs, "ClusterRole")}) == 3
+
+
+@pytest.mark.helm
+def test_helm_test_hook_runs_the_selfcheck_as_the_operator(helm: Any) -> None:
+    (job,) = by_kind(render(helm), "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "rel-bertserve-operator"
+    assert pod["containers"][0]["command"] == ["python", "-m", "bertserve_operator.selfcheck"]
+
+
+# --------------------------------------------------------------------------- install on the cluster
+
+
+@pytest.mark.k8s
+@pytest.mark.helm
+def test_helm_install_test_and_uninstall(cluster: Any) -> None:
+    ns = "helm-check"
+    cluster.helm("install", "hc", str(CHART), "-n", ns, "--create-namespace", "--wait", "--timeout", "180s")
+    out = cluster.helm("test", "hc", "-n", ns, "--timeout", "120s").stdout
+    assert "Phase:          Succeeded" in out or "Succeeded" in out, out
+    crd = get_json(cluster, "crd", "bertservers.bertserve.io")
+    assert crd["spec"]["versions"][0]["name"] == "v1alpha1"
+    status = cluster.helm("status", "hc", "-n", ns).stdout
+    assert "STATUS: deployed" in status and "kubectl get bertservers" in status
+    cluster.helm("uninstall", "hc", "-n", ns, "--wait", "--timeout", "120s")
+    # Helm never deletes CRDs from crds/: BertServers survive an uninstall.
+    assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None

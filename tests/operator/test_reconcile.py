@@ -1,0 +1,253 @@
+"""The reconcile pass against a recording fake API (the real API is exercised in tests/k8s)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from bertserve_api import names
+from bertserve_api.manifests import RenderOptions
+from bertserve_operator.cache import Cache
+from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError
+from bertserve_operator.reconcile import Reconciler, is_subset, manager_owns, needs_apply
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+class FakeKube:
+    """Records writes; apply returns the object as the API server would (plus managedFields)."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[str, dict[str, Any]]] = []
+        self.deleted: list[tuple[str, str, str]] = []
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, str]] = []
+        self.gets: list[str] = []
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.reject: str | None = None
+
+    def apply(self, obj: dict[str, Any], *, field_manager: str = names.FIELD_MANAGER) -> dict[str, Any]:
+        if self.reject == obj["kind"]:
+            raise PermanentApiError(f"PATCH {obj['kind']}: HTTP 422: denied by policy", 422)
+        self.applied.append((field_manager, copy.deepcopy(obj)))
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        current = copy.deepcopy(self.objects.get(key, {}))
+        merged = _merge(current, copy.deepcopy(obj))
+        fields = {"f:spec": {f"f:{k}": {} for k in obj.get("spec", {})}}
+        merged["metadata"]["managedFields"] = [
+            {"manager": field_manager, "operation": "Apply", "fieldsV1": fields},
+        ]
+        self.objects[key] = merged
+        return copy.deepcopy(merged)
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.gets.append(kind)
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append((kind, namespace, name))
+        self.objects.pop((kind, namespace, name), None)
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.statuses.append(copy.deepcopy(status))
+        return {"status": status}
+
+    def post_event(
+        self, involved: Any, *, type_: str, reason: str, message: str, now: str, instance: str
+    ) -> None:
+        self.events.append({"type": type_, "reason": reason, "message": message})
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    for k, v in new.items():
+        base[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def bertserver(**spec_changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {
+            "source": {"pvc": {"claimName": "bert-models"}},
+            "pretrainedPath": "uncased_L-12_H-768_A-12",
+            "tunedModelDir": "mrpc_output",
+            "ckptName": "model.ckpt-343",
+        },
+        "resources": {"gpus": 1},
+    }
+    spec.update(spec_changes)
+    return {
+        "apiVersion": "bertserve.io/v1alpha1",
+        "kind": "BertServer",
+        "metadata": {"name": "mrpc", "namespace": "ml", "uid": "u-1", "generation": 1},
+        "spec": spec,
+    }
+
+
+@pytest.fixture
+def world() -> tuple[FakeKube, Cache, Reconciler]:
+    kube, cache = FakeKube(), Cache()
+    reconciler = Reconciler(
+        kube, cache, RenderOptions(default_image="img:1"), clock=lambda: NOW, instance="t"
+    )  # type: ignore[arg-type]
+    return kube, cache, reconciler
+
+
+def kinds(kube: FakeKube) -> list[str]:
+    return [obj["kind"] for _, obj in kube.applied]
+
+
+def test_first_pass_applies_children_and_writes_status(world: Any) -> None:
+    kube, cache, rec = world
+    outcome = rec.reconcile(bertserver())
+    assert kinds(kube) == ["Deployment", "Service", "Service"]
+    assert all(manager == names.FIELD_MANAGER for manager, _ in kube.applied)
+    assert outcome.status_written
+    (status,) = kube.statuses
+    assert status["observedGeneration"] == 1
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "Starting"
+    assert kube.events == []  # nothing newsworthy yet
+    assert cache.child("Deployment", "ml", "mrpc") is not None
+
+
+def test_second_pass_is_quiet(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver())
+    applied, statuses = len(kube.applied), len(kube.statuses)
+    outcome = rec.reconcile(bertserver())
+    assert outcome.applied == [] and not outcome.status_written
+    assert (len(kube.applied), len(kube.statuses)) == (applied, statuses)
+
+
+def test_drift_in_a_child_is_repaired(world: Any) -> None:
+    _kube, cache, rec = world
+    rec.reconcile(bertserver())
+    edited = cache.child("Deployment", "ml", "mrpc")
+    edited["spec"]["template"]["spec"]["containers"][0]["args"][0] = "-model_dir=/elsewhere"
+    cache.put_child(edited)
+    assert rec.reconcile(bertserver()).applied == ["Deployment"]
+
+
+def test_deleted_child_is_recreated(world: Any) -> None:
+    _kube, cache, rec = world
+    rec.reconcile(bertserver())
+    cache.drop_child(cache.child("Service", "ml", "mrpc-peers"))
+    assert rec.reconcile(bertserver()).applied == ["Service"]
+
+
+def test_invalid_spec_reports_and_returns_without_touching_children(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver())
+    applied = len(kube.applied)
+    bad = bertserver(serving={"numWorker": 4})
+    bad["metadata"]["generation"] = 2
+    outcome = rec.reconcile(bad)  # must not raise: retrying cannot fix a spec
+    assert outcome.spec_error is not None and outcome.spec_error.path == "spec.serving.numWorker"
+    assert len(kube.applied) == applied
+    ready = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.serving.numWorker" in ready["message"]
+    assert kube.statuses[-1]["observedGeneration"] == 2
+    assert [e["type"] for e in kube.events] == ["Warning"]
+    assert kube.events[0]["reason"] == "InvalidSpec"
+    # The same invalid spec again: no new status, no new event.
+    rec.reconcile(bad)
+    assert len(kube.events) == 1
+
+
+def test_rejected_apply_is_written_to_status_and_raised(world: Any) -> None:
+    kube, _, rec = world
+    kube.reject = "Deployment"
+    with pytest.raises(PermanentApiError):
+        rec.reconcile(bertserver())
+    ready = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Ready"]
+    assert ready["reason"] == "ApplyFailed" and "denied by policy" in ready["message"]
+
+
+def test_autoscaling_hands_replicas_over_before_dropping_them(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver(replicas=3))
+    deployment = kube.objects["Deployment", "ml", "mrpc"]
+    assert manager_owns(deployment, names.FIELD_MANAGER, "spec", "replicas")
+    kube.applied.clear()
+    auto = bertserver(replicas=3, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5})
+    rec.reconcile(auto)
+    (handover_manager, handover), (manager, dep), *rest = kube.applied
+    assert handover_manager == HANDOVER_MANAGER
+    assert handover["spec"] == {"replicas": 3}
+    assert manager == names.FIELD_MANAGER and "replicas" not in dep["spec"]
+    assert [obj["kind"] for _, obj in rest] == ["HorizontalPodAutoscaler"]
+    # Later passes neither hand over again nor write replicas.
+    kube.applied.clear()
+    rec.reconcile(auto)
+    assert all("replicas" not in obj.get("spec", {}) for _, obj in kube.applied)
+
+
+def test_autoscaling_without_a_cached_deployment_asks_the_api(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver(autoscaling={"enabled": True}))
+    assert kube.gets == ["Deployment"]
+
+
+def test_disabling_optional_children_deletes_them(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(kinds(kube))
+    outcome = rec.reconcile(bertserver())
+    assert sorted(outcome.deleted) == ["HorizontalPodAutoscaler", "PodDisruptionBudget"]
+
+
+def test_foreign_optional_child_is_left_alone(world: Any) -> None:
+    _kube, cache, rec = world
+    cache.put_child(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "mrpc", "namespace": "ml"},
+        }
+    )
+    assert rec.reconcile(bertserver()).deleted == []
+
+
+def test_ready_transition_posts_one_normal_event(world: Any) -> None:
+    kube, cache, rec = world
+    rec.reconcile(bertserver())
+    dep = cache.child("Deployment", "ml", "mrpc")
+    dep["metadata"]["generation"] = 1
+    dep["status"] = {
+        "observedGeneration": 1,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "readyReplicas": 1,
+        "conditions": [{"type": "Available", "status": "True"}],
+    }
+    cache.put_child(dep)
+    rec.reconcile(bertserver())
+    assert {
+        "type": "Normal",
+        "reason": "Available",
+        "message": "Ready=True: 1/1 replicas ready",
+    } in kube.events
+
+
+def test_objects_being_deleted_are_skipped(world: Any) -> None:
+    kube, _, rec = world
+    body = bertserver()
+    body["metadata"]["deletionTimestamp"] = NOW
+    assert rec.reconcile(body).skipped
+    assert kube.applied == [] and kube.statuses == []
+
+
+def test_subset_rules() -> None:
+    assert is_subset({"a": 1}, {"a": 1, "b": 2})
+    assert not is_subset({"a": 1}, {"a": 2})
+    assert not is_subset({"l": [{"x": 1}]}, {"l": [{"x": 1}, {"x": 2}]})
+    assert is_subset({"l": [{"x": 1}]}, {"l": [{"x": 1, "defaulted": True}]})
+    desired = {"metadata": {"labels": {"a": "b"}, "ownerReferences": [{"uid": "u"}]}, "spec": {}}
+    observed = {"metadata": {"labels": {"a": "b"}, "ownerReferences": [{"uid": "u", "controller": True}]}}
+    assert not needs_apply(desired, observed)
+    assert needs_apply(desired, {"metadata": {"labels": {"a": "b"}}})
+    assert needs_apply(desired, None)

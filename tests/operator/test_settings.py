@@ -1,0 +1,54 @@
+"""Settings: defaults, environment, command line (which wins), and refusal of bad values."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertserve_operator import settings
+from bertserve_operator.settings import Settings
+
+
+def test_defaults_watch_everything_with_the_default_image() -> None:
+    s = settings.load([], {})
+    assert s == Settings()
+    assert s.clusterwide and s.default_image == settings.DEFAULT_SERVER_IMAGE
+    assert s.render_options().default_image == s.default_image
+
+
+def test_environment_then_command_line() -> None:
+    env = {"BERTSERVE_DEFAULT_IMAGE": "env:1", "BERTSERVE_NAMESPACES": "b, a", "BERTSERVE_VERBOSE": "true"}
+    s = settings.load(["--default-image", "cli:2", "--workers", "7"], env)
+    assert (s.default_image, s.namespaces, s.verbose, s.workers) == ("cli:2", ("a", "b"), True, 7)
+    assert not s.clusterwide
+    assert settings.load(["-n", "x", "--namespace", "y,z"], {}).namespaces == ("x", "y", "z")
+    assert settings.load(["-A"], env).namespaces == ()
+    assert settings.load(["--no-verbose"], env).verbose is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--log-format", "xml"], {}, "log_format"),
+        ([], {"BERTSERVE_WORKERS": "0"}, "workers"),
+        ([], {"BERTSERVE_VERBOSE": "maybe"}, "boolean"),
+        (["--resync-seconds", "-1"], {}, "resync_seconds"),
+        (["-A", "-n", "x"], {}, "mutually exclusive"),
+    ],
+)
+def test_bad_settings_are_refused_at_start_up(argv: list[str], env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        settings.load(argv, env)
+
+
+def test_main_exits_2_on_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from bertserve_operator.__main__ import main
+
+    assert main(["--log-format", "xml"]) == 2
+    assert "log_format" in capsys.readouterr().err
+
+
+def test_every_setting_has_help_text() -> None:
+    import dataclasses
+
+    for f in dataclasses.fields(Settings):
+        assert f.metadata.get("help"), f.name
