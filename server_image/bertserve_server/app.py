@@ -31,6 +31,7 @@ from bertserve_server.encoder import Encoder
 from bertserve_server.http_frontend import HttpFrontend
 from bertserve_server.metrics import Metrics
 from bertserve_server.model.config import BertConfig
+from bertserve_server.peering import PeerMesh
 from bertserve_server.service import EncodeService, Tokenizer
 from bertserve_server.status import StatusBook
 from bertserve_server.worker import (
@@ -101,6 +102,7 @@ class BertServer:
         self.workers: list[Worker] = []
         self.zmq: ZmqFrontend | None = None
         self.http: HttpFrontend | None = None
+        self.peering: PeerMesh | None = None
 
     # -- start-up --------------------------------------------------------------------------------
 
@@ -127,6 +129,11 @@ class BertServer:
             metrics=self.metrics,
         )
         self.status = StatusBook(config, extra=self._status_extra)
+        if config.peer_service and self._router_factory is None:  # scale-out: answers cross replicas
+            self.peering = PeerMesh(config, self.metrics)
+            self._router_factory = self.peering.attach
+            self.service.add_readiness_gate(self.peering.unready_reason)
+            self.peering.start()
         if config.http_port is not None:
             self.http = HttpFrontend(config, self.service, self.status, self.metrics)
             self.http.start()
@@ -172,6 +179,7 @@ class BertServer:
             "queue_depth": self.batcher.depth,
             "output_dim": self.batcher.width,
             "output_dtype": str(self.batcher.dtype),
+            **({"peers": self.peering.describe()} if self.peering is not None else {}),
         }
 
     # -- running and stopping --------------------------------------------------------------------
@@ -185,6 +193,8 @@ class BertServer:
         """Drain and stop. True if every accepted request was answered in time."""
         budget = self.config.drain_timeout if drain_timeout is None else drain_timeout
         deadline = time.monotonic() + budget
+        if self.peering is not None and self.zmq is not None:
+            self.peering.hand_off(deadline)  # not Ready; clients' PUSH connections move to peers
         if self.service is not None:
             self.service.set_not_ready()
         self.batcher.close()
@@ -196,6 +206,8 @@ class BertServer:
             drained = self.zmq.flush(max(0.0, deadline - time.monotonic())) and drained
         if self.http is not None:
             drained = self.http.flush(max(0.0, deadline - time.monotonic())) and drained
+        if self.peering is not None:
+            self.peering.leave(deadline)  # peers stop routing answers here before -port_out closes
         if not drained:
             logger.warning(
                 "drain timeout (-drain_timeout=%.1fs): %d sentences not answered", budget, self.batcher.depth
@@ -207,6 +219,8 @@ class BertServer:
             worker.join(timeout=5.0)
         if self.zmq is not None:
             self.zmq.stop(linger_s=max(0.2, min(2.0, deadline - time.monotonic())))
+        if self.peering is not None:
+            self.peering.close(deadline)
         if self.http is not None:
             self.http.stop()
         if self.service is not None:

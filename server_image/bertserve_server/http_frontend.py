@@ -366,9 +366,9 @@ class HttpFrontend:
         return _json({"status": "alive"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.service.ready:
+        reason = self.service.unready_reason()
+        if reason is None:
             return _json({"status": "ready"})
-        reason = "draining" if self.service.batcher.closed else "loading"
         return _json({"status": "not ready", "reason": reason}, status=503)
 
     async def metrics_text(self, request: web.Request) -> web.Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,12 +68,33 @@ class EncodeService:
         self.metrics = metrics or batcher.metrics
         self._pool = ThreadPoolExecutor(max_workers=tokenize_threads, thread_name_prefix="tokenize")
         self._ready = threading.Event()
+        self._gates: list[Callable[[], str | None]] = []
 
     # -- readiness -------------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and not self.batcher.closed
+        return self.unready_reason() is None
+
+    def add_readiness_gate(self, gate: Callable[[], str | None]) -> None:
+        """Also require ``gate()`` to return ``None`` to be ready; otherwise it says why not.
+
+        Scale-out peering uses this: a replica that cannot route answers to its peers yet must
+        not receive clients, although its model is loaded.
+        """
+        self._gates.append(gate)
+
+    def unready_reason(self) -> str | None:
+        """``None`` when ready; else ``loading``, ``draining`` or a gate's reason (for ``/readyz``)."""
+        if self.batcher.closed:
+            return "draining"
+        if not self._ready.is_set():
+            return "loading"
+        for gate in self._gates:
+            reason = gate()
+            if reason:
+                return reason
+        return None
 
     def set_ready(self) -> None:
         self._ready.set()
