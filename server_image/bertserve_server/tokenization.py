@@ -120,6 +120,7 @@ class BertTokenizer:
         self.cls_id = self.vocab[CLS]
         self.sep_id = self.vocab[SEP]
         self.unk_id = self.vocab[UNK]
+        self._id_to_token = {index: token for token, index in self.vocab.items()}
 
         self._tokenizer = Tokenizer(
             models.WordPiece(self.vocab, unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD)
@@ -152,17 +153,15 @@ class BertTokenizer:
             firsts.append(first)
             seconds.append(second)
         segments = firsts + [s for s in seconds if s is not None]
-        pieces = self.wordpiece(segments)
+        pieces = self.wordpiece_ids(segments)
         out = []
         next_b = len(firsts)
         for index, second in enumerate(seconds):
-            a_tokens, a_ids = pieces[index]
             if second is None:
-                out.append(self._assemble_ids(a_tokens, a_ids, [], []))
+                out.append(self._assemble_ids(pieces[index], []))
             else:
-                b_tokens, b_ids = pieces[next_b]
+                out.append(self._assemble_ids(pieces[index], pieces[next_b]))
                 next_b += 1
-                out.append(self._assemble_ids(a_tokens, a_ids, b_tokens, b_ids))
         return out
 
     def tokenize(self, text: str | Sequence[str], is_tokenized: bool = False) -> TokenizedInput:
@@ -171,9 +170,14 @@ class BertTokenizer:
 
     def wordpiece(self, texts: Sequence[str]) -> list[tuple[list[str], list[int]]]:
         """Google ``FullTokenizer.tokenize`` (tokens and ids) for each text, no special tokens, no limit."""
+        names = self._id_to_token
+        return [([names[i] for i in ids], ids) for ids in self.wordpiece_ids(texts)]
+
+    def wordpiece_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Like ``wordpiece``, ids only (the fast path)."""
         prepared = [self._prepare(t) for t in texts]
-        encodings = self._tokenizer.encode_batch(prepared, add_special_tokens=False)
-        return [(e.tokens, e.ids) for e in encodings]
+        # encode_batch_fast skips character offsets (and token strings): about 20 % faster.
+        return [e.ids for e in self._tokenizer.encode_batch_fast(prepared, add_special_tokens=False)]
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -218,12 +222,11 @@ class BertTokenizer:
             a = a[: self.limit]
             ids = tuple(vocab[t] for t in a)
             return TokenizedInput(ids, (0,) * len(ids), (1,) * len(ids), tuple(a))
-        return self._assemble_ids(a, [vocab[t] for t in a], b, [vocab[t] for t in b])
+        return self._assemble_ids([vocab[t] for t in a], [vocab[t] for t in b])
 
-    def _assemble_ids(
-        self, a_tokens: list[str], a_ids: list[int], b_tokens: list[str], b_ids: list[int]
-    ) -> TokenizedInput:
+    def _assemble_ids(self, a_ids: list[int], b_ids: list[int]) -> TokenizedInput:
         limit = self.limit
+        names = self._id_to_token
         edge = 0 if self.mask_cls_sep else 1
         na, nb = len(a_ids), len(b_ids)
         if nb:
@@ -239,11 +242,11 @@ class BertTokenizer:
                 input_ids=(self.cls_id, *a_ids[:na], self.sep_id),
                 type_ids=(0,) * (na + 2),
                 input_mask=(edge, *(1,) * na, edge),
-                tokens=(CLS, *a_tokens[:na], SEP),
+                tokens=(CLS, *[names[i] for i in a_ids[:na]], SEP),
             )
         return TokenizedInput(
             input_ids=(self.cls_id, *a_ids[:na], self.sep_id, *b_ids[:nb], self.sep_id),
             type_ids=(0,) * (na + 2) + (1,) * (nb + 1),
             input_mask=(edge, *(1,) * na, edge, *(1,) * nb, edge),
-            tokens=(CLS, *a_tokens[:na], SEP, *b_tokens[:nb], SEP),
+            tokens=(CLS, *[names[i] for i in a_ids[:na]], SEP, *[names[i] for i in b_ids[:nb]], SEP),
         )

