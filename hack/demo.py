@@ -291,6 +291,10 @@ def run_rendered_server(command: list[str]) -> Iterator[dict[str, int]]:
         arg.replace("=/models/", f"={MODELS}/") for arg in command if not arg.startswith("-peer_service=")
     ]
     local += ["-bind_host=127.0.0.1", *(f"-{k}={v}" for k, v in ports.items()), "-cpu"]
+    # The image puts bert-serving-start on PATH; here it sits beside this interpreter (the venv).
+    venv_command = pathlib.Path(sys.executable).parent / local[0]
+    if venv_command.exists():
+        local[0] = str(venv_command)
     info("rendered: " + " ".join(command))
     info("local:    " + " ".join(local))
     log = open(STATE / "server.log", "w")  # noqa: SIM115 - lives as long as the process
