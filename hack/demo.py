@@ -94,6 +94,8 @@ def _stop_recorded() -> None:
     if not PIDS.exists():
         return
     for name, pid in json.loads(PIDS.read_text()).items():
+        if not _is_ours(pid):
+            continue  # already gone (its pid may since belong to someone else)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
             for _ in range(50):
@@ -102,6 +104,22 @@ def _stop_recorded() -> None:
             os.kill(pid, signal.SIGKILL)
         info(f"stopped {name} (pid {pid})")
     PIDS.unlink()
+
+
+def _is_ours(pid: int) -> bool:
+    """True if ``pid`` still runs a demo process (its command line names the demo's programs)."""
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "bertserve_operator" in cmdline or "bert-serving-start" in cmdline
+
+
+def _forget_pid(name: str) -> None:
+    if PIDS.exists():
+        pids = json.loads(PIDS.read_text())
+        pids.pop(name, None)
+        PIDS.write_text(json.dumps(pids))
 
 
 def free_port() -> int:
@@ -322,6 +340,8 @@ def run_rendered_server(command: list[str]) -> Iterator[dict[str, int]]:
             proc.wait(timeout=30)
         if proc.poll() is None:
             proc.kill()
+            proc.wait(timeout=10)
+        _forget_pid("server")
 
 
 def encode(ports: dict[str, int]) -> None:
