@@ -216,3 +216,38 @@ def test_encode_accepts_padded_batches_and_warms_up(tiny_model_dir: Path) -> Non
     out = encoder.encode(batch)
     assert out.shape == (2, encoder.hidden_size) and out.dtype == np.float32
     assert encoder.max_position_embeddings == 64
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_gpu_code_path_matches_cpu_results(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray], fp16: bool
+) -> None:
+    """device="/GPU:0" builds the GPU layout: device variables, plain LayerNorm, float16 matmuls under
+    -fp16. Without a GPU, TensorFlow's soft placement runs that same graph on CPU kernels."""
+    gpu = _encoder(tiny_model_dir, "REDUCE_MEAN_MAX", [-1, 0], device="/GPU:0", fp16=fp16)
+    assert not gpu.spec.fused_layer_norm
+    assert gpu.dtype == ("float16" if fp16 else "float32")
+    cpu = _encoder(tiny_model_dir, "REDUCE_MEAN_MAX", [-1, 0])
+    out = gpu.encode_arrays(*batch)
+    assert out.dtype == (np.float16 if fp16 else np.float32)
+    tolerance = 2e-2 if fp16 else 1e-5
+    np.testing.assert_allclose(
+        out.astype(np.float32), cpu.encode_arrays(*batch), atol=tolerance, rtol=tolerance
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("fp16", [False, True], ids=["fp32", "fp16"])
+def test_real_gpu_matches_cpu(
+    tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray], fp16: bool, xla: bool
+) -> None:
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("TensorFlow sees no GPU")
+    gpu = _encoder(tiny_model_dir, "NONE", [-1, 0], device="/GPU:0", fp16=fp16, xla=xla)
+    out = gpu.encode_arrays(*batch)
+    tolerance = 2e-2 if fp16 else 1e-4
+    cpu = _encoder(tiny_model_dir, "NONE", [-1, 0]).encode_arrays(*batch)
+    np.testing.assert_allclose(out.astype(np.float32), cpu, atol=tolerance, rtol=tolerance)

@@ -168,6 +168,10 @@ class TFEncoder:
         )
         self.checkpoint_path = loaded.path
         on_gpu = _is_gpu(device)
+        if on_gpu and not tf.config.list_physical_devices("GPU"):
+            logger.warning(
+                "%s requested but TensorFlow sees no GPU: its graph will run on CPU kernels", device
+            )
         self._compute_dtype = tf.float16 if (self._fp16 and on_gpu) else tf.float32
         if self._fp16 and not on_gpu:
             logger.info("-fp16 on CPU: computing in float32, returning float16")
