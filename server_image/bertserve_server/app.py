@@ -234,9 +234,16 @@ def serve(
     *,
     encoder_factory: EncoderFactory | None = None,
     tokenizer: Tokenizer | None = None,
+    router_factory: Callable[[ZmqFrontend], ResultRouter] | None = None,
 ) -> int:
-    """Run a server in the foreground until SIGTERM/SIGINT; the process exit code."""
-    server = BertServer(config, encoder_factory=encoder_factory, tokenizer=tokenizer)
+    """Run a server in the foreground until SIGTERM/SIGINT; the process exit code.
+
+    ``router_factory`` replaces how ZeroMQ answers are delivered (scale-out peering); the default
+    publishes on this replica's own ``-port_out``.
+    """
+    server = BertServer(
+        config, encoder_factory=encoder_factory, tokenizer=tokenizer, router_factory=router_factory
+    )
     loading = threading.Event()
     loading.set()
 

@@ -243,7 +243,9 @@ class ZmqFrontend:
                 sock.close(linger=int(linger_s * 1000))
         if self._own_context:
             self._context.term()
-        for fd in (self._wake_r, self._wake_w):
+        with self._lock:  # a late publish() must not write into a reused descriptor number
+            fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -257,8 +259,9 @@ class ZmqFrontend:
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is already pending; a closed one, that we are shutting down.
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"\0")
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"\0")
 
     def _drain_outbox(self, xpub: zmq.Socket[Any]) -> None:
         with self._lock:
