@@ -14,8 +14,6 @@ TensorFlow is imported lazily, by :func:`tf_encoder_factory`, from ``bertserve_s
 from __future__ import annotations
 
 import logging
-import os
-import re
 import shutil
 import subprocess
 import threading
@@ -64,28 +62,10 @@ def plan_devices(config: ServerConfig, gpu_ids: Sequence[int]) -> list[str]:
 
 
 def visible_gpu_ids() -> list[int]:
-    """GPU ids TensorFlow will number ``/GPU:0..n-1`` in this process.
-
-    Asks the model package when it offers ``list_gpu_ids`` (it knows what TensorFlow sees);
-    otherwise counts the NVIDIA device nodes the container runtime mounted, restricted by
-    ``CUDA_VISIBLE_DEVICES``.
-    """
+    """GPU ids TensorFlow numbers ``/GPU:0..n-1`` in this process (imports TensorFlow)."""
     from bertserve_server.model import tf_encoder
 
-    listing = getattr(tf_encoder, "list_gpu_ids", None)
-    if callable(listing):
-        return list(listing())
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return []
-    try:
-        nodes = [n for n in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", n)]
-    except OSError:
-        nodes = []
-    count = len(nodes)
-    if visible is not None:
-        count = min(count, len([v for v in visible.split(",") if v.strip()]))
-    return list(range(count))
+    return tf_encoder.list_gpu_ids()
 
 
 def gpu_memory_mb() -> int | None:
