@@ -235,3 +235,16 @@ def test_http_and_zmq_requests_share_the_model(server):
         np.testing.assert_allclose(bc.encode(["hello world"])[0], np.array(r.json()["result"][0]), rtol=1e-6)
     assert server.metrics.value("bertserve_sentences_total", {"frontend": "http"}) == 1
     assert server.metrics.value("bertserve_sentences_total", {"frontend": "zmq"}) == 1
+
+
+def test_oversized_body_is_413(tmp_path, monkeypatch):
+    from bertserve_server import http_frontend
+
+    monkeypatch.setattr(http_frontend, "MAX_PAYLOAD_BYTES", 2048)
+    with fake_server(tmp_path, http_port=0) as server:
+        r = requests.post(url(server, "/encode"), json={"id": 1, "texts": ["word " * 100] * 10}, timeout=10)
+        assert r.status_code == 413 and r.json()["type"] == "RequestTooLarge"
+        assert (
+            requests.post(url(server, "/encode"), json={"id": 2, "texts": ["ok"]}, timeout=10).status_code
+            == 200
+        )

@@ -60,3 +60,35 @@ def test_worker_survives_a_failing_batch_and_keeps_serving():
         batcher.stop()
         worker.join(5)
     assert not worker.is_alive()
+
+
+def test_several_workers_run_batches_concurrently(tmp_path):
+    import threading
+
+    from server_harness import RawClient, fake_server, wait_until
+
+    class Counting(FakeEncoder):
+        def __init__(self) -> None:
+            super().__init__(delay_s=0.3)
+            self.lock = threading.Lock()
+            self.active = 0
+            self.peak = 0
+
+        def encode(self, batch):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                return super().encode(batch)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+    encoder = Counting()
+    with fake_server(tmp_path, encoder=encoder, num_worker=2, max_batch_size=1) as server:
+        assert [w.device for w in server.workers] == ["/CPU:0", "/CPU:0"]
+        with RawClient(server, b"two") as raw:
+            raw.send(b"two", b'["a", "b", "c", "d"]', b"1", b"4")
+            assert raw.recv(10000) is not None
+        wait_until(lambda: encoder.active == 0)
+    assert encoder.peak == 2
