@@ -122,13 +122,17 @@ def test_rows_do_not_depend_on_batch_mates_or_padding(tiny_model_dir: Path) -> N
     np.testing.assert_allclose(merged[1], alone[0], atol=1e-5, rtol=0)
 
 
-def test_fp16_returns_float16_close_to_float32(
+def test_fp16_on_cpu_returns_float16_close_to_float32(
     tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> None:
+    from bertserve_server.model.tf_encoder import cpu_has_bfloat16
+
     half = _encoder(tiny_model_dir, "REDUCE_MEAN", fp16=True)
     full = _encoder(tiny_model_dir, "REDUCE_MEAN")
     out = half.encode_arrays(*batch)
     assert half.dtype == "float16" and out.dtype == np.float16
+    assert half.compute_dtype == ("bfloat16" if cpu_has_bfloat16() else "float32")
+    assert full.compute_dtype == "float32"
     np.testing.assert_allclose(out.astype(np.float32), full.encode_arrays(*batch), atol=1e-2, rtol=1e-2)
 
 
@@ -227,6 +231,7 @@ def test_gpu_code_path_matches_cpu_results(
     gpu = _encoder(tiny_model_dir, "REDUCE_MEAN_MAX", [-1, 0], device="/GPU:0", fp16=fp16)
     assert not gpu.spec.fused_layer_norm
     assert gpu.dtype == ("float16" if fp16 else "float32")
+    assert gpu.compute_dtype == ("float16" if fp16 else "float32")
     cpu = _encoder(tiny_model_dir, "REDUCE_MEAN_MAX", [-1, 0])
     out = gpu.encode_arrays(*batch)
     assert out.dtype == (np.float16 if fp16 else np.float32)

@@ -14,8 +14,10 @@ How it is made fast:
 - LayerNorm on CPU takes the fused batch-norm form oneDNN runs as one kernel (``modeling``).
 - ``-xla`` compiles with ``jit_compile=True``; batch and length are then rounded up to buckets so
   a stream of odd batch sizes does not trigger a compilation each.
-- ``-fp16`` on a GPU computes matmuls in float16 with LayerNorm/softmax in float32; on CPU (no
-  fast float16 matmul) it computes in float32. The output is float16 in both cases.
+- ``-fp16`` on a GPU computes matmuls in float16 with LayerNorm/softmax in float32. CPUs have no
+  fast float16 matmul; where they multiply bfloat16 natively (AMX, AVX512-BF16) the matmuls run
+  in bfloat16 instead (several times faster; about 2 significant digits fewer), else in float32.
+  The output is float16 in every case, as 1.10.0's ``-fp16`` promised.
 """
 
 from __future__ import annotations
@@ -85,6 +87,19 @@ def configure_runtime(
             except (RuntimeError, ValueError) as exc:
                 logger.warning("cannot configure %s, keeping defaults: %s", gpu.name, exc)
         _configured = True
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AMX or AVX512-BF16), per ``/proc/cpuinfo``."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def list_gpu_ids() -> list[int]:
@@ -172,9 +187,14 @@ class TFEncoder:
             logger.warning(
                 "%s requested but TensorFlow sees no GPU: its graph will run on CPU kernels", device
             )
-        self._compute_dtype = tf.float16 if (self._fp16 and on_gpu) else tf.float32
-        if self._fp16 and not on_gpu:
-            logger.info("-fp16 on CPU: computing in float32, returning float16")
+        self._compute_dtype = tf.float32
+        if self._fp16 and on_gpu:
+            self._compute_dtype = tf.float16
+        elif self._fp16 and cpu_has_bfloat16():
+            self._compute_dtype = tf.bfloat16
+            logger.info("-fp16 on CPU: bfloat16 matmuls (the CPU has AMX/AVX512-BF16), float16 output")
+        elif self._fp16:
+            logger.info("-fp16 on CPU without bfloat16 support: computing in float32, float16 output")
         prepared = prepare_weights(self.spec, loaded.weights)
         self._constants = (not on_gpu) if weights_as_constants is None else weights_as_constants
         # Embedding tables are only gathered from: they stay variables in both layouts, which
@@ -217,6 +237,11 @@ class TFEncoder:
     @property
     def dtype(self) -> str:
         return "float16" if self._fp16 else "float32"
+
+    @property
+    def compute_dtype(self) -> str:
+        """What the matmuls run in: ``float32``, ``float16`` (GPU ``-fp16``) or ``bfloat16`` (CPU ``-fp16``)."""
+        return str(self._compute_dtype.name)
 
     @property
     def hidden_size(self) -> int:
