@@ -166,9 +166,9 @@ class PeerMesh:
         config: ServerConfig,
         metrics: Metrics,
         *,
-        answer_wait_s: float = SUBSCRIPTION_WAIT_S,
-        resolve_interval_s: float = RESOLVE_INTERVAL_S,
-        grace_s: float = PEER_GRACE_S,
+        answer_wait_s: float | None = None,
+        resolve_interval_s: float | None = None,
+        grace_s: float | None = None,
     ) -> None:
         if not config.peer_service:
             raise ValueError("PeerMesh needs -peer_service")
@@ -176,8 +176,9 @@ class PeerMesh:
         self.spec = config.peer_service
         self.entries = parse_peer_service(config.peer_service, config.peer_port)
         self.metrics = metrics
-        self.answer_wait_s = answer_wait_s
-        self.grace_s = grace_s
+        # Defaults are read now, not at import, so tests and embedders can tune the module values.
+        self.answer_wait_s = SUBSCRIPTION_WAIT_S if answer_wait_s is None else answer_wait_s
+        self.grace_s = PEER_GRACE_S if grace_s is None else grace_s
         self.node_id = secrets.token_hex(8).encode("ascii")
         self._context: zmq.Context[Any] = zmq.Context()
         self._router: zmq.Socket[Any] | None = None
@@ -195,7 +196,7 @@ class PeerMesh:
             lambda addresses: self._post("resolved", addresses),
             probe_targets=self._probe_targets,
             on_probed=lambda results: self._post("probed", results),
-            interval_s=resolve_interval_s,
+            interval_s=RESOLVE_INTERVAL_S if resolve_interval_s is None else resolve_interval_s,
         )
         # Owned by the I/O thread.
         self._poller = zmq.Poller()
@@ -544,11 +545,13 @@ class PeerMesh:
                 continue
             if now - link.first_seen > self.grace_s:
                 link.ignored = True
-                logger.warning(
-                    "peers: %s accepted no handshake within %.0fs; treated as gone until it answers",
-                    endpoint(link.address),
-                    self.grace_s,
-                )
+                if link.listening is not False:
+                    logger.warning(
+                        "peers: %s accepts connections but completed no handshake within %.0fs; "
+                        "treated as gone until it answers",
+                        endpoint(link.address),
+                        self.grace_s,
+                    )
             elif link.listening is not False:
                 waiting.append(link)
         reason: str | None = None

@@ -65,6 +65,7 @@ class TcpBalancer:
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
         upstream_writer = None
+        clean = True
         try:
             backends = self._backends.get(name) or []
             if not backends:
@@ -77,12 +78,15 @@ class TcpBalancer:
                 )
             except (OSError, TimeoutError):
                 return  # like a dead endpoint: the client sees the connection close and retries
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(up_reader, writer))
+            clean = await _splice(reader, writer, up_reader, upstream_writer)
         finally:
             for w in (writer, upstream_writer):
                 if w is not None:
                     with contextlib.suppress(Exception):
-                        w.close()
+                        if clean:
+                            w.close()
+                        else:
+                            w.transport.abort()  # a reset passes through, as it does through NAT
             self._tasks.discard(task)  # type: ignore[arg-type]
 
     def close(self) -> None:
@@ -105,16 +109,45 @@ class TcpBalancer:
         self.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _splice(
+    client_reader: asyncio.StreamReader,
+    client_writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+) -> bool:
+    """Pipe both directions until both ended; False if either side was reset.
+
+    Half-closes pass through (end-of-stream on one side becomes ``write_eof`` on the other), as
+    they do through kube-proxy's NAT: a server that half-closes a connection still receives what
+    the client sends until the client closes too.
+    """
+    pending = {
+        asyncio.ensure_future(_pipe(client_reader, up_writer)),
+        asyncio.ensure_future(_pipe(up_reader, client_writer)),
+    }
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not all(t.result() for t in done):
+                return False
+        return True
+    finally:
+        for t in pending:
+            t.cancel()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Copy until end-of-stream (then half-close ``writer``: True) or a reset (False)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
             await writer.drain()
-    except (ConnectionError, asyncio.CancelledError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+    except (ConnectionError, OSError):
+        return False
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+    return True
 
 
 def free_port() -> int:
