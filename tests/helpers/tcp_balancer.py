@@ -4,8 +4,9 @@ Why it exists: the scale-out tests must reproduce what a Kubernetes Service does
 two-connection protocol — every *new TCP connection* goes to a backend picked at random, so a
 client's PUSH and SUB connections usually land on different replicas. kube-proxy is not
 available here, so this is the smallest faithful stand-in: one listening port per service port,
-random backend per connection, byte-for-byte piping, and backends that can be removed (a pod
-dying) or added (scale-up) while traffic flows.
+random backend per connection, byte-for-byte piping in which half-closes and resets pass through
+(as through kube-proxy's NAT), and backends that can be removed (a pod dying) or added
+(scale-up) while traffic flows.
 """
 
 from __future__ import annotations
