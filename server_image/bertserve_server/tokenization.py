@@ -131,6 +131,11 @@ class BertTokenizer:
         self._tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
     @property
+    def max_token_id(self) -> int:
+        """Largest id this tokenizer can emit; must be below the model config's ``vocab_size``."""
+        return max(self.vocab.values())
+
+    @property
     def limit(self) -> int:
         """Longest item produced (special tokens included)."""
         return self.max_seq_len if self.max_seq_len is not None else self.max_position_embeddings

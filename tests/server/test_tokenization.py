@@ -367,3 +367,4 @@ def test_load_vocab_follows_google_line_numbering(tmp_path: Path) -> None:
     assert load_vocab(path) == {"[PAD]": 0, "[UNK]": 1, "spaced": 2, "[CLS]": 3, "[SEP]": 4}
     tok = BertTokenizer(path)
     assert tok.tokenize("spaced").input_ids == (3, 2, 4)
+    assert tok.max_token_id == 4

@@ -44,12 +44,38 @@ _configure_lock = threading.Lock()
 _configured = False
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (cgroup/affinity aware where the OS tells)."""
+def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> int | None:
+    """The container's CPU limit (``resources.limits.cpu``) rounded up, or None when unlimited.
+
+    Kubernetes enforces a CPU limit as a CFS quota, not by hiding cores: a pod limited to 4 CPUs
+    on a 64-core node still sees 64, and 64 TensorFlow threads would then be throttled in turn.
+    Reads cgroup v2 ``cpu.max`` or v1 ``cpu/cpu.cfs_quota_us`` + ``cpu.cfs_period_us``.
+    """
+    base = Path(root)
     try:
-        return len(os.sched_getaffinity(0))
+        quota_text, period_text = (base / "cpu.max").read_text().split()[:2]
+        if quota_text == "max":
+            return None
+        quota, period = int(quota_text), int(period_text)
+    except (OSError, ValueError):
+        try:
+            quota = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+            period = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, -(-quota // period))
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a container CPU limit."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
 
 
 def configure_runtime(
@@ -220,15 +246,20 @@ class TFEncoder:
 
         # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
         # function object, and each encoder legitimately traces its own.
-        self._function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
+        function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
+        # Trace now (one graph serves every [batch, seq] thanks to the signature); the numpy
+        # copies of the weights embedded as constants are then no longer needed.
+        with tf.device(device):
+            self._function = function.get_concrete_function()
+        self._numpy_params.clear()
         logger.info(
-            "encoder ready to trace: %d of %d layers, pooling %s %s, device %s, %s%s",
+            "encoder built: %d of %d layers, pooling %s %s, device %s, %s matmuls%s",
             num_layers,
             self.config.num_hidden_layers,
             self.strategy.name,
             self.pooling_layers or "(pooler)",
             device,
-            "float16" if self._fp16 else "float32",
+            self.compute_dtype,
             ", XLA" if self._xla else "",
         )
 
