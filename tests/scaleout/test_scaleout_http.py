@@ -21,6 +21,8 @@ CLIENTS = 8
 REQUESTS = 60
 TIMEOUT_S = 30.0
 SETTLE_S = 1.0
+AFTER_S = 3.0
+"""How long clients keep sending once the kill has settled."""
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +67,20 @@ def test_http_and_openai_routes_through_the_balancer_equal_one_server(three: Clu
 def test_a_killed_replica_fails_only_its_own_http_requests(three: Cluster, workload, expected):
     victim, survivors = three.replicas[2], three.replicas[:2]
     done = threading.Semaphore(0)
+    stop = threading.Event()
     killed_at: list[float] = []
 
     def killer() -> None:
-        for _ in range(CLIENTS * 12):
-            if not done.acquire(timeout=60):
-                return
-        killed_at.append(time.monotonic())
-        victim.kill()
-        three.remove(victim)
+        try:
+            for _ in range(CLIENTS * 12):
+                if not done.acquire(timeout=60):
+                    return
+            killed_at.append(time.monotonic())
+            victim.kill()
+            three.remove(victim)
+            time.sleep(SETTLE_S + AFTER_S)  # clients keep going well past the kill
+        finally:
+            stop.set()
 
     served_before = {r.name: r.encoded_ok("http") for r in survivors}
     thread = threading.Thread(target=killer, daemon=True)
@@ -86,6 +93,8 @@ def test_a_killed_replica_fails_only_its_own_http_requests(three: Cluster, workl
             timeout_s=TIMEOUT_S,
             keep_alive=c % 2 == 0,
             progress=done.release,
+            stop=stop,
+            max_rounds=20,
         )(c, report),
         CLIENTS,
     )
@@ -93,7 +102,7 @@ def test_a_killed_replica_fails_only_its_own_http_requests(three: Cluster, workl
     assert killed_at, "the kill never happened: " + summary(reports)
     kill = killed_at[0]
     outcomes = [o for r in reports for o in r.outcomes]
-    assert not any(r.fatal for r in reports) and len(outcomes) == CLIENTS * REQUESTS, summary(reports)
+    assert not any(r.fatal for r in reports), summary(reports)
     assert not any(o.wrong for o in outcomes), summary(reports)
     for o in outcomes:
         if o.error:
@@ -102,5 +111,6 @@ def test_a_killed_replica_fails_only_its_own_http_requests(three: Cluster, workl
             assert o.ended - o.started < 5.0, o.error
             assert "Connection" in o.error or "RemoteDisconnected" in o.error, o.error
     after = [o for o in outcomes if o.started > kill + SETTLE_S]
-    assert after and all(o.ok for o in after)
+    assert len(after) >= CLIENTS * 5 and all(o.ok for o in after), summary(reports)
+    assert {o.client for o in after} == set(range(CLIENTS))
     assert all(r.encoded_ok("http") > served_before[r.name] for r in survivors)

@@ -27,6 +27,8 @@ CLIENTS = 8
 REQUESTS = 200
 KILL_TIMEOUT_MS = 4000
 SETTLE_S = 1.0
+AFTER_S = 3.0
+"""How long clients keep sending once the kill has settled."""
 """After a kill, how long clients may still lose requests: the time to notice the dead
 connections (milliseconds: the kernel closes them) and re-subscribe elsewhere, with margin."""
 
@@ -73,22 +75,36 @@ def test_a_killed_replica_loses_only_what_it_held_and_the_rest_keep_serving(
 ):
     victim, survivors = three.replicas[1], [three.replicas[0], three.replicas[2]]
     done = threading.Semaphore(0)
+    stop = threading.Event()
     killed_at: list[float] = []
     served_before = {r.name: r.encoded_ok() for r in survivors}
 
     def killer() -> None:
-        for _ in range(CLIENTS * 40):  # a fifth of the load, then the kill
-            if not done.acquire(timeout=60):
-                return
-        killed_at.append(time.monotonic())
-        victim.kill()
-        three.remove(victim)
+        try:
+            for _ in range(CLIENTS * 40):  # some load first
+                if not done.acquire(timeout=60):
+                    return
+            killed_at.append(time.monotonic())
+            victim.kill()
+            three.remove(victim)
+            time.sleep(SETTLE_S + AFTER_S)  # clients keep going well past the kill
+        finally:
+            stop.set()
 
     short = make_workload(CLIENTS, REQUESTS, seed=1)  # same sentences: the same expected vectors
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     reports = run_clients(
-        zmq_worker(three.client, short, expected, timeout_ms=KILL_TIMEOUT_MS, progress=done.release), CLIENTS
+        zmq_worker(
+            three.client,
+            short,
+            expected,
+            timeout_ms=KILL_TIMEOUT_MS,
+            progress=done.release,
+            stop=stop,
+            max_rounds=20,
+        ),
+        CLIENTS,
     )
     thread.join(timeout=10)
     assert killed_at, "the kill never happened: " + summary(reports)
@@ -96,7 +112,6 @@ def test_a_killed_replica_loses_only_what_it_held_and_the_rest_keep_serving(
 
     assert not any(r.fatal for r in reports), summary(reports)
     outcomes = [o for r in reports for o in r.outcomes]
-    assert len(outcomes) == CLIENTS * REQUESTS
     assert not any(o.wrong for o in outcomes), summary(reports)
     failed = [o for o in outcomes if o.error]
     for o in failed:
@@ -108,7 +123,8 @@ def test_a_killed_replica_loses_only_what_it_held_and_the_rest_keep_serving(
     # Late answers of timed-out requests are fine; answers for anything else are not.
     assert all(r.stray_ids <= r.timed_out_ids for r in reports), summary(reports)
     after = [o for o in outcomes if o.started > kill + SETTLE_S]
-    assert len(after) > CLIENTS * 50 and all(o.ok for o in after)
+    assert len(after) >= CLIENTS * 5 and all(o.ok for o in after), summary(reports)
+    assert {o.client for o in after} == set(range(CLIENTS))
     # The survivors did the work after the kill, and each still answers correctly on its own.
     assert sum(r.encoded_ok() - served_before[r.name] for r in survivors) >= len(after)
     assert victim.proc.poll() is not None
