@@ -309,16 +309,19 @@ def _is_bad(cond: Mapping[str, Any]) -> bool:
 def transitions(
     previous: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]
 ) -> list[Transition]:
-    """Events for conditions whose status or reason changed.
+    """Events for conditions whose status or reason changed: at most one Normal, one Warning.
 
     A condition seen for the first time is announced only when it is news (Ready=True or
-    Degraded=True); the initial "creating" states are not. Conditions that change to the same
-    reason at once (``Ready=False`` and ``Degraded=True`` for an invalid spec) share one event,
-    worded with the Degraded message, which carries the detail without the replica count.
+    Degraded=True); the initial "creating" states are not. Changes observed together share an
+    event of their kind (an object that becomes ready changes Ready and Progressing at once:
+    one event, not two — events are API writes, and a busy cluster has thousands of them).
+    Changes to the same reason (``Ready=False`` and ``Degraded=True`` for an invalid spec) are
+    worded once, with the Degraded message, which carries the detail without the replica count.
+    The event's reason is that of the most telling condition: Degraded for warnings, Ready else.
     """
     before = {c.get("type"): c for c in previous}
-    flags: dict[tuple[str, str], list[str]] = {}
-    messages: dict[tuple[str, str], str] = {}
+    # kind -> reason -> (flags, message), in condition order
+    groups: dict[str, dict[str, tuple[list[str], str]]] = {}
     for cond in current:
         ctype, status, reason = cond.get("type"), cond.get("status"), str(cond.get("reason"))
         old = before.get(ctype)
@@ -327,11 +330,24 @@ def transitions(
                 continue
         elif (old.get("status"), old.get("reason")) == (status, reason):
             continue
-        key = ("Warning" if _is_bad(cond) else "Normal", reason)
-        flags.setdefault(key, []).append(f"{ctype}={status}")
-        if key not in messages or ctype == DEGRADED:
-            messages[key] = str(cond.get("message", ""))
-    return [
-        Transition(kind, reason, _short(f"{', '.join(flags[kind, reason])}: {messages[kind, reason]}"))
-        for kind, reason in flags
-    ]
+        kind = "Warning" if _is_bad(cond) else "Normal"
+        flags, message = groups.setdefault(kind, {}).get(reason, ([], str(cond.get("message", ""))))
+        flags.append(f"{ctype}={status}")
+        if ctype == DEGRADED:
+            message = str(cond.get("message", ""))
+        groups[kind][reason] = (flags, message)
+    out = []
+    for kind, by_reason in groups.items():
+        first = DEGRADED if kind == "Warning" else READY
+        lead = next(
+            (r for r, (flags, _) in by_reason.items() if any(f.startswith(first + "=") for f in flags)),
+            next(iter(by_reason)),
+        )
+        if len(by_reason) == 1:
+            ((flags, message),) = by_reason.values()
+            text = f"{', '.join(flags)}: {message}"
+        else:
+            ordered = [lead, *(r for r in by_reason if r != lead)]
+            text = "; ".join(f"{', '.join(by_reason[r][0])} ({r}): {by_reason[r][1]}" for r in ordered)
+        out.append(Transition(kind, lead, _short(text)))
+    return out

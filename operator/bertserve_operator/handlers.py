@@ -51,7 +51,7 @@ async def start(
         memo["settings"] = ours
     configure_kopf(settings, ours)
     kube = Kube.from_environment(
-        request_timeout=ours.request_timeout_seconds, pool_size=ours.workers + ours.handler_threads + 2
+        request_timeout=ours.request_timeout_seconds, pool_size=2 * (ours.workers + ours.handler_threads) + 2
     )
     runtime = Runtime(ours, kube)
     await runtime.start()

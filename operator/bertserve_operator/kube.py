@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -105,6 +107,23 @@ class Kube:
     def __init__(self, api_client: Any, *, request_timeout: float = 30.0) -> None:
         self.api = api_client
         self.request_timeout = request_timeout
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests made so far, by ``METHOD resource[/subresource]`` (liveness detail, benchmarks)."""
+        with self._counts_lock:
+            return dict(sorted(self._counts.items()))
+
+    def _count(self, method: str, path: str) -> None:
+        parts = path.split("?", 1)[0].strip("/").split("/")
+        if "namespaces" in parts and len(parts) > parts.index("namespaces") + 2:
+            rest = parts[parts.index("namespaces") + 2 :]
+        else:
+            rest = parts[-1:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        with self._counts_lock:
+            self._counts[f"{method} {resource}"] += 1
 
     @classmethod
     def from_environment(cls, *, request_timeout: float = 30.0, pool_size: int = 16) -> Kube:
@@ -137,6 +156,7 @@ class Kube:
         if content_type:
             headers["Content-Type"] = content_type
         full = path + (f"?{urlencode(query)}" if query else "")
+        self._count(method, path)
         try:
             method_, url, headers, body_, post = self.api.param_serialize(
                 method, full, header_params=headers, body=body, auth_settings=["BearerToken"]

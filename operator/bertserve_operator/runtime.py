@@ -75,7 +75,12 @@ class Runtime:
         self.settings = settings
         self.kube = kube
         self.cache = Cache()
-        self.reconciler = Reconciler(kube, self.cache, settings.render_options())
+        self.reconciler = Reconciler(
+            kube,
+            self.cache,
+            settings.render_options(),
+            apply_threads=settings.workers + settings.handler_threads,
+        )
         self.queue: WorkQueue[Key] = WorkQueue(
             base_delay=settings.retry_delay_seconds, max_delay=settings.max_retry_delay_seconds
         )
@@ -106,6 +111,7 @@ class Runtime:
             )
         except TimeoutError:
             log.warning("in-flight reconciles did not finish in time; exiting anyway")
+        self.reconciler.close()
         self.kube.close()
 
     def health(self) -> dict[str, Any]:
@@ -118,6 +124,7 @@ class Runtime:
             "passes": self.passes,
             "sinceResyncSeconds": round(time.monotonic() - self.last_resync, 1),
             "cached": self.cache.sizes(),
+            "requests": self.kube.request_counts(),
         }
 
     # ------------------------------------------------------------------ events (event loop)
@@ -132,12 +139,19 @@ class Runtime:
 
     def on_child_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         owner = self.cache.drop_child(obj) if event_type == "DELETED" else self.cache.put_child(obj)
-        if owner is not None:
-            self.queue.add(owner)
+        self._schedule(owner)
 
     def on_pod_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         owner = self.cache.drop_pod(obj) if event_type == "DELETED" else self.cache.put_pod(obj)
-        if owner is not None:
+        self._schedule(owner)
+
+    def _schedule(self, owner: Key | None) -> None:
+        """Re-examine ``owner`` shortly: a rollout's burst of child events becomes one pass."""
+        if owner is None:
+            return
+        if self.settings.coalesce_seconds > 0:
+            self.queue.add_after(owner, self.settings.coalesce_seconds)
+        else:
             self.queue.add(owner)
 
     # ------------------------------------------------------------------ passes

@@ -306,7 +306,14 @@ def test_transitions_announce_news_not_the_initial_creating_state() -> None:
     assert st.transitions([], creating) == []
     ready = compute(deployment=deployment())["conditions"]
     events = st.transitions(creating, ready)
-    assert st.Transition("Normal", "Available", "Ready=True: 2/2 replicas ready") in events
+    assert events == [
+        st.Transition(
+            "Normal",
+            "Available",
+            "Ready=True (Available): 2/2 replicas ready; "
+            "Progressing=False (RolloutComplete): all 2 replicas run the current template",
+        )
+    ]
     assert st.transitions(ready, ready) == []
 
 

@@ -86,6 +86,15 @@ def test_apply_is_a_forced_server_side_apply_under_our_manager() -> None:
     assert method == "PATCH"
     assert url == "https://k/api/v1/namespaces/ml/services/s?fieldManager=bertserve-operator&force=true"
     assert headers["Content-Type"] == APPLY_PATCH and body == obj
+    assert Kube(api).request_counts() == {}
+
+
+def test_requests_are_counted_by_method_and_resource() -> None:
+    kube = Kube(StubApi(StubResponse(200, {})))
+    kube.patch_status("ml", "m", {})
+    kube.get("apps/v1", "Deployment", "ml", "d")
+    kube.get("apps/v1", "Deployment", "ml", "e")
+    assert kube.request_counts() == {"GET deployments": 2, "PATCH bertservers/status": 1}
 
 
 def test_status_goes_to_the_status_subresource_and_tolerates_a_deleted_object() -> None:

@@ -226,11 +226,9 @@ def test_ready_transition_posts_one_normal_event(world: Any) -> None:
     }
     cache.put_child(dep)
     rec.reconcile(bertserver())
-    assert {
-        "type": "Normal",
-        "reason": "Available",
-        "message": "Ready=True: 1/1 replicas ready",
-    } in kube.events
+    (event,) = kube.events  # Ready and Progressing changed together: one event
+    assert (event["type"], event["reason"]) == ("Normal", "Available")
+    assert event["message"].startswith("Ready=True (Available): 1/1 replicas ready; Progressing=False")
 
 
 def test_objects_being_deleted_are_skipped(world: Any) -> None:
@@ -251,3 +249,24 @@ def test_subset_rules() -> None:
     assert not needs_apply(desired, observed)
     assert needs_apply(desired, {"metadata": {"labels": {"a": "b"}}})
     assert needs_apply(desired, None)
+
+
+def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
+    kube, cache = FakeKube(), Cache()
+    rec = Reconciler(kube, cache, RenderOptions(default_image="img:1"), clock=lambda: NOW, apply_threads=4)  # type: ignore[arg-type]
+    try:
+        outcome = rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
+        assert sorted(outcome.applied) == [
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+        ]
+        assert len(kube.statuses) == 1
+        kube.reject = "PodDisruptionBudget"
+        cache.drop_child(cache.child("PodDisruptionBudget", "ml", "mrpc"))
+        with pytest.raises(PermanentApiError, match="denied by policy"):
+            rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
+    finally:
+        rec.close()
