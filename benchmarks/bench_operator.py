@@ -283,7 +283,8 @@ def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
 def bulk_phase(
     work: Path, count: int, replicas: int, timeout: float, settings: dict[str, str]
 ) -> dict[str, Any]:
-    with Cluster(work / "bulk", replicas) as cluster:
+    work.mkdir(parents=True, exist_ok=True)
+    with Cluster(work / "cluster", replicas) as cluster:
         api = Api(cluster)
         stop = threading.Event()
         obs = Observer()
@@ -410,22 +411,31 @@ def machine() -> dict[str, str]:
     }
 
 
-def report(m: dict[str, str], bulk: dict[str, Any], lat: dict[str, Any], args: argparse.Namespace) -> str:
+def report(
+    m: dict[str, str], runs: list[dict[str, Any]], lat: dict[str, Any], args: argparse.Namespace
+) -> str:
+    from bertserve_operator.settings import Settings
+
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
+    ordered = sorted(runs, key=lambda r: r["converged_s"])
+    bulk = ordered[(len(ordered) - 1) // 2]  # the median run (lower median for an even count)
+    peak = max(r["rss_peak_mb"] for r in runs)
+    defaults = Settings()
+
     rows = [
-        (f"{bulk['count']} BertServers: every Deployment + status", f"{bulk['converged_s']} s", "≤ 60 s",
+        (f"{bulk['count']} BertServers: every Deployment + status (median of {len(runs)})", f"{bulk['converged_s']} s", "≤ 60 s",
          verdict(bool(bulk["converged"]) and bulk["converged_s"] <= 60)),
         (f"apply → Deployment p50 (at {lat['existing']}+ objects)", f"{lat['p50_s']} s", "≤ 0.5 s", verdict(lat["p50_s"] <= 0.5)),
         (f"apply → Deployment p99 (at {lat['existing']}+ objects)", f"{lat['p99_s']} s", "≤ 2 s", verdict(lat["p99_s"] <= 2)),
-        ("operator peak RSS (bulk phase)", f"{bulk['rss_peak_mb']} MB", "≤ 200 MB", verdict(bulk["rss_peak_mb"] <= 200)),
+        ("operator peak RSS (bulk phases, max)", f"{peak} MB", "≤ 200 MB", verdict(peak <= 200)),
     ]  # fmt: skip
     lines = [
         "# Operator benchmark",
         "",
         f"Command: `.venv/bin/python benchmarks/bench_operator.py --count {args.count} --existing {args.existing} "
-        f"--samples {args.samples} --replicas {args.replicas}`",
+        f"--samples {args.samples} --replicas {args.replicas} --repeat {args.repeat}`",
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",
@@ -433,7 +443,11 @@ def report(m: dict[str, str], bulk: dict[str, Any], lat: dict[str, Any], args: a
         "",
         "## Details",
         "",
-        f"- Bulk phase: {bulk['count']} BertServers POSTed by 8 client threads in {bulk['create_requests_s']} s; "
+        "- Bulk runs, each on a fresh cluster (converged after s; 1-min load average before → after): "
+        + ", ".join(f"{r['converged_s']} ({r['load_before']} → {r['load_after']})" for r in runs)
+        + ". Runs vary with the load other jobs put on the same cores (the control plane, the operator and "
+        "the clients all share them).",
+        f"- Median bulk run: {bulk['count']} BertServers POSTed by 8 client threads in {bulk['create_requests_s']} s; "
         f"last Deployment seen at {bulk['all_deployments_s']} s, last status at {bulk['all_status_s']} s after the first "
         f"request ({bulk['deployments']} Deployments, {bulk['statuses']} statuses). Each has {bulk['replicas']} "
         "replica(s): the controller-manager, scheduler and kwok create, place and start those pods at the same time, "
@@ -451,8 +465,9 @@ def report(m: dict[str, str], bulk: dict[str, Any], lat: dict[str, Any], args: a
         + "; 5 s later, with pods ready: "
         + ", ".join(f"{k} {v}" for k, v in bulk["operator_requests_after_settling"].items())
         + " (kopf's own watch and annotation requests not included).",
-        "- The operator ran as `python -m bertserve_operator -A` with default settings (4 queue workers, 8 handler "
-        "threads), each phase on a fresh cluster. Every measurement includes the whole local control plane "
+        f"- The operator ran as `python -m bertserve_operator -A` with default settings ({defaults.workers} queue "
+        f"workers, {defaults.handler_threads} handler threads, child applies in parallel), each phase on a fresh cluster. "
+        "Every measurement includes the whole local control plane "
         "(etcd, kube-apiserver, controller-manager, scheduler, kwok) running on the same cores as the operator and "
         "the clients.",
         "",
@@ -472,6 +487,9 @@ def main() -> int:
     parser.add_argument("--existing", type=int, default=200)
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="bulk runs (the report shows each and the median)"
+    )
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--write", type=Path, help="write the markdown report here")
     parser.add_argument("--json", type=Path, help="write raw results as JSON here")
@@ -483,20 +501,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp:
         work = Path(tmp)
         settings = dict(item.split("=", 1) for item in args.set)
-        bulk = bulk_phase(work, args.count, args.replicas, args.timeout, settings)
-        print(json.dumps({"bulk": bulk}), flush=True)
+        runs = []
+        for i in range(args.repeat):
+            runs.append(bulk_phase(work / f"run{i}", args.count, args.replicas, args.timeout, settings))
+            print(json.dumps({"bulk": runs[-1]}), flush=True)
         if args.bulk_only:
             return 0
         lat = latency_phase(work, args.existing, args.samples, args.replicas, args.timeout, settings=settings)
         print(json.dumps({"latency": lat}), flush=True)
     m = machine()
-    text = report(m, bulk, lat, args)
+    text = report(m, runs, lat, args)
     print(text)
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"machine": m, "bulk": bulk, "latency": lat}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"machine": m, "bulk": runs, "latency": lat}, indent=2) + "\n")
     return 0
 
 
