@@ -24,6 +24,7 @@ so the controller-manager, scheduler and kwok do their real work alongside.
 from __future__ import annotations
 
 import argparse
+import atexit
 import concurrent.futures
 import importlib.util
 import json
@@ -194,6 +195,7 @@ class Operator:
         ]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        atexit.register(self._kill)  # never leave an operator behind when a phase fails
         self.health = f"http://127.0.0.1:{port}/healthz"
         deadline = time.monotonic() + 60
         while True:
@@ -226,6 +228,11 @@ class Operator:
     def stop(self) -> int:
         self.proc.terminate()
         return self.proc.wait(60)
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 # --------------------------------------------------------------------------- phases
