@@ -179,7 +179,11 @@ class OperatorProcess:
         )
         log.close()
         if wait:
-            self.wait_healthy()
+            try:
+                self.wait_healthy()
+            except BaseException:
+                self.kill()  # a failed start must not leave an operator running
+                raise
         return self
 
     def healthy(self) -> bool:
