@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint fmt typecheck imports test test-fast demo demo-down cluster-build cluster-up cluster-down images bench clean
+.PHONY: help venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-scaleout bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,8 +46,23 @@ demo-down: ## stop everything the demo started
 images: venv ## build the server and operator images with buildah (OCI archives under .local/images)
 	bash hack/images/build.sh
 
-bench: venv ## run the benchmarks (see benchmarks/README.md)
-	@echo "see benchmarks/README.md for the individual benchmark commands"
+operator-run: venv ## run the operator locally against the local control plane (after make cluster-up)
+	KUBECONFIG=.local/cluster/kubeconfig "$$(bash hack/cluster/build.sh --print-bin-dir)/kubectl" apply --server-side -f crds/
+	KUBECONFIG=.local/cluster/kubeconfig $(PY) -m bertserve_operator -A --liveness-endpoint=http://127.0.0.1:8080/healthz
+
+bench: bench-model bench-server bench-scaleout bench-operator ## every benchmark (long; results in benchmarks/results)
+
+bench-model: venv ## our TF2 encoder vs transformers+torch (own venv), tokenizer, fp32 peak
+	$(PY) benchmarks/bench_model.py
+
+bench-server: venv ## end-to-end through bert-serving-client vs the raw model
+	$(PY) benchmarks/bench_server.py
+
+bench-scaleout: venv ## 1-3 replicas behind a kube-proxy-like balancer; forwarding overhead
+	$(PY) benchmarks/bench_scaleout.py
+
+bench-operator: venv ## 500 BertServers on the local control plane
+	$(PY) benchmarks/bench_operator.py --write benchmarks/results/operator.md --json benchmarks/results/operator.json
 
 clean: ## remove local state (not the shared caches)
 	rm -rf .local .mypy_cache .ruff_cache .pytest_cache
