@@ -15,7 +15,7 @@ venv: ## create or reuse the cached virtual environment (.venv)
 lint: venv ## ruff lint + format check, mypy, import-linter contracts
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy api/bertserve_api operator/bertserve_operator server_image/bertserve_server
+	$(PY) -m mypy api/bertserve_api operator/bertserve_operator server_image/bertserve_server cli/bertserve_cli
 	.venv/bin/lint-imports
 
 fmt: venv ## apply ruff format and autofixes
