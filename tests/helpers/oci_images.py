@@ -10,13 +10,15 @@ machines, so this module does what a container engine does with plain tools:
 * ``Container`` runs a bundle with ``runc``, host network (so a client on loopback reaches the
   server), a bounded lifetime and a memory limit, and always kills and deletes it by its id.
 
-Also usable by hand: ``python3 tests/helpers/oci_images.py run server --model DIR -- ARGS...``.
+Also usable by hand (as root): ``python3 tests/helpers/oci_images.py run server --model DIR -- ARGS``
+runs the server image with DIR at ``/models`` and ARGS in place of the image's Cmd.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import resource
@@ -38,6 +40,8 @@ TOOLS = ("buildah", "runc", "skopeo", "umoci", "debootstrap")
 IMAGE_NAMES = ("server", "operator")
 CONTAINER_PREFIX = "bertserve-test-"
 IMAGE_CONFIG = "image-config.json"
+HOST_CA_DIR = os.environ.get("BERTSERVE_CA_DIR", "/usr/local/share/ca-certificates")
+"""Mounted into builds (see hack/images/common.sh); the tests check it does not ship."""
 
 
 def toolchain_problems() -> list[str]:
@@ -112,6 +116,8 @@ def image_config(archive: str | Path, ref: str, transport: str = "oci-archive") 
         check=True,
         capture_output=True,
         text=True,
+        # Even for an archive skopeo opens a container store: ours, never the host's default.
+        env=_env_with_store(store_env()),
     ).stdout
     return json.loads(out)
 
@@ -119,18 +125,26 @@ def image_config(archive: str | Path, ref: str, transport: str = "oci-archive") 
 def unpack(summary: Mapping[str, Any], bundles: Path | None = None) -> Path:
     """Unpack the archive described by ``summary`` into a runtime bundle; returns the bundle dir.
 
-    Cached by image id: the root filesystem is only ever mounted read-only, so one unpack serves
-    every run of the same image. Older bundles of the same image are deleted (they are GBs).
+    Cached by image id beside the store (CI clones afresh each run): the root filesystem is only
+    ever mounted read-only, so one unpack serves every run of the same image. Older bundles of the
+    same image are deleted (they are GBs).
     """
     store = store_env()
-    bundles = bundles or Path(store["IMAGES_OUT"]) / "bundles"
+    bundles = bundles or Path(store["IMAGES_STATE"]) / "bundles"
+    bundles.mkdir(parents=True, exist_ok=True)
+    # Several checkouts or test runs may share the cache: one unpacks, the others wait and reuse.
+    with (bundles / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _unpack_locked(summary, bundles, store)
+
+
+def _unpack_locked(summary: Mapping[str, Any], bundles: Path, store: Mapping[str, str]) -> Path:
     name = Path(summary["archive"]).name.removesuffix(".tar")
     bundle = bundles / f"{name}-{summary['image_id'][:12]}"
     if (bundle / ".complete").exists():
         return bundle
-    bundles.mkdir(parents=True, exist_ok=True)
-    for old in bundles.glob(f"{name}-*"):
-        shutil.rmtree(old, ignore_errors=True)
+    for old in [*bundles.glob(f"{name}-*"), *bundles.glob(".layout-*")]:
+        shutil.rmtree(old)
     with tempfile.TemporaryDirectory(dir=bundles, prefix=".layout-") as layout:
         tag = summary["archive_ref"]
         subprocess.run(
@@ -167,8 +181,22 @@ def resolve_in_rootfs(rootfs: Path, command: str, path_env: str) -> Path | None:
     return None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cleanup_stale(runc_root: Path) -> None:
-    """Delete containers a killed test run left behind (ours only: our runc root and id prefix)."""
+    """Delete containers that a killed test process left behind.
+
+    Only ours: our runc root, our id prefix, and only when the process named in the id is gone
+    (another test run may be using the same store right now).
+    """
     proc = subprocess.run(
         ["runc", "--root", str(runc_root), "list", "--format", "json"],
         capture_output=True,
@@ -176,8 +204,10 @@ def _cleanup_stale(runc_root: Path) -> None:
         check=False,
     )
     for c in json.loads(proc.stdout or "null") or []:
-        if c.get("id", "").startswith(CONTAINER_PREFIX):
-            subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", c["id"]], check=False)
+        cid = c.get("id", "")
+        owner = cid.removeprefix(CONTAINER_PREFIX).split("-", 1)[0]
+        if cid.startswith(CONTAINER_PREFIX) and owner.isdigit() and not _pid_alive(int(owner)):
+            subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", cid], check=False)
 
 
 @dataclass
@@ -324,15 +354,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("image", choices=IMAGE_NAMES)
     run.add_argument("--model", type=Path, help="host directory mounted read-only at /models")
     run.add_argument("--lifetime", type=float, default=600.0, help="seconds before the container is killed")
-    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments after --, replacing the image's Cmd")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after `--` is the container's, never ours.
+    split = argv.index("--") if "--" in argv else len(argv)
+    argv, container_args = argv[:split], argv[split + 1 :]
     ns = parser.parse_args(argv)
     problems = toolchain_problems()
     if problems:
         parser.error("; ".join(problems))
     summary = build_images([ns.image])[ns.image]
-    args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
     binds = {str(ns.model.resolve()): "/models"} if ns.model else {}
-    with run_image(summary, args=args or None, binds=binds, lifetime_s=ns.lifetime) as c:
+    with run_image(summary, args=container_args or None, binds=binds, lifetime_s=ns.lifetime) as c:
         print(f"container {c.id} running; Ctrl-C stops it", file=sys.stderr)
         try:
             while c.running():
