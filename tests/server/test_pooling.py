@@ -256,3 +256,21 @@ def test_real_gpu_matches_cpu(
     tolerance = 2e-2 if fp16 else 1e-4
     cpu = _encoder(tiny_model_dir, "NONE", [-1, 0]).encode_arrays(*batch)
     np.testing.assert_allclose(out.astype(np.float32), cpu, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("xla", [False, True], ids=["graph", "xla"])
+def test_large_batches_are_split_without_changing_results(tiny_model_dir: Path, xla: bool) -> None:
+    rng = np.random.default_rng(5)
+    ids = rng.integers(4, 80, (10, 12)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[3, 7:] = 0
+    types = np.zeros_like(ids)
+    encoder = _encoder(tiny_model_dir, "NONE", [-1], xla=xla)
+    whole = encoder.encode_arrays(ids, mask, types)
+    encoder.max_tokens_per_call = 36  # 3 rows of 12 tokens
+    assert encoder.rows_per_call(12) == (2 if xla else 3)
+    encoder.max_attention_elements = 4 * 12 * 12 * 2  # 4 heads: 2 rows
+    assert encoder.rows_per_call(12) == 2
+    split = encoder.encode_arrays(ids, mask, types)
+    assert split.shape == whole.shape == (10, 12, 32)
+    np.testing.assert_allclose(split, whole, atol=1e-5, rtol=0)  # XLA shapes may round differently

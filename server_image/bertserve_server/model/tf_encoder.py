@@ -162,6 +162,10 @@ class TFEncoder:
     (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU.
     """
 
+    #: Limits of one device call; larger batches are split (see ``rows_per_call``).
+    max_tokens_per_call = 16384
+    max_attention_elements = 64 * 2**20
+
     def __init__(
         self,
         model_dir: str | os.PathLike[str],
@@ -309,6 +313,33 @@ class TFEncoder:
             raise ValueError(
                 f"sequence length {seq} exceeds max_position_embeddings {self.config.max_position_embeddings}"
             )
+        step = self.rows_per_call(seq)
+        if rows <= step:
+            return self._run(ids, mask, types)
+        parts = [
+            self._run(ids[i : i + step], mask[i : i + step], types[i : i + step])
+            for i in range(0, rows, step)
+        ]
+        return np.concatenate(parts, axis=0)
+
+    def rows_per_call(self, seq: int) -> int:
+        """How many rows of length ``seq`` one device call takes (bigger batches are split).
+
+        Bounds the activations of a call: at most ``max_tokens_per_call`` tokens and
+        ``max_attention_elements`` attention scores (a batch of 256 × 512 tokens of BERT-base would
+        otherwise need 3 GiB for one layer's scores). Rows never interact, so splitting changes no
+        result; it costs nothing measurable either, since a call of 16k tokens already keeps the
+        matmuls at full speed. Under ``-xla`` the step is a power of two (a shape bucket).
+        """
+        heads = self.config.num_attention_heads
+        rows = min(self.max_tokens_per_call // seq, self.max_attention_elements // (heads * seq * seq))
+        rows = max(1, rows)
+        if self._xla:
+            rows = 1 << (rows.bit_length() - 1)
+        return rows
+
+    def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        rows, seq = ids.shape
         if self._xla:
             ids, mask, types = self._pad_to_bucket(ids, mask, types)
         with tf.device(self._device):
