@@ -207,6 +207,7 @@ class Row:
     ours_default: list[float] = field(default_factory=list)
     ours_fp16: list[float] = field(default_factory=list)
     torch: list[float] = field(default_factory=list)
+    torch_bf16: list[float] = field(default_factory=list)
 
 
 def rate(batch: int, seconds: list[float]) -> float:
@@ -256,7 +257,8 @@ def run_model(
                 if encoder is not None:
                     encoder.encode_arrays(*inputs)  # warm-up: oneDNN primitives for this shape
             if peer is not None:
-                peer.request(cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1)
+                for bf16 in (False, True):
+                    peer.request(cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1, bf16=bf16)
             for _ in range(rounds):
                 for encoder, attribute in encoders:
                     if encoder is not None:
@@ -264,9 +266,11 @@ def run_model(
                         encoder.encode_arrays(*inputs)
                         getattr(row, attribute).append(time.perf_counter() - started)
                 if peer is not None:
-                    row.torch += peer.request(cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1)[
-                        "seconds"
-                    ]
+                    for bf16, timings in ((False, row.torch), (True, row.torch_bf16)):
+                        reply = peer.request(
+                            cmd="run", name=name, batch=batch, seq=seq, seed=0, repeats=1, bf16=bf16
+                        )
+                        timings.extend(reply["seconds"])
             print(
                 f"{name} seq {seq} batch {batch}: ours {rate(batch, row.ours_all):.1f} "
                 f"(default layer {rate(batch, row.ours_default):.1f}), torch {rate(batch, row.torch):.1f} sent/s",
@@ -365,11 +369,11 @@ def write_report(
         "`ours (-1)` computes every layer like the peer; `ours (-2)` is the server default, one layer fewer",
         "(measured for MiniLM only, to keep the run short);",
         f"`ours -fp16` runs the matmuls in {fp16_compute} (float16 output), so it is not comparable with the",
-        "fp32 peak; it shows what `-fp16` buys on this CPU.",
+        "fp32 peak; it shows what `-fp16` buys on this CPU, next to the peer under `torch.autocast(bfloat16)`.",
         "",
         "| model | seq | batch | ours (-1) | ours (-2) | torch | ours/torch | ours (-1) GFLOP/s | of peak "
-        "| ours -fp16 (-1) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ours -fp16 (-1) | torch bf16 autocast |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ours, default, peer = rate(r.batch, r.ours_all), rate(r.batch, r.ours_default), rate(r.batch, r.torch)
@@ -378,7 +382,8 @@ def write_report(
         peer_text = f"{peer:.1f}" if r.torch else "–"
         lines.append(
             f"| {r.model} | {r.seq} | {r.batch} | {ours:.1f} | {cell(default)} | {peer_text} | {ratio} | "
-            f"{gflops:.0f} | {gflops / peak_gflops:.0%} | {cell(rate(r.batch, r.ours_fp16))} |"
+            f"{gflops:.0f} | {gflops / peak_gflops:.0%} | {cell(rate(r.batch, r.ours_fp16))} | "
+            f"{cell(rate(r.batch, r.torch_bf16))} |"
         )
     lines += ["", "## Tokenization (`BertTokenizer.tokenize_batch`, 256 sentences per call)", ""]
     lines += [

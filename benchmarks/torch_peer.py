@@ -5,8 +5,8 @@ long-lived peer lets the benchmark interleave our model and this one round by ro
 neighbour on a shared machine slows both alike. It speaks JSON lines on stdin/stdout:
 
     {"cmd": "load", "name": "minilm", "dir": "<HF model dir>", "threads": 2}
-    {"cmd": "run", "name": "minilm", "batch": 32, "seq": 128, "seed": 0, "repeats": 2}
-        -> {"seconds": [..]}                    (one timing per forward pass)
+    {"cmd": "run", "name": "minilm", "batch": 32, "seq": 128, "seed": 0, "repeats": 2, "bf16": false}
+        -> {"seconds": [..]}                    (one timing per forward pass; bf16: CPU autocast)
     {"cmd": "encode", "name": "minilm", "batch": 4, "seq": 25, "seed": 1, "out": "<file.npy>"}
         -> {"ok": true}                         (pooled vectors, for the numeric cross-check)
     {"cmd": "versions"} -> {"torch": .., "transformers": ..}
@@ -40,13 +40,13 @@ def make_inputs(
     return ids, np.ones_like(ids), np.zeros_like(ids)
 
 
-def forward(name: str, batch: int, seq: int, seed: int) -> np.ndarray:
+def forward(name: str, batch: int, seq: int, seed: int, bf16: bool = False) -> np.ndarray:
     model = MODELS[name]
     ids, mask, types = (
         torch.from_numpy(a.astype(np.int64)) for a in make_inputs(batch, seq, seed, model.vocab)
     )
-    with torch.inference_mode():
-        hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / (weights.sum(1) + 1e-10)
     return pooled.numpy()
@@ -66,7 +66,9 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         seconds = []
         for _ in range(int(request["repeats"])):
             started = time.perf_counter()
-            forward(request["name"], request["batch"], request["seq"], request["seed"])
+            forward(
+                request["name"], request["batch"], request["seq"], request["seed"], request.get("bf16", False)
+            )
             seconds.append(time.perf_counter() - started)
         return {"seconds": seconds}
     if cmd == "encode":
