@@ -26,6 +26,20 @@ Key = tuple[str, str]
 CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
 
 
+def _older(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """True when ``candidate`` is an older version of the same object than ``current``.
+
+    resourceVersions are opaque to clients, but for one object they come from etcd's revision
+    counter; compare them as integers when both are, and treat anything else as "not older"
+    (the last write wins, as before). A different uid (deleted and re-created) is never older.
+    """
+    cmeta, kmeta = candidate.get("metadata") or {}, current.get("metadata") or {}
+    if cmeta.get("uid") != kmeta.get("uid"):
+        return False
+    new_rv, old_rv = str(cmeta.get("resourceVersion") or ""), str(kmeta.get("resourceVersion") or "")
+    return new_rv.isdigit() and old_rv.isdigit() and int(new_rv) < int(old_rv)
+
+
 def key_of(obj: Mapping[str, Any]) -> Key:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -113,8 +127,14 @@ class Cache:
         if kind not in self._children:
             return None
         stored = trim_object(obj, keep_managed_fields=kind == "Deployment")
+        key = key_of(obj)
         with self._lock:
-            self._children[kind][key_of(obj)] = stored
+            current = self._children[kind].get(key)
+            # An apply response stored by a worker thread can arrive after the watch already
+            # delivered a newer version (e.g. with the controller's status): keep the newer one,
+            # or the cache would stay stale until the object changes again.
+            if current is None or not _older(stored, current):
+                self._children[kind][key] = stored
         return controller_owner(obj)
 
     def drop_child(self, obj: Mapping[str, Any]) -> Key | None:

@@ -74,3 +74,29 @@ def test_copies_are_returned_not_the_cache_itself() -> None:
     cache.put_child(deployment())
     cache.child("Deployment", "ml", "mrpc")["spec"]["replicas"] = 9
     assert cache.child("Deployment", "ml", "mrpc")["spec"]["replicas"] == 1
+
+
+def test_a_late_apply_response_does_not_overwrite_a_newer_watch_event():
+    """The apply thread can store its response after the watch delivered the controller's status."""
+    from bertserve_operator.cache import Cache
+
+    cache = Cache()
+    base = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": "ns", "uid": "u1", "resourceVersion": "10"},
+    }
+    newer = {
+        **base,
+        "metadata": {**base["metadata"], "resourceVersion": "12"},
+        "status": {"readyReplicas": 1},
+    }
+    cache.put_child(newer)
+    cache.put_child(base)  # the older apply response, arriving late
+    stored = cache.child("Deployment", "ns", "d")
+    assert stored is not None and stored["status"] == {"readyReplicas": 1}
+    # A re-created object (new uid) always replaces the old one.
+    recreated = {**base, "metadata": {**base["metadata"], "uid": "u2", "resourceVersion": "3"}}
+    cache.put_child(recreated)
+    stored = cache.child("Deployment", "ns", "d")
+    assert stored is not None and stored["metadata"]["uid"] == "u2"
