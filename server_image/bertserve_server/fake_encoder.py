@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bertserve_server.encoder import Batch
-from bertserve_server.model import PoolingStrategy
+from bertserve_server.model import PoolingStrategy, parse_pooling_strategy
 
 
 class FakeEncoder:
@@ -36,7 +36,7 @@ class FakeEncoder:
         delay_s: float = 0.0,
         fail_if: Callable[[Batch], bool] | None = None,
     ) -> None:
-        self.strategy = PoolingStrategy.parse(pooling_strategy)
+        self.strategy = parse_pooling_strategy(pooling_strategy)
         self._hidden = hidden_size
         self._layers = [i % num_layers for i in pooling_layer] or [num_layers - 1]
         self._num_layers = num_layers

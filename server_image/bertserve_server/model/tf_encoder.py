@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from bertserve_server.encoder import Batch
-from bertserve_server.model import PoolingStrategy
+from bertserve_server.model import PoolingStrategy, parse_pooling_strategy
 from bertserve_server.model.checkpoint import load_encoder_weights
 from bertserve_server.model.config import BertConfig, resolve_pooling_layers
 from bertserve_server.model.modeling import EncoderSpec, encode, param_dtype, prepare_weights
@@ -185,7 +185,7 @@ class TFEncoder:
         self._device = device
         self._xla = bool(xla)
         self._fp16 = bool(fp16)
-        self.strategy = PoolingStrategy.parse(pooling_strategy)
+        self.strategy = parse_pooling_strategy(pooling_strategy)
         config_path = Path(model_dir) / config_name
         logger.info("model config: %s", config_path)
         self.config = BertConfig.from_json_file(config_path)
