@@ -113,6 +113,26 @@ def service_account_kubeconfig(cluster: Any, namespace: str, name: str, path: Pa
     return Path(cluster.write_token_kubeconfig(path, token))
 
 
+def operator_as_chart_account(
+    cluster: Any, work: Path, release: str, namespace: str, extra_env: Mapping[str, str] | None = None
+) -> OperatorProcess:
+    """``helm install`` the chart as ``release`` in ``namespace``, then a started local operator
+    that runs with the chart's command line and only a token of the chart's ServiceAccount, so the
+    chart's RBAC is what every test exercises."""
+    install_chart(cluster, release, namespace)
+    fullname = f"{release}-bertserve-operator"
+    kubeconfig = service_account_kubeconfig(cluster, namespace, fullname, work / "sa.kubeconfig")
+    op = OperatorProcess.like_the_chart(
+        cluster,
+        namespace=namespace,
+        deployment=fullname,
+        kubeconfig=kubeconfig,
+        log_dir=work,
+        extra_env=dict(extra_env or {}),
+    )
+    return op.start()
+
+
 def image_entrypoint() -> list[str]:
     """The operator image's ENTRYPOINT (JSON form) from operator/Dockerfile."""
     for line in DOCKERFILE.read_text().splitlines():

@@ -23,8 +23,7 @@ from operator_harness import (
     apply_yaml,
     condition,
     get_json,
-    install_chart,
-    service_account_kubeconfig,
+    operator_as_chart_account,
     wait_for,
 )
 
@@ -41,18 +40,10 @@ EXAMPLES = sorted((REPO_ROOT / "crds" / "examples").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_chart(cluster, RELEASE, OPERATOR_NS)
     work = tmp_path_factory.mktemp("operator")
-    kubeconfig = service_account_kubeconfig(cluster, OPERATOR_NS, FULLNAME, work / "sa.kubeconfig")
-    op = OperatorProcess.like_the_chart(
-        cluster,
-        namespace=OPERATOR_NS,
-        deployment=FULLNAME,
-        kubeconfig=kubeconfig,
-        log_dir=work,
-        extra_env={"BERTSERVE_RESYNC_SECONDS": str(RESYNC_S)},
+    op = operator_as_chart_account(
+        cluster, work, RELEASE, OPERATOR_NS, {"BERTSERVE_RESYNC_SECONDS": str(RESYNC_S)}
     )
-    op.start()
     yield op
     rc = op.stop()
     assert rc == 0, f"operator did not stop cleanly (exit {rc}):\n{op.tail()}"

@@ -26,8 +26,7 @@ from operator_harness import (
     apply_yaml,
     free_port,
     get_json,
-    install_chart,
-    service_account_kubeconfig,
+    operator_as_chart_account,
     wait_for,
 )
 
@@ -44,19 +43,12 @@ pytestmark = [
 
 RELEASE = "bsrun"
 OPERATOR_NS = "bertserve-render"
-FULLNAME = f"{RELEASE}-bertserve-operator"
 HIDDEN = 32
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_chart(cluster, RELEASE, OPERATOR_NS)
-    work = tmp_path_factory.mktemp("operator-render")
-    kubeconfig = service_account_kubeconfig(cluster, OPERATOR_NS, FULLNAME, work / "sa.kubeconfig")
-    op = OperatorProcess.like_the_chart(
-        cluster, namespace=OPERATOR_NS, deployment=FULLNAME, kubeconfig=kubeconfig, log_dir=work
-    )
-    op.start()
+    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-render"), RELEASE, OPERATOR_NS)
     yield op
     op.stop()
 

@@ -17,8 +17,7 @@ from operator_harness import (
     apply_yaml,
     condition,
     get_json,
-    install_chart,
-    service_account_kubeconfig,
+    operator_as_chart_account,
     wait_for,
 )
 
@@ -28,24 +27,13 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RELEASE = "bsr"
 OPERATOR_NS = "bertserve-resilience"
-FULLNAME = f"{RELEASE}-bertserve-operator"
 COUNT = 20
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_chart(cluster, RELEASE, OPERATOR_NS)
     work = tmp_path_factory.mktemp("operator-resilience")
-    kubeconfig = service_account_kubeconfig(cluster, OPERATOR_NS, FULLNAME, work / "sa.kubeconfig")
-    op = OperatorProcess.like_the_chart(
-        cluster,
-        namespace=OPERATOR_NS,
-        deployment=FULLNAME,
-        kubeconfig=kubeconfig,
-        log_dir=work,
-        extra_env={"BERTSERVE_RESYNC_SECONDS": "5"},
-    )
-    op.start()
+    op = operator_as_chart_account(cluster, work, RELEASE, OPERATOR_NS, {"BERTSERVE_RESYNC_SECONDS": "5"})
     yield op
     if op.alive:
         op.stop()

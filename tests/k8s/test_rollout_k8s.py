@@ -21,8 +21,7 @@ from operator_harness import (
     apply_yaml,
     condition,
     get_json,
-    install_chart,
-    service_account_kubeconfig,
+    operator_as_chart_account,
     wait_for,
 )
 
@@ -32,7 +31,6 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RELEASE = "bsroll"
 OPERATOR_NS = "bertserve-rollout"
-FULLNAME = f"{RELEASE}-bertserve-operator"
 NS = "rolling"
 NAME = "enc"
 REPLICAS = 3
@@ -40,13 +38,7 @@ REPLICAS = 3
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_chart(cluster, RELEASE, OPERATOR_NS)
-    work = tmp_path_factory.mktemp("operator-rollout")
-    kubeconfig = service_account_kubeconfig(cluster, OPERATOR_NS, FULLNAME, work / "sa.kubeconfig")
-    op = OperatorProcess.like_the_chart(
-        cluster, namespace=OPERATOR_NS, deployment=FULLNAME, kubeconfig=kubeconfig, log_dir=work
-    )
-    op.start()
+    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-rollout"), RELEASE, OPERATOR_NS)
     yield op
     op.stop()
 
