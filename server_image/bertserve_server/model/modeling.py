@@ -128,18 +128,15 @@ def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dic
 
 
 def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, *, fused: bool = False) -> tf.Tensor:
-    """LayerNorm over the last axis with epsilon 1e-12, computed in float32. ``x``: ``[rows, H]``.
+    """LayerNorm over the last axis with epsilon 1e-12; statistics in float32. ``x``: ``[rows, H]``.
 
     ``fused=True`` (CPU) expresses the normalisation as a training-mode ``FusedBatchNormV3`` over
-    ``[1, rows, H, 1]`` NCHW (one "channel" per row: the same biased mean/variance), the form
-    oneDNN turns into a single LayerNorm kernel, about 5x faster than the unfused ops. It is not
-    used on GPU, where cuDNN clamps batch-norm epsilon to 1e-5.
+    ``[1, rows, H, 1]`` NCHW (one "channel" per row: the same biased mean/variance, accumulated
+    in float32 also for bfloat16 input), the form oneDNN turns into a single LayerNorm kernel,
+    about 5x faster than the unfused ops. It is not used on GPU, where cuDNN clamps batch-norm
+    epsilon to 1e-5; there the plain ops run in float32.
     """
     dtype = x.dtype
-    if dtype != tf.float32:
-        x = tf.cast(x, tf.float32)
-        gamma = tf.cast(gamma, tf.float32)
-        beta = tf.cast(beta, tf.float32)
     if fused:
         rows, hidden = tf.shape(x)[0], x.shape[-1]
         y = tf.reshape(x, [1, rows, hidden, 1])  # [1, rows, H, 1], rows as NCHW channels
@@ -151,11 +148,14 @@ def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, *, fused: bool =
             data_format="NCHW",
             is_training=True,
         )
-        y = tf.reshape(y, [rows, hidden]) * gamma + beta  # [rows, H]
-    else:
-        mean = tf.reduce_mean(x, axis=-1, keepdims=True)  # [rows, 1]
-        variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)  # [rows, 1]
-        y = (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * gamma + beta  # [rows, H]
+        return tf.reshape(y, [rows, hidden]) * tf.cast(gamma, dtype) + tf.cast(beta, dtype)  # [rows, H]
+    if dtype != tf.float32:
+        x = tf.cast(x, tf.float32)
+        gamma = tf.cast(gamma, tf.float32)
+        beta = tf.cast(beta, tf.float32)
+    mean = tf.reduce_mean(x, axis=-1, keepdims=True)  # [rows, 1]
+    variance = tf.reduce_mean(tf.math.squared_difference(x, mean), axis=-1, keepdims=True)  # [rows, 1]
+    y = (x - mean) * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) * gamma + beta  # [rows, H]
     return tf.cast(y, dtype) if dtype != tf.float32 else y
 
 
