@@ -142,6 +142,40 @@ def _guard(worker: Callable[[int, ClientReport], None], client: int, report: Cli
         report.fatal = f"{type(exc).__name__}: {exc}"
 
 
+def _run_requests(
+    client: int,
+    report: ClientReport,
+    workload: Workload,
+    attempt: Callable[[list[str], int, Outcome], None],
+    *,
+    stop: threading.Event | None,
+    max_rounds: int,
+    pause_s: float,
+    progress: Callable[[], None] | None,
+) -> None:
+    """The loop both workers share: one outcome per request, in order, until ``stop``.
+
+    ``attempt`` sends one request and records a wrong answer or an error on the outcome.
+    Without ``stop``: one pass. With ``stop``: passes until it is set (at most ``max_rounds``).
+    """
+    index = 0
+    for _ in range(max_rounds):
+        for texts in workload.requests[client]:
+            if stop is not None and stop.is_set():
+                return
+            outcome = Outcome(client, index, len(texts), time.monotonic(), 0.0)
+            attempt(texts, index, outcome)
+            outcome.ended = time.monotonic()
+            report.outcomes.append(outcome)
+            index += 1
+            if progress is not None:
+                progress()
+            if pause_s:
+                time.sleep(pause_s)
+        if stop is None:
+            break
+
+
 def zmq_worker(
     make_client: Callable[..., Any],
     workload: Workload,
@@ -161,28 +195,25 @@ def zmq_worker(
     def work(client: int, report: ClientReport) -> None:
         report.identity = f"client-{client:02d}-{uuid.uuid4()}".encode("ascii")
         bc = make_client(identity=report.identity, timeout=timeout_ms)
+
+        def attempt(texts: list[str], index: int, outcome: Outcome) -> None:
+            try:
+                outcome.wrong = mismatch(bc.encode(texts), texts, expected)
+            except TimeoutError as exc:
+                outcome.error = f"TimeoutError: {str(exc)[:60]}"
+                report.timed_out_ids.add(bc.request_id)
+
         try:
-            index = 0
-            for _ in range(max_rounds):
-                for texts in workload.requests[client]:
-                    if stop is not None and stop.is_set():
-                        return
-                    outcome = Outcome(client, index, len(texts), time.monotonic(), 0.0)
-                    try:
-                        got = bc.encode(texts)
-                        outcome.wrong = mismatch(got, texts, expected)
-                    except TimeoutError as exc:
-                        outcome.error = f"TimeoutError: {str(exc)[:60]}"
-                        report.timed_out_ids.add(bc.request_id)
-                    outcome.ended = time.monotonic()
-                    report.outcomes.append(outcome)
-                    index += 1
-                    if progress is not None:
-                        progress()
-                    if pause_s:
-                        time.sleep(pause_s)
-                if stop is None:
-                    break
+            _run_requests(
+                client,
+                report,
+                workload,
+                attempt,
+                stop=stop,
+                max_rounds=max_rounds,
+                pause_s=pause_s,
+                progress=progress,
+            )
         finally:
             report.stray_ids = set(bc.pending_response)
             bc.close()
@@ -206,27 +237,25 @@ def http_worker(
 
     def work(client: int, report: ClientReport) -> None:
         session = requests.Session() if keep_alive else None
+
+        def attempt(texts: list[str], index: int, outcome: Outcome) -> None:
+            try:
+                got = _http_encode(session, base_url, texts, route=index % 3, timeout_s=timeout_s)
+                outcome.wrong = mismatch(got, texts, expected)
+            except (requests.RequestException, HttpError) as exc:
+                outcome.error = f"{type(exc).__name__}: {str(exc)[:120]}"
+
         try:
-            index = 0
-            for _ in range(max_rounds):
-                for texts in workload.requests[client]:
-                    if stop is not None and stop.is_set():
-                        return
-                    outcome = Outcome(client, index, len(texts), time.monotonic(), 0.0)
-                    try:
-                        got = _http_encode(session, base_url, texts, route=index % 3, timeout_s=timeout_s)
-                        outcome.wrong = mismatch(got, texts, expected)
-                    except (requests.RequestException, HttpError) as exc:
-                        outcome.error = f"{type(exc).__name__}: {str(exc)[:120]}"
-                    outcome.ended = time.monotonic()
-                    report.outcomes.append(outcome)
-                    index += 1
-                    if progress is not None:
-                        progress()
-                    if pause_s:
-                        time.sleep(pause_s)
-                if stop is None:
-                    break
+            _run_requests(
+                client,
+                report,
+                workload,
+                attempt,
+                stop=stop,
+                max_rounds=max_rounds,
+                pause_s=pause_s,
+                progress=progress,
+            )
         finally:
             if session is not None:
                 session.close()
