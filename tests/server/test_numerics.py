@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from numpy_bert import NumpyBert, reference_pool
 
+from bertserve_api.contract import PoolingStrategy
 from bertserve_server.encoder import pad_batch
 from bertserve_server.tokenization import BertTokenizer
 
@@ -28,15 +29,8 @@ SENTENCES = [
     "A considerably longer sentence that keeps going, with commas, clauses and enough words to be the "
     "longest row of the batch so that every other row is padded.",
 ]
-STRATEGIES = [
-    "REDUCE_MEAN",
-    "REDUCE_MAX",
-    "REDUCE_MEAN_MAX",
-    "FIRST_TOKEN",
-    "LAST_TOKEN",
-    "NONE",
-    "CLS_POOLED",
-]
+# Every canonical strategy (aliases CLS_TOKEN/SEP_TOKEN are not iterated), from the flag contract.
+STRATEGIES = [strategy.name for strategy in PoolingStrategy]
 
 
 @pytest.fixture(scope="module")

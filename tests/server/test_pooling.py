@@ -14,20 +14,15 @@ import numpy as np
 import pytest
 from numpy_bert import NumpyBert, reference_pool
 
+from bertserve_api.contract import PoolingStrategy
+
 if TYPE_CHECKING:
     from bertserve_server.model.tf_encoder import TFEncoder
 
 pytestmark = pytest.mark.tf
 
-STRATEGIES = [
-    "REDUCE_MEAN",
-    "REDUCE_MAX",
-    "REDUCE_MEAN_MAX",
-    "FIRST_TOKEN",
-    "LAST_TOKEN",
-    "NONE",
-    "CLS_POOLED",
-]
+# Every canonical strategy (aliases CLS_TOKEN/SEP_TOKEN are not iterated), from the flag contract.
+STRATEGIES = [strategy.name for strategy in PoolingStrategy]
 LAYER_CHOICES = [[-1], [-2], [0, 1], [1, 0, -1]]
 ATOL = 1e-4
 
