@@ -122,14 +122,6 @@ def _forget_pid(name: str) -> None:
         PIDS.write_text(json.dumps(pids))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # ----------------------------------------------------------------------------- steps
 
 
@@ -299,9 +291,9 @@ def rendered_command(cluster: Any) -> list[str]:
 
 
 @contextlib.contextmanager
-def run_rendered_server(command: list[str]) -> Iterator[dict[str, int]]:
+def run_rendered_server(lc: ModuleType, command: list[str]) -> Iterator[dict[str, int]]:
     step("Run the pod's command, as rendered by the operator, on this machine")
-    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port()}
+    ports = dict(zip(("port", "port_out", "http_port"), lc.free_ports(3), strict=True))
     # Model paths mapped from the pod's /models mount to the demo folder; the in-cluster peer
     # Service name does not resolve here and one local replica needs no peers. Then loopback
     # only, this machine's free ports, and CPU (the rendered GPU flags stay as they are).
@@ -388,7 +380,7 @@ def up(lc: ModuleType) -> None:
     prepare_models()
     apply_bertserver(cluster)
     wait_ready(cluster)
-    with run_rendered_server(rendered_command(cluster)) as ports:
+    with run_rendered_server(lc, rendered_command(cluster)) as ports:
         encode(ports)
     step(f"Done in {time.monotonic() - started:.0f}s")
     info(f"the cluster is still up: export KUBECONFIG={cluster.kubeconfig}; kubectl get bertservers -A")
