@@ -5,14 +5,18 @@ long-lived peer lets the benchmark interleave our model and this one round by ro
 neighbour on a shared machine slows both alike. It speaks JSON lines on stdin/stdout:
 
     {"cmd": "load", "name": "minilm", "dir": "<HF model dir>", "threads": 2}
-    {"cmd": "run", "name": "minilm", "batch": 32, "seq": 128, "seed": 0, "repeats": 2, "bf16": false}
+    {"cmd": "run", "name": "minilm", "batch": 32, "seq": 128, "seed": 0, "repeats": 2, "bf16": false,
+     "lengths": "full"}
         -> {"seconds": [..]}                    (one timing per forward pass; bf16: CPU autocast)
-    {"cmd": "encode", "name": "minilm", "batch": 4, "seq": 25, "seed": 1, "out": "<file.npy>"}
+    {"cmd": "encode", "name": "minilm", "batch": 4, "seq": 25, "seed": 1, "lengths": "natural",
+     "out": "<file.npy>"}
         -> {"ok": true}                         (pooled vectors, for the numeric cross-check)
     {"cmd": "versions"} -> {"torch": .., "transformers": ..}
 
-Inputs are generated here from the same seed as in ``bench_model.make_inputs`` (same numpy
-generator), and pooling is 1.10.0's masked REDUCE_MEAN over the last layer.
+Inputs come from ``bench_model.make_inputs`` itself (this script's folder is on ``sys.path``;
+that module needs only numpy at import), with the same seed, so both frameworks see the same
+arrays; ``lengths="natural"`` rows are padded to the batch's longest, as ``padding=True`` does.
+Pooling is 1.10.0's masked REDUCE_MEAN over the last layer.
 """
 
 from __future__ import annotations
@@ -27,23 +31,17 @@ import torch
 import transformers
 from transformers import BertModel
 
+from bench_model import make_inputs
+
 MODELS: dict[str, Any] = {}
 
 
-def make_inputs(
-    batch: int, seq: int, seed: int, vocab_size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same as ``bench_model.make_inputs``: full-length rows of random ids framed by [CLS]/[SEP]."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1000, min(vocab_size, 30000), (batch, seq)).astype(np.int32)
-    ids[:, 0], ids[:, -1] = 101, 102
-    return ids, np.ones_like(ids), np.zeros_like(ids)
-
-
-def forward(name: str, batch: int, seq: int, seed: int, bf16: bool = False) -> np.ndarray:
+def forward(
+    name: str, batch: int, seq: int, seed: int, *, bf16: bool = False, lengths: str = "full"
+) -> np.ndarray:
     model = MODELS[name]
     ids, mask, types = (
-        torch.from_numpy(a.astype(np.int64)) for a in make_inputs(batch, seq, seed, model.vocab)
+        torch.from_numpy(a.astype(np.int64)) for a in make_inputs(batch, seq, seed, model.vocab, lengths)
     )
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()
@@ -67,12 +65,24 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         for _ in range(int(request["repeats"])):
             started = time.perf_counter()
             forward(
-                request["name"], request["batch"], request["seq"], request["seed"], request.get("bf16", False)
+                request["name"],
+                request["batch"],
+                request["seq"],
+                request["seed"],
+                bf16=request.get("bf16", False),
+                lengths=request.get("lengths", "full"),
             )
             seconds.append(time.perf_counter() - started)
         return {"seconds": seconds}
     if cmd == "encode":
-        np.save(request["out"], forward(request["name"], request["batch"], request["seq"], request["seed"]))
+        pooled = forward(
+            request["name"],
+            request["batch"],
+            request["seq"],
+            request["seed"],
+            lengths=request.get("lengths", "full"),
+        )
+        np.save(request["out"], pooled)
         return {"ok": True}
     raise ValueError(f"unknown command {cmd!r}")
 

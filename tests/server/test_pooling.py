@@ -117,6 +117,45 @@ def test_rows_do_not_depend_on_batch_mates_or_padding(tiny_model_dir: Path) -> N
     np.testing.assert_allclose(merged[1], alone[0], atol=1e-5, rtol=0)
 
 
+def test_kept_positions_are_masked_in_ones_position_0_and_whole_all_masked_rows() -> None:
+    import tensorflow as tf
+
+    from bertserve_server.model.modeling import kept_positions
+
+    mask = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]], np.int32)
+    kept = kept_positions(tf.constant(mask)).numpy().tolist()
+    # row 0: its two tokens; row 1: position 0 (masked [CLS], read by FIRST_TOKEN) and its tokens;
+    # row 2: all masked, so it attends to every position and keeps them all.
+    assert kept == [0, 1, 4, 5, 6, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_skipping_padding_matches_the_reference_and_the_padded_computation(
+    tiny_model_dir: Path, strategy: str
+) -> None:
+    """Ragged rows, a -mask_cls_sep row and an all-masked row: skipping changes no number."""
+    rng = np.random.default_rng(11)
+    ids = np.zeros((5, 16), np.int32)
+    for row, length in enumerate((16, 3, 9, 5, 4)):
+        ids[row, :length] = rng.integers(5, 60, length)
+        ids[row, 0], ids[row, length - 1] = 2, 3
+    mask = (ids > 0).astype(np.int32)
+    mask[2, [0, 8]] = 0  # -mask_cls_sep
+    mask[4] = 0  # [CLS] [SEP] of "" under -mask_cls_sep, plus padding: attends to everything
+    types = np.zeros_like(ids)
+    types[3, 2:5] = 1
+    layers, pooled = NumpyBert.from_google_dir(tiny_model_dir).forward(ids, mask, types)
+    skipping = _encoder(tiny_model_dir, strategy, [-1, 0])
+    padded = _encoder(tiny_model_dir, strategy, [-1, 0], skip_padding=False)
+    assert skipping.spec.skip_padding and not padded.spec.skip_padding
+    got = skipping.encode_arrays(ids, mask, types)
+    want = reference_pool(strategy, layers, [1, 0], mask, pooled)
+    # The all-masked row is compared with the padded computation only: its scores are all
+    # s - 10000, where float32 (here) and float64 (the reference) differ by design.
+    np.testing.assert_allclose(got[:4], want[:4], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got, padded.encode_arrays(ids, mask, types), atol=1e-6, rtol=0)
+
+
 def test_fp16_on_cpu_returns_float16_close_to_float32(
     tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> None:

@@ -13,6 +13,11 @@ and value projections are one ``[H, 3H]`` matmul; every dense layer works on ``[
 matrices so TensorFlow's remapper fuses bias-add, GELU and the residual add into the matmul; the
 attention scores are written ``(q @ k^T) * scale + mask`` (the reference order), which oneDNN runs
 as one fused batch matmul; and on CPU LayerNorm takes a form oneDNN runs as one kernel.
+
+One saving that is not a re-arrangement but gives the same numbers: positions that cannot change
+any result (padding; see ``kept_positions``) are left out of every position-wise matmul and
+LayerNorm (``EncoderSpec.skip_padding``). Sentences vary in length and a batch is padded to its
+longest, so on real traffic this is often more than half of the work.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ class EncoderSpec:
     with_pooler: bool = False
     #: CPU-friendly fused LayerNorm (see ``layer_norm``); off for GPUs.
     fused_layer_norm: bool = False
+    #: Compute the token-wise parts only on the positions that can change a result (see
+    #: ``kept_positions``); off under XLA, which needs static shapes.
+    skip_padding: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_layers <= self.config.num_hidden_layers:
@@ -164,6 +172,59 @@ def dense(x: tf.Tensor, kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     return tf.nn.bias_add(tf.matmul(x, kernel), bias)
 
 
+def kept_positions(input_mask: tf.Tensor) -> tf.Tensor:
+    """Flat indices (into ``[batch*seq]``) of the positions whose hidden states can matter.
+
+    A position with mask 0 is never attended to: its score gets -10000 and its softmax weight
+    underflows to exactly 0 in float32, so what it holds changes no other position. Pooling
+    never reads it either (mean and max mask it out, ``NONE`` zeroes it, ``LAST_TOKEN`` reads a
+    masked-in one), except ``FIRST_TOKEN``/``CLS_POOLED`` at position 0. So only masked-in
+    positions and position 0 are computed; padding is skipped by every matmul and LayerNorm,
+    which is where nearly all the work is. A row whose mask is all zeros (possible only with
+    ``-mask_cls_sep`` on an empty input) attends to every position, so it keeps them all.
+    """
+    mask = tf.not_equal(input_mask, 0)  # [batch, seq]
+    seq = tf.shape(input_mask)[1]
+    first = tf.equal(tf.range(seq), 0)[tf.newaxis, :]  # [1, seq]
+    empty_row = tf.logical_not(tf.reduce_any(mask, axis=1, keepdims=True))  # [batch, 1]
+    keep = mask | first | empty_row  # [batch, seq]
+    return tf.cast(tf.where(tf.reshape(keep, [-1]))[:, 0], tf.int32)  # [tokens]
+
+
+class PaddingSkipper:
+    """Moves row-wise tensors between all ``[batch*seq]`` positions and the kept ones.
+
+    Every matmul, GELU and LayerNorm of BERT works on each position alone; only attention mixes
+    positions. So the encoder runs the position-wise parts on ``[tokens, width]`` (the
+    ``kept_positions``) and goes back to ``[batch*seq, width]`` only around attention. On a
+    batch of sentences padded to the longest one, that skips most of the work spent on padding.
+    On a batch with nothing to skip both moves are the identity (a ``tf.cond`` on a scalar), so
+    full-length batches pay no copies.
+    """
+
+    def __init__(self, input_mask: tf.Tensor) -> None:
+        shape = tf.shape(input_mask)
+        rows = shape[0] * shape[1]
+        self.kept = kept_positions(input_mask)  # [tokens]
+        tokens = tf.shape(self.kept)[0]
+        self.nothing_skipped = tf.equal(tokens, rows)
+        # For each of the batch*seq positions, its row among the kept ones; skipped positions
+        # point one past the end, at a row of zeros (a gather is much faster than a scatter).
+        self.slot = tf.tensor_scatter_nd_update(
+            tf.fill([rows], tokens), self.kept[:, tf.newaxis], tf.range(tokens)
+        )  # [batch*seq]
+
+    def compact(self, t: tf.Tensor) -> tf.Tensor:
+        """``[batch*seq, ...]`` -> the kept rows ``[tokens, ...]``."""
+        return tf.cond(self.nothing_skipped, lambda: t, lambda: tf.gather(t, self.kept))
+
+    def expand(self, t: tf.Tensor) -> tf.Tensor:
+        """The kept rows ``[tokens, width]`` -> ``[batch*seq, width]``, zeros at skipped positions."""
+        return tf.cond(
+            self.nothing_skipped, lambda: t, lambda: tf.gather(tf.pad(t, [[0, 1], [0, 0]]), self.slot)
+        )
+
+
 def encode(
     spec: EncoderSpec,
     params: Mapping[str, tf.Tensor],
@@ -195,14 +256,17 @@ def encode(
     shape = tf.shape(input_ids)
     batch, seq = shape[0], shape[1]
     rows = batch * seq
+    rows_of = PaddingSkipper(input_mask) if spec.skip_padding else None
+    compact = rows_of.compact if rows_of else tf.identity
+    expand = rows_of.expand if rows_of else tf.identity
 
-    # Embeddings: word + token type (+ position), then LayerNorm.
-    embedded = tf.gather(params["embeddings/word"], input_ids)  # [batch, seq, hidden]
-    embedded += tf.gather(params["embeddings/token_type"], type_ids)  # [batch, seq, hidden]
+    # Embeddings: word + token type (+ position), then LayerNorm; rows [tokens, hidden].
+    flat_ids = compact(tf.reshape(input_ids, [rows]))
+    x = tf.gather(params["embeddings/word"], flat_ids)
+    x += tf.gather(params["embeddings/token_type"], compact(tf.reshape(type_ids, [rows])))
     if spec.use_position_embeddings:
-        positions = params["embeddings/position"][:seq]  # [seq, hidden]
-        embedded += positions[tf.newaxis]  # broadcast over batch
-    x = tf.reshape(embedded, [rows, hidden])  # [batch*seq, hidden]
+        positions = compact(tf.tile(tf.range(seq), [batch]))  # position of each row in its sequence
+        x += tf.gather(params["embeddings/position"], positions)
     x = layer_norm(x, params["embeddings/ln/gamma"], params["embeddings/ln/beta"], fused=fused)
     x = tf.cast(x, compute_dtype)
 
@@ -214,8 +278,8 @@ def encode(
     layers: list[tf.Tensor] = []
     for layer in range(spec.num_layers):
         p = f"layer_{layer}/"
-        qkv = dense(x, params[p + "qkv/kernel"], params[p + "qkv/bias"])  # [batch*seq, 3*hidden]
-        qkv = tf.reshape(qkv, [batch, seq, 3, heads, head_size])
+        qkv = dense(x, params[p + "qkv/kernel"], params[p + "qkv/bias"])  # [tokens, 3*hidden]
+        qkv = tf.reshape(expand(qkv), [batch, seq, 3, heads, head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, head_size]
         query, key, value = qkv[0], qkv[1], qkv[2]  # [batch, heads, seq, head_size] each
         scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, seq, seq]
@@ -223,7 +287,7 @@ def encode(
         probs = tf.cast(tf.nn.softmax(scores, axis=-1), compute_dtype)  # [batch, heads, seq, seq]
         context = tf.matmul(probs, value)  # [batch, heads, seq, head_size]
         context = tf.transpose(context, [0, 2, 1, 3])  # [batch, seq, heads, head_size]
-        context = tf.reshape(context, [rows, hidden])  # [batch*seq, hidden]
+        context = compact(tf.reshape(context, [rows, hidden]))  # [tokens, hidden]
 
         attention = dense(context, params[p + "attention_output/kernel"], params[p + "attention_output/bias"])
         attention = layer_norm(
@@ -232,12 +296,12 @@ def encode(
 
         intermediate = activation(
             dense(attention, params[p + "intermediate/kernel"], params[p + "intermediate/bias"])
-        )  # [batch*seq, intermediate]
+        )  # [tokens, intermediate]
         output = dense(intermediate, params[p + "output/kernel"], params[p + "output/bias"])
         x = layer_norm(
             output + attention, params[p + "output_ln/gamma"], params[p + "output_ln/beta"], fused=fused
         )
-        layers.append(tf.reshape(x, [batch, seq, hidden]))  # [batch, seq, hidden]
+        layers.append(tf.reshape(expand(x), [batch, seq, hidden]))  # [batch, seq, hidden]
 
     pooled = None
     if spec.with_pooler:

@@ -12,6 +12,9 @@ How it is made fast:
   oneDNN caches its pre-packed kernels across calls (about 1.5x faster than variables here).
   Embedding tables, only gathered from, stay variables. On GPU everything is a device variable.
 - LayerNorm on CPU takes the fused batch-norm form oneDNN runs as one kernel (``modeling``).
+- Padding is skipped: position-wise matmuls and LayerNorms run only on the positions that can
+  change a result (``modeling.PaddingSkipper``), not on the padding of the batch's shorter rows.
+  Not under ``-xla``, whose compiled shapes are static (there the shape buckets bound the waste).
 - ``-xla`` compiles with ``jit_compile=True``; batch and length are then rounded up to buckets so
   a stream of odd batch sizes does not trigger a compilation each.
 - ``-fp16`` on a GPU computes matmuls in float16 with LayerNorm/softmax in float32. CPUs have no
@@ -159,7 +162,8 @@ class TFEncoder:
     and ``ckpt_name`` (weights from ``(tuned_model_dir or model_dir)/ckpt_name``), ``config_name``,
     ``pooling_strategy`` (enum member, name or int), ``pooling_layer`` (Python indices, ``-1`` =
     last), ``fp16``, ``xla``, ``no_position_embeddings``; ``device`` is a TensorFlow device string
-    (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU.
+    (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU;
+    ``skip_padding`` defaults to on except under ``-xla`` (results are the same either way).
     """
 
     #: Limits of one device call; larger batches are split (see ``rows_per_call``).
@@ -180,6 +184,7 @@ class TFEncoder:
         device: str = "/CPU:0",
         no_position_embeddings: bool = False,
         weights_as_constants: bool | None = None,
+        skip_padding: bool | None = None,
     ) -> None:
         configure_runtime()
         self._device = device
@@ -201,6 +206,7 @@ class TFEncoder:
             use_position_embeddings=not no_position_embeddings,
             with_pooler=self.strategy == PoolingStrategy.CLS_POOLED,
             fused_layer_norm=not _is_gpu(device),
+            skip_padding=not self._xla if skip_padding is None else skip_padding,
         )
         loaded = load_encoder_weights(
             self.config,
