@@ -13,8 +13,9 @@ frontend meet in one queue, counted in *sentences*:
   leads, small requests (``<= -priority_batch_size`` sentences) get a head start of
   :data:`PRIORITY_HEAD_START_S`, so they overtake big ones without starving them. Rows are
   grouped by token length: a row joins a batch only while padding stays under half the batch's
-  token positions (short sequences always join: per-call overhead dominates there). A partial
-  batch waits at most ``-max_wait_ms`` for company.
+  token positions (short sequences always join: per-call overhead dominates there). The encoder
+  leaves padding out of its position-wise layers, but attention and memory still scale with the
+  padded length. A partial batch waits at most ``-max_wait_ms`` for company.
 * **Reassembly** (:meth:`Batcher.complete`): each row's vector is written back at its original
   index, so a request split over several batches, or merged with others, comes back in request
   order; the request's future resolves when its last row is done.

@@ -66,6 +66,45 @@ def pad_batch(items: list[TokenizedInput], seq_len: int) -> Batch:
     return Batch(ids, mask, types)
 
 
+def row_extents(input_mask: np.ndarray) -> np.ndarray:
+    """Per row, how many leading positions its result depends on: ``[batch]`` int.
+
+    Everything after a row's last masked-in position is neither attended to nor pooled, so the
+    row gives the same result in a batch cut to that length. A row with no masked-in position at
+    all attends to every position and keeps the full width.
+    """
+    seq = input_mask.shape[1]
+    masked_in = input_mask != 0
+    last = seq - np.argmax(masked_in[:, ::-1], axis=1)  # one past the last masked-in position
+    extents: np.ndarray = np.where(masked_in.any(axis=1), last, seq).astype(np.int64)
+    return extents
+
+
+def length_groups(extents: np.ndarray, min_tokens: int) -> list[np.ndarray]:
+    """Split a batch's rows into groups of similar length, longest first: a list of row indices.
+
+    Why: attention costs ``rows x length^2`` at the padded length of the whole call, so short
+    sentences padded to a long one's length waste work (the encoder already skips padding in its
+    position-wise layers). A new group starts where a row is at most half as long as its
+    group's first, provided the group already holds ``min_tokens`` tokens, which keeps every
+    call big enough for the matmuls to run at full speed. Rows never interact, so grouping
+    changes no result.
+    """
+    order = np.argsort(-extents, kind="stable")
+    groups: list[np.ndarray] = []
+    start, tokens = 0, 0
+    head = int(extents[order[0]]) if len(order) else 0
+    for position, row in enumerate(order):
+        extent = int(extents[row])
+        if tokens >= min_tokens and 2 * extent <= head:
+            groups.append(order[start:position])
+            start, tokens, head = position, 0, extent
+        tokens += extent
+    if len(order):
+        groups.append(order[start:])
+    return groups
+
+
 class Encoder(Protocol):
     """Computes pooled embeddings for padded batches.
 

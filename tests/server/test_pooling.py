@@ -156,6 +156,33 @@ def test_skipping_padding_matches_the_reference_and_the_padded_computation(
     np.testing.assert_allclose(got, padded.encode_arrays(ids, mask, types), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("strategy", ["NONE", "REDUCE_MEAN_MAX", "LAST_TOKEN"])
+def test_rows_of_very_different_lengths_run_in_groups_and_come_back_in_order(
+    tiny_model_dir: Path, strategy: str
+) -> None:
+    rng = np.random.default_rng(8)
+    lengths = [3, 20, 4, 18, 2, 5, 19, 3]
+    ids = np.zeros((len(lengths), 24), np.int32)  # every row padded beyond the longest, too
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(4, 80, length)
+    mask = (ids > 0).astype(np.int32)
+    types = np.zeros_like(ids)
+    encoder = _encoder(tiny_model_dir, strategy, [-1, 0])
+    encoder.min_tokens_per_group = 30  # groups: the three long rows, then the short ones
+    grouped = encoder.encode_arrays(ids, mask, types)
+    want_shape = (8, 24, 64) if strategy == "NONE" else (8, encoder.hidden_size)
+    assert grouped.shape == want_shape
+    for row, length in enumerate(lengths):
+        alone = encoder.encode_arrays(
+            ids[row : row + 1, :length], mask[row : row + 1, :length], types[:1, :length]
+        )
+        np.testing.assert_allclose(
+            grouped[row, :length] if strategy == "NONE" else grouped[row], alone[0], atol=1e-5
+        )
+    if strategy == "NONE":
+        assert not grouped[:, 20:].any()  # cut-off positions come back as zeros
+
+
 def test_fp16_on_cpu_returns_float16_close_to_float32(
     tiny_model_dir: Path, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bertserve_server.encoder import Batch
+from bertserve_server.encoder import Batch, length_groups, row_extents
 from bertserve_server.model import PoolingStrategy, parse_pooling_strategy
 from bertserve_server.model.checkpoint import load_encoder_weights
 from bertserve_server.model.config import BertConfig, resolve_pooling_layers
@@ -169,6 +169,9 @@ class TFEncoder:
     #: Limits of one device call; larger batches are split (see ``rows_per_call``).
     max_tokens_per_call = 16384
     max_attention_elements = 64 * 2**20
+    #: Rows of very different lengths go to separate calls once a call has this many tokens
+    #: (``encoder.length_groups``).
+    min_tokens_per_group = 1024
 
     def __init__(
         self,
@@ -303,7 +306,12 @@ class TFEncoder:
     def encode_arrays(
         self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray
     ) -> np.ndarray:
-        """Like ``encode`` on three int ``[batch, seq]`` arrays."""
+        """Like ``encode`` on three int ``[batch, seq]`` arrays.
+
+        Rows are cut to the length their result depends on and run in groups of similar length
+        (``encoder.length_groups``), each group in calls of at most ``rows_per_call`` rows; the
+        result comes back in the original row order and width.
+        """
         ids = np.asarray(input_ids, dtype=np.int32)
         mask = np.asarray(input_mask, dtype=np.int32)
         types = np.asarray(type_ids, dtype=np.int32)
@@ -319,6 +327,26 @@ class TFEncoder:
             raise ValueError(
                 f"sequence length {seq} exceeds max_position_embeddings {self.config.max_position_embeddings}"
             )
+        extents = row_extents(mask)
+        groups = length_groups(extents, self.min_tokens_per_group)
+        if len(groups) == 1 and int(extents.max()) == seq:
+            return self._run_in_calls(ids, mask, types)  # nothing to cut: no copies
+        result: np.ndarray | None = None
+        for group in groups:
+            width = int(extents[group].max())
+            part = self._run_in_calls(ids[group, :width], mask[group, :width], types[group, :width])
+            if result is None:
+                shape = (rows, seq, *part.shape[2:]) if part.ndim == 3 else (rows, *part.shape[1:])
+                result = np.zeros(shape, dtype=part.dtype)  # NONE: positions cut off stay zero
+            if part.ndim == 3:
+                result[group, :width] = part
+            else:
+                result[group] = part
+        assert result is not None
+        return result
+
+    def _run_in_calls(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        rows, seq = ids.shape
         step = self.rows_per_call(seq)
         if rows <= step:
             return self._run(ids, mask, types)
