@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from machine_facts import cpu_flags, cpu_model, memory_gib
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".local" / "bench"
 SHARED_CACHE = Path(os.environ.get("BERTSERVE_CACHE", Path.home() / ".cache" / "bertserve"))
@@ -350,26 +352,14 @@ def tokenization_rate(vocab_file: Path, seq: int) -> float:
 
 
 def machine() -> dict[str, str]:
-    info = {"python": platform.python_version(), "platform": platform.platform()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(
-            line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")
-        )
-        flags = next(line for line in cpuinfo.splitlines() if line.startswith("flags")).split()
-        info["simd"] = " ".join(
-            f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags
-        )
-        mem_kb = int(
-            next(
-                line.split()[1]
-                for line in Path("/proc/meminfo").read_text().splitlines()
-                if "MemTotal" in line
-            )
-        )
-        info["memory"] = f"{mem_kb / 1024 / 1024:.0f} GiB"
-    except (OSError, StopIteration):
-        pass
+    flags = cpu_flags()
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "simd": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags),
+        "memory": memory_gib(),
+    }
     from bertserve_server.model.tf_encoder import available_cpus
 
     info["cpus"] = str(available_cpus())
@@ -401,8 +391,8 @@ def write_report(
         "",
         "## Machine",
         "",
-        f"- CPU: {info.get('cpu', '?')}, {info['cpus']} CPUs available to the process ({info.get('simd', '')})",
-        f"- memory {info.get('memory', '?')}; {info['platform']}; Python {info['python']}",
+        f"- CPU: {info['cpu']}, {info['cpus']} CPUs available to the process ({info['simd']})",
+        f"- memory {info['memory']}; {info['platform']}; Python {info['python']}",
         f"- {versions.get('ours', '')}; peer: torch {versions.get('torch', 'not run')}, "
         f"transformers {versions.get('transformers', 'not run')}",
         f"- load average at start / end: {loads[0]} / {loads[1]} (a shared machine: other work ran beside)",

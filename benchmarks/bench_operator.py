@@ -43,6 +43,8 @@ from typing import Any
 
 import requests
 
+from machine_facts import cores, cpu_model, memory_gib
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
 GROUP_PATH = "/apis/bertserve.io/v1alpha1"
@@ -396,20 +398,12 @@ def latency_phase(
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kb = int(
-        next(x for x in Path("/proc/meminfo").read_text().splitlines() if x.startswith("MemTotal")).split()[1]
-    )
     from importlib.metadata import version
 
     return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+        "cpu": cpu_model(),
+        "cores": str(cores()),
+        "memory": memory_gib(),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "kopf": version("kopf"),
@@ -465,7 +459,7 @@ def report(
         f"(0.2 s apart); create request → Deployment ADDED on a watch: min {lat['min_s']} s, p50 {lat['p50_s']} s, "
         f"p90 {lat['p90_s']} s, p99 {lat['p99_s']} s, max {lat['max_s']} s.",
         f"- Load average (1 min) before / after the bulk phase: {bulk['load_before']} / {bulk['load_after']} "
-        f"on {os.cpu_count()} cores (other jobs share the machine). CPU seconds used from the first request until "
+        f"on {cores()} cores (other jobs share the machine). CPU seconds used from the first request until "
         "convergence: " + ", ".join(f"{k} {v}" for k, v in bulk["cpu_s_until_converged"].items()) + ".",
         "- API requests made by the operator until convergence: "
         + ", ".join(f"{k} {v}" for k, v in bulk["operator_requests_at_convergence"].items())

@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine_facts import cores, cpu_model, memory_gib
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
@@ -170,26 +172,12 @@ class Results:
     latency: dict[str, list[float]]
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def machine() -> list[str]:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
-        mem = f"{kib / 1024 / 1024:.0f} GiB"
     import zmq
 
     return [
-        f"- CPU: {cpu}, **{_cores()} cores** available, {mem} RAM, no GPU (`-cpu`). All replicas, the "
-        "balancer and the clients share these cores.",
+        f"- CPU: {cpu_model()}, **{cores()} cores** available, {memory_gib()} RAM, no GPU (`-cpu`). "
+        "All replicas, the balancer and the clients share these cores.",
         f"- {platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"pyzmq {zmq.pyzmq_version()} (libzmq {zmq.zmq_version()}); each replica runs TensorFlow with "
         "one intra-op and one inter-op thread",
@@ -314,7 +302,7 @@ def report(res: Results, lines: list[str], elapsed: float, rounds: int, seconds:
         out.append(f"| {n} | {thr[name]:,.0f} | {ratio:.2f}x ({', '.join(f'{r:.2f}' for r in per_round)}) |")
     out += [
         "",
-        f"These rows cannot show scaling: the {_cores()} cores are shared by every replica, the balancer "
+        f"These rows cannot show scaling: the {cores()} cores are shared by every replica, the balancer "
         "and the clients, so a second and third replica add no CPU. They add costs instead: the same "
         "clients split over more replicas make smaller device batches (less batching per replica), "
         "more processes compete for the cores, and 1 - 1/N of the answers are forwarded. On a "

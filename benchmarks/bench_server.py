@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine_facts import cores, cpu_model, memory_gib
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".local" / "bench"
 READY_LINE = "all set, ready to serve request!"
@@ -206,23 +208,13 @@ def measure(model_dir: Path, seq: int, batch: int, *, min_pairs: int, min_second
 
 
 def machine() -> list[str]:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kib = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
-        mem = f"{kib / 1024 / 1024:.0f} GiB"
     import numpy
     import tensorflow as tf
     import zmq
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
-        f"- CPU: {cpu}, {cores} cores available to the process, {mem} RAM, no GPU used (`-cpu`)",
+        f"- CPU: {cpu_model()}, {cores()} cores available to the process, {memory_gib()} RAM, "
+        "no GPU used (`-cpu`)",
         f"- {platform.system()} {platform.release()}, Python {platform.python_version()}, "
         f"TensorFlow {tf.__version__}, numpy {numpy.__version__}, pyzmq {zmq.pyzmq_version()} "
         f"(libzmq {zmq.zmq_version()})",
