@@ -256,9 +256,9 @@ def encode(
     shape = tf.shape(input_ids)
     batch, seq = shape[0], shape[1]
     rows = batch * seq
-    rows_of = PaddingSkipper(input_mask) if spec.skip_padding else None
-    compact = rows_of.compact if rows_of else tf.identity
-    expand = rows_of.expand if rows_of else tf.identity
+    skipper = PaddingSkipper(input_mask) if spec.skip_padding else None
+    compact = skipper.compact if skipper else tf.identity
+    expand = skipper.expand if skipper else tf.identity
 
     # Embeddings: word + token type (+ position), then LayerNorm; rows [tokens, hidden].
     flat_ids = compact(tf.reshape(input_ids, [rows]))

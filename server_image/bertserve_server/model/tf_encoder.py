@@ -321,8 +321,7 @@ class TFEncoder:
             )
         rows, seq = ids.shape
         if rows == 0:
-            shape = (0, seq, self._width) if self.strategy == PoolingStrategy.NONE else (0, self._width)
-            return np.zeros(shape, dtype=self.dtype)
+            return np.zeros(self._output_shape(0, seq), dtype=self.dtype)
         if seq > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq} exceeds max_position_embeddings {self.config.max_position_embeddings}"
@@ -331,19 +330,18 @@ class TFEncoder:
         groups = length_groups(extents, self.min_tokens_per_group)
         if len(groups) == 1 and int(extents.max()) == seq:
             return self._run_in_calls(ids, mask, types)  # nothing to cut: no copies
-        result: np.ndarray | None = None
+        result = np.zeros(self._output_shape(rows, seq), dtype=self.dtype)  # NONE: cut-off positions stay 0
         for group in groups:
             width = int(extents[group].max())
             part = self._run_in_calls(ids[group, :width], mask[group, :width], types[group, :width])
-            if result is None:
-                shape = (rows, seq, *part.shape[2:]) if part.ndim == 3 else (rows, *part.shape[1:])
-                result = np.zeros(shape, dtype=part.dtype)  # NONE: positions cut off stay zero
-            if part.ndim == 3:
+            if self.strategy == PoolingStrategy.NONE:
                 result[group, :width] = part
             else:
                 result[group] = part
-        assert result is not None
         return result
+
+    def _output_shape(self, rows: int, seq: int) -> tuple[int, ...]:
+        return (rows, seq, self._width) if self.strategy == PoolingStrategy.NONE else (rows, self._width)
 
     def _run_in_calls(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         rows, seq = ids.shape
