@@ -46,8 +46,9 @@ from machine_facts import cores, cpu_model, memory_gib
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from ports import free_ports  # noqa: E402
 from replicas import Replica  # noqa: E402  (test helpers: the same process harness as the tests)
-from tcp_balancer import TcpBalancer, free_port  # noqa: E402
+from tcp_balancer import TcpBalancer  # noqa: E402
 
 CLIENTS = 8
 BATCH = 16
@@ -189,7 +190,7 @@ def run(rounds: int, seconds: float, latency_count: int, log_dir: Path) -> Resul
     from bertserve_server.model.synthetic import write_random_bert
 
     model = write_random_bert(log_dir / "tiny", seed=5)
-    peer_ports = [free_port() for _ in range(3)]
+    peer_ports = free_ports(3)
     spec = ",".join(f"127.0.0.1:{p}" for p in peer_ports)
     procs = [Replica("direct", model, log_dir, peer_spec=None, peer_port=None)]
     procs += [

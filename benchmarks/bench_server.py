@@ -24,7 +24,6 @@ import contextlib
 import os
 import platform
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,10 @@ from pathlib import Path
 from machine_facts import cores, cpu_model, memory_gib
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+from ports import free_ports  # noqa: E402  (test helpers: distinct loopback ports)
+
 CACHE = ROOT / ".local" / "bench"
 READY_LINE = "all set, ready to serve request!"
 PIPELINE = 4
@@ -52,12 +55,6 @@ class Result:
     blocking_ratio: float  # median over back-to-back pairs of (raw time / end-to-end time)
     pipelined_ratio: float
     pairs: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def minilm_dir() -> Path:
@@ -114,7 +111,7 @@ def paired(
 
 @contextlib.contextmanager
 def server_process(model_dir: Path, seq: int, batch: int, log: Path) -> Iterator[tuple[int, int]]:
-    port, port_out = free_port(), free_port()
+    port, port_out = free_ports(2)
     script = Path(sys.executable).with_name("bert-serving-start")
     argv = [
         str(script),

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from tcp_balancer import TcpBalancer, free_port
+from ports import free_ports
+from tcp_balancer import TcpBalancer
 
 BERT_SERVING_START = str(Path(sys.executable).parent / "bert-serving-start")
 SERVICES = ("zmq", "zmq_out", "http")
@@ -53,7 +54,7 @@ class Replica:
         flags: Sequence[str] = (),
     ) -> None:
         self.name = name
-        self.port, self.port_out, self.http_port = free_port(), free_port(), free_port()
+        self.port, self.port_out, self.http_port = free_ports(3)
         self.peer_port = peer_port
         argv = [
             BERT_SERVING_START,
@@ -155,7 +156,7 @@ class Cluster:
         self.model_dir = model_dir
         self.log_dir = log_dir
         self.flags = list(flags)
-        self.peer_ports = [free_port() for _ in range(slots)]
+        self.peer_ports = free_ports(slots)
         self.peer_spec = ",".join(f"127.0.0.1:{p}" for p in self.peer_ports)
         self.replicas: list[Replica] = []
         self.live: list[Replica] = []

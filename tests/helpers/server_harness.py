@@ -7,20 +7,20 @@ tokenizer over the tiny synthetic vocabulary. Ports are picked free by the OS.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import zmq
+from ports import free_ports
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
-from bertserve_server.app import BertServer
+from bertserve_server.app import BertServer, default_tokenizer
 from bertserve_server.fake_encoder import FakeEncoder
 from bertserve_server.model.config import BertConfig
 from bertserve_server.model.synthetic import DEFAULT_VOCAB, write_vocab
-from bertserve_server.tokenization import BertTokenizer
+from bertserve_server.service import Tokenizer
 
 MAX_POSITIONS = 64
 CLIENT_TIMEOUT_MS = 15000
@@ -33,12 +33,6 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_model_dir(
@@ -58,24 +52,18 @@ def write_model_dir(
     return directory
 
 
-def make_tokenizer(config: ServerConfig, max_position_embeddings: int = MAX_POSITIONS) -> BertTokenizer:
-    """The project's WordPiece tokenizer over the tiny synthetic vocabulary, with the server's flags."""
-    return BertTokenizer(
-        Path(config.model_dir) / "vocab.txt",
-        do_lower_case=config.do_lower_case,
-        max_seq_len=config.max_seq_len,
-        max_position_embeddings=max_position_embeddings,
-        mask_cls_sep=config.mask_cls_sep,
-        no_special_token=config.no_special_token,
-    )
+def make_tokenizer(config: ServerConfig, max_position_embeddings: int = MAX_POSITIONS) -> Tokenizer:
+    """The server's own tokenizer (``app.default_tokenizer``) over the tiny synthetic vocabulary."""
+    return default_tokenizer(config, max_position_embeddings)
 
 
 def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
+    port, port_out, http_port = free_ports(3)
     base: dict[str, Any] = {
         "model_dir": str(model_dir),
         "bind_host": "127.0.0.1",
-        "port": free_port(),
-        "port_out": free_port(),
+        "port": port,
+        "port_out": port_out,
         "cpu": True,
         "drain_timeout": 5.0,
     }
@@ -83,7 +71,7 @@ def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
     if isinstance(base.get("pooling_strategy"), str):
         base["pooling_strategy"] = PoolingStrategy.from_string(base["pooling_strategy"])
     if base.get("http_port") == 0:
-        base["http_port"] = free_port()
+        base["http_port"] = http_port
     return ServerConfig(**base)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import threading
 from collections.abc import Sequence
 
@@ -149,10 +148,3 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> b
         if writer.can_write_eof():
             writer.write_eof()
     return True
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound then released; fine for tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

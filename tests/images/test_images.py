@@ -12,7 +12,6 @@ loopback. Missing tools are a failure with the reason, never a skip.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import tomllib
 import urllib.error
@@ -25,6 +24,7 @@ import numpy as np
 import oci_images
 import pytest
 import yaml
+from ports import free_ports
 
 from bertserve_api import manifests
 from bertserve_api.contract import parse_argv
@@ -118,19 +118,6 @@ def _run_python(bundle: Path, command: str, code: str, *, binds: dict[str, str] 
     return out
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _readyz(port: int) -> int | str:
     """HTTP status of /readyz, or "refused" while nothing listens."""
     try:
@@ -161,7 +148,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def running_server(server_bundle: Path, tiny_model: Path) -> Iterator[dict[str, Any]]:
     """The server image serving the tiny model on loopback; yields its ports and readiness history."""
-    port, port_out, http_port, peer_port = _free_ports(4)
+    port, port_out, http_port, peer_port = free_ports(4)
     _, container = _rendered_container()
     assert _readyz(http_port) == "refused"
     args = [

@@ -24,11 +24,11 @@ from bert_serving.client import BertClient
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
-    free_port,
     get_json,
     operator_as_chart_account,
     wait_for,
 )
+from ports import free_ports
 
 from bertserve_api import manifests, names
 from bertserve_api.contract import parse_argv
@@ -116,7 +116,7 @@ def test_the_rendered_command_runs_the_real_server(
     assert peers["spec"]["clusterIP"] == "None" and peers["spec"]["publishNotReadyAddresses"] is True
     assert f"-peer_service=tiny-peers.{ns}.svc.cluster.local" in container["args"]
 
-    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port(), "peer_port": free_port()}
+    ports = dict(zip(("port", "port_out", "http_port", "peer_port"), free_ports(4), strict=True))
     argv = localize(container["args"], models, ports)
     config = parse_argv(argv)
     assert (config.model_dir, config.tuned_model_dir, config.ckpt_name, config.cpu) == (

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import requests
 import zmq
-from server_harness import fake_server, free_port, wait_until
+from ports import free_port
+from server_harness import fake_server, wait_until
 
 from bertserve_server import peering
 from bertserve_server.app import BertServer

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import zmq
-from server_harness import free_port, write_model_dir
+from ports import free_port
+from server_harness import write_model_dir
 
 from bertserve_api.contract import parse_argv
 from bertserve_server.cli import EXIT_CONFIG_ERROR, banner, main, terminate

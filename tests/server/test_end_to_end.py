@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from server_harness import client_for, free_port
+from ports import free_port
+from server_harness import client_for
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.app import BertServer

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import requests
 from bert_serving.client import BertClient
-from server_harness import free_port, wait_until, write_model_dir
+from ports import free_port
+from server_harness import wait_until, write_model_dir
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
