@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import concurrent.futures
-import importlib.util
 import json
 import os
 import platform
@@ -46,19 +45,12 @@ import requests
 from machine_facts import cores, cpu_model, memory_gib
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+from operator_harness import localcluster  # noqa: E402  (test helpers: loads hack/cluster/localcluster.py)
+
 NAMESPACE = "bench"
 GROUP_PATH = "/apis/bertserve.io/v1alpha1"
-
-
-def _localcluster() -> Any:
-    name = "bertserve_localcluster"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "hack" / "cluster" / "localcluster.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # --------------------------------------------------------------------------- API access
@@ -184,7 +176,7 @@ def bertserver(name: str, replicas: int) -> dict[str, Any]:
 class Operator:
     def __init__(self, kubeconfig: Path, log: Path, settings: dict[str, str]) -> None:
         self.log = log
-        port = _localcluster().free_ports(1)[0]
+        port = localcluster().free_ports(1)[0]
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
         env["KUBECONFIG"] = str(kubeconfig)
         env.update({f"BERTSERVE_{k.upper()}": v for k, v in settings.items()})
@@ -246,7 +238,7 @@ class Cluster:
     replicas: int
 
     def __enter__(self) -> Any:
-        lc = _localcluster()
+        lc = localcluster()
         pods_needed = 0 if self.replicas == 0 else 600 * self.replicas
         extra = [
             lc.NodeSpec(f"bench-node-{i}", cpu="64", memory="256Gi", pods=250)
@@ -408,7 +400,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "kopf": version("kopf"),
         "kubernetes client": version("kubernetes"),
-        "control plane": Path(_localcluster().build_binaries(quiet=True)).parent.name,
+        "control plane": Path(localcluster().build_binaries(quiet=True)).parent.name,
     }
 
 

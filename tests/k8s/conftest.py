@@ -8,39 +8,20 @@ A build or start failure fails the tests loudly: these tests must never be skipp
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LOCALCLUSTER_PY = REPO_ROOT / "hack" / "cluster" / "localcluster.py"
+from operator_harness import localcluster
 
 _BIN_DIR_KEY = pytest.StashKey[Path]()
 _BUILD_ERROR_KEY = pytest.StashKey[str]()
 _KEPT_LOGS_KEY = pytest.StashKey[Path]()
 
 
-def load_localcluster() -> ModuleType:
-    """Import hack/cluster/localcluster.py by path (it is a script, not a package)."""
-    name = "bertserve_localcluster"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, LOCALCLUSTER_PY)
-    assert spec is not None and spec.loader is not None, LOCALCLUSTER_PY
-    module = importlib.util.module_from_spec(spec)
-    # Registered before exec so dataclasses can resolve the module's own annotations.
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-lc = load_localcluster()
+lc = localcluster()  # hack/cluster/localcluster.py, loaded by path (it is a script)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
