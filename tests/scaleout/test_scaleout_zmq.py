@@ -27,10 +27,10 @@ CLIENTS = 8
 REQUESTS = 200
 KILL_TIMEOUT_MS = 4000
 SETTLE_S = 1.0
-AFTER_S = 3.0
-"""How long clients keep sending once the kill has settled."""
 """After a kill, how long clients may still lose requests: the time to notice the dead
 connections (milliseconds: the kernel closes them) and re-subscribe elsewhere, with margin."""
+AFTER_S = 3.0
+"""How long clients keep sending once the kill has settled."""
 
 
 @pytest.fixture(scope="module")
