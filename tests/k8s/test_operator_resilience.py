@@ -88,9 +88,16 @@ def test_killed_mid_reconcile_and_restarted_converges_without_duplicates(
     wait_for(
         lambda: converged(cluster, ns, set(wanted)), 180, f"{COUNT} BertServers to converge after a SIGKILL"
     )
-    # No duplicates: one ReplicaSet per Deployment, children named after their owner only.
-    replicasets = get_json(cluster, "replicasets", "-n", ns)["items"]
-    owners = [rs["metadata"]["ownerReferences"][0]["name"] for rs in replicasets]
+
+    # No duplicates: one ReplicaSet per Deployment, children named after their owner only. The
+    # controller-manager creates a Deployment's ReplicaSet a moment after the Deployment: wait
+    # until every Deployment has one before comparing.
+    def replicaset_owners() -> list[str]:
+        replicasets = get_json(cluster, "replicasets", "-n", ns)["items"]
+        return [rs["metadata"]["ownerReferences"][0]["name"] for rs in replicasets]
+
+    wait_for(lambda: set(replicaset_owners()) == set(wanted), 60, "a ReplicaSet for every Deployment")
+    owners = replicaset_owners()
     assert sorted(owners) == sorted(wanted), owners
     for dep in get_json(cluster, "deployments", "-n", ns)["items"]:
         (ref,) = dep["metadata"]["ownerReferences"]
