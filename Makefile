@@ -26,7 +26,7 @@ test: venv lint ## everything CI runs: lint, then all tests except GPU ones (bui
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: venv ## unit tests only (no TensorFlow, cluster or images)
-	$(PY) -m pytest -m "not gpu and not tf and not k8s and not images and not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not gpu and not tf and not k8s and not realnode and not images and not slow" $(PYTEST_ARGS)
 
 cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm (cached)
 	@bash hack/cluster/build.sh
