@@ -51,6 +51,7 @@ BAD_WAITING_REASONS = frozenset(
         "CrashLoopBackOff",
         "ImagePullBackOff",
         "ErrImagePull",
+        "ErrImageNeverPull",  # imagePullPolicy Never and the image is not on the node
         "InvalidImageName",
         "CreateContainerConfigError",
         "CreateContainerError",

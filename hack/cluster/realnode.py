@@ -560,7 +560,7 @@ def _shim_pids(bin_dir: str, socket_path: str) -> list[int]:
     return found
 
 
-def cleanup_recorded(record: Mapping[str, Any] | None = None, *, timeout: float = 15.0) -> list[str]:
+def cleanup_recorded(record: Mapping[str, Any] | None = None, *, timeout: float = 5.0) -> list[str]:
     """Stop and undo everything a node recorded in :data:`MACHINE_RECORD` (running or crashed).
 
     Order: recorded pids (kubelet first), whatever is left in the node's cgroup subtree and
@@ -864,30 +864,20 @@ class RealNode:
         name = f"{base_name}:{tag}"
         if self.image_digests().get(name) == desc["digest"]:
             return name
+        # --local: unpack in this process rather than through containerd's transfer service;
+        # --discard-unpacked-layers: the compressed layers go once unpacked (GBs for the server).
         self._ctr(
             "images",
             "import",
+            "--local",
+            "--discard-unpacked-layers",
             "--base-name",
             base_name,
             "--snapshotter",
             "overlayfs",
-            "--local",
             str(archive),
             timeout=timeout,
-            check=False,
         )
-        if self.image_digests().get(name) != desc["digest"]:
-            # `--local` is not known to every ctr; retry without it before giving up.
-            self._ctr(
-                "images",
-                "import",
-                "--base-name",
-                base_name,
-                "--snapshotter",
-                "overlayfs",
-                str(archive),
-                timeout=timeout,
-            )
         got = self.image_digests().get(name)
         if got != desc["digest"]:
             raise RealNodeError(f"importing {archive} gave {name} at {got}, expected {desc['digest']}")

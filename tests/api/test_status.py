@@ -338,3 +338,20 @@ def test_invalid_spec_on_first_sight_is_a_warning_event() -> None:
     assert events == [
         st.Transition("Warning", "InvalidSpec", "Degraded=True: spec.serving.numWorker: too many")
     ]
+
+
+def test_an_image_that_may_not_be_pulled_and_is_absent_is_degraded() -> None:
+    """``imagePullPolicy: Never`` and no such image on the node: the kubelet's ErrImageNeverPull."""
+    message = 'Container image "localhost/bertserve-server:x" is not present with pull policy of Never'
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {"name": "bert", "state": {"waiting": {"reason": "ErrImageNeverPull", "message": message}}}
+            ]
+        },
+    }
+    c = conditions(compute(deployment=deployment(replicas=1, ready=0), pods=[pod]))
+    assert c["Degraded"][:2] == ("True", "ErrImageNeverPull")
+    assert c["Ready"][:2] == ("False", "ErrImageNeverPull")
+    assert "is not present with pull policy of Never" in c["Degraded"][2]

@@ -51,7 +51,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         built["node_bin_dir"] = lc.build_node_binaries(quiet=True)
         import oci_images
 
-        built["images"] = oci_images.build_images(["server", "operator"])
+        # The server image serves every workload here (its Python also runs the small HTTP
+        # servers); the operator image is built when the operator fixture needs it.
+        built["images"] = oci_images.build_images(["server"])
     except (lc.ClusterError, RuntimeError) as exc:
         session.config.stash[_ERROR_KEY] = str(exc)
         return
@@ -112,6 +114,12 @@ def real_cluster(
 @pytest.fixture(scope="session")
 def operator(real_cluster: Any) -> dict[str, Any]:
     """The chart installed with the operator image from the node's containerd, on the real node."""
+    import oci_images
+
+    summary = oci_images.build_images(["operator"])["operator"]  # cached: seconds
+    real_cluster.images["operator"] = real_cluster.node.import_archive(
+        Path(summary["archive"]), "localhost/bertserve-operator"
+    )
     server_image = real_cluster.images["server"]
     repo, _, tag = real_cluster.images["operator"].rpartition(":")
     real_cluster.helm(

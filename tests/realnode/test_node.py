@@ -38,7 +38,7 @@ def test_real_node_is_ready_labelled_and_tainted_next_to_the_kwok_gpu_nodes(real
 
 
 def _web_pods(image: str) -> list[dict[str, Any]]:
-    """Two replicas of a tiny HTTP server (the operator image's Python) that answers its pod name."""
+    """Two replicas of a tiny HTTP server (the server image's Python) that answers its pod name."""
     labels = {"app": "web"}
     pod_spec = {
         **ON_REAL_NODE,
@@ -82,7 +82,7 @@ def _web_pods(image: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def web(real_cluster: Any) -> dict[str, Any]:
     real_cluster.create_namespace(NS)
-    apply(real_cluster, _web_pods(real_cluster.images["operator"]))
+    apply(real_cluster, _web_pods(real_cluster.images["server"]))
     real_cluster.kubectl("rollout", "status", "-n", NS, "deployment/web", "--timeout=180s", timeout=200)
     pods = get_json(real_cluster, "pods", "-n", NS, "-l", "app=web")["items"]
     return {
