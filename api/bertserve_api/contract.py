@@ -233,6 +233,14 @@ def _flags() -> tuple[Flag, ...]:
             "port replicas use to forward answers to each other",
             classic=False,
         ),
+        f(
+            "peer_key_file",
+            "peer_key_file",
+            "opt_str",
+            "file holding the mesh's shared secret (at least 32 random bytes); required with "
+            "-peer_service: replicas without the same secret cannot join the mesh",
+            classic=False,
+        ),
         f("log_format", "log_format", "str", "text or json", classic=False),
     )
 
@@ -285,6 +293,7 @@ class ServerConfig:
     enable_termination: bool = False
     peer_service: str | None = None
     peer_port: int = 5557
+    peer_key_file: str | None = None
     log_format: str = "text"
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
