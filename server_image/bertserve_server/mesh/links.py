@@ -22,9 +22,9 @@ from typing import Any
 
 import zmq
 
+from bertserve_server.frontends.zmq import Frame
 from bertserve_server.mesh import wire
 from bertserve_server.mesh.discovery import Address, endpoint
-from bertserve_server.zmq_frontend import Frame
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import zmq
 from prometheus_client import Gauge
 
 from bertserve_api.contract import ServerConfig
+from bertserve_server.frontends.zmq import SUBSCRIPTION_WAIT_S, Frame, ResultRouter, ZmqFrontend
 from bertserve_server.mesh import wire
 from bertserve_server.mesh.discovery import (
     RESOLVE_INTERVAL_S,
@@ -39,7 +40,6 @@ from bertserve_server.mesh.handoff import hand_off_connections
 from bertserve_server.mesh.links import PING_INTERVAL_S, Link, Links, bind_router, send_welcome
 from bertserve_server.mesh.routing import Routes
 from bertserve_server.metrics import Metrics
-from bertserve_server.zmq_frontend import SUBSCRIPTION_WAIT_S, Frame, ResultRouter, ZmqFrontend
 
 logger = logging.getLogger(__name__)
 

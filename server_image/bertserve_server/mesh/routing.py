@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
+from bertserve_server.frontends.zmq import Frame
 from bertserve_server.mesh import wire
 from bertserve_server.mesh.gossip import PeerTable
 from bertserve_server.mesh.links import Links
 from bertserve_server.metrics import Metrics
-from bertserve_server.zmq_frontend import Frame
 
 logger = logging.getLogger(__name__)
 

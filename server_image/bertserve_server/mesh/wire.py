@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from bertserve_server.zmq_frontend import Frame
+from bertserve_server.frontends.zmq import Frame
 
 K_PING = b"P"
 K_SNAPSHOT = b"S"
