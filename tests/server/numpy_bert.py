@@ -140,3 +140,16 @@ def reference_pool(
     if strategy == "NONE":
         return x * m[:, :, None]
     raise ValueError(strategy)
+
+
+def reference_classifier(
+    pooled: np.ndarray, output_weights: np.ndarray, output_bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``run_classifier.py``'s ``create_model`` at inference, in float64: logits and softmax probabilities.
+
+    ``logits = pooled · output_weightsᵀ + output_bias`` (``output_weights`` is ``[num_labels, hidden]``,
+    multiplied with ``transpose_b=True`` there); dropout is off outside training.
+    """
+    logits = pooled @ np.asarray(output_weights, np.float64).T + np.asarray(output_bias, np.float64)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return logits, shifted / shifted.sum(-1, keepdims=True)
