@@ -258,6 +258,14 @@ def _common_path(paths: list[str]) -> str:
     return "/".join(common)
 
 
+def _model_paths(spec: BertServerSpec) -> list[str]:
+    """The pretrained dir and, when set, the tuned dir, relative to the model source."""
+    paths = [spec.model.pretrained_path]
+    if spec.model.tuned_model_dir:
+        paths.append(spec.model.tuned_model_dir)
+    return paths
+
+
 def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model volume and the server container's (read-only) mount of it.
 
@@ -269,10 +277,7 @@ def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]
     mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
     if source.uri is not None:
         return {"name": "model", "emptyDir": {"sizeLimit": source.uri.size_limit}}, mount
-    paths = [spec.model.pretrained_path]
-    if spec.model.tuned_model_dir:
-        paths.append(spec.model.tuned_model_dir)
-    common = _common_path(paths)
+    common = _common_path(_model_paths(spec))
     if common:
         mount["mountPath"] = f"{MODEL_MOUNT}/{common}"
         mount["subPath"] = common
@@ -297,11 +302,19 @@ def _container_security() -> dict[str, Any]:
 
 
 def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
-    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir."""
+    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
+
+    ``--dest`` is the deepest directory holding both model paths, by the fetch's layout rule (a
+    folder alone at the archive's top is unwrapped into ``--dest``): Google's
+    ``uncased_L-12_H-768_A-12.zip`` with ``pretrainedPath: uncased_L-12_H-768_A-12`` and a
+    bundle of ``uncased_L-12_H-768_A-12/`` plus ``mrpc_output/`` both land where the paths say.
+    """
     uri = spec.model.source.uri
     if uri is None:
         return None
-    command = [FETCH_COMMAND, "--url", uri.url, "--dest", MODEL_MOUNT]
+    common = _common_path(_model_paths(spec))
+    dest = f"{MODEL_MOUNT}/{common}" if common else MODEL_MOUNT
+    command = [FETCH_COMMAND, "--url", uri.url, "--dest", dest]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [

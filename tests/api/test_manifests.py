@@ -217,7 +217,7 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
         "--url",
         raw["model"]["source"]["uri"]["url"],
         "--dest",
-        "/models",
+        "/models/uncased_L-12_H-768_A-12",  # the fetch unwraps the zip's top folder into pretrainedPath
     ]
     assert init["command"][5:] == [
         "--sha256",
@@ -230,6 +230,26 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
     server = pod["containers"][0]
     assert all(m["name"] != "model-auth" for m in server["volumeMounts"])
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "tuned", "dest"),
+    [
+        ("uncased_L-12_H-768_A-12", None, "/models/uncased_L-12_H-768_A-12"),
+        ("uncased_L-12_H-768_A-12", "mrpc_output", "/models"),
+        ("bundle/uncased", "bundle/mrpc_output", "/models/bundle"),
+        (".", None, "/models"),
+    ],
+)
+def test_uri_fetch_dest_is_the_directory_holding_both_model_paths(
+    pretrained: str, tuned: str | None, dest: str
+) -> None:
+    model: dict[str, Any] = {"source": {"uri": {"url": "https://x/m.tgz"}}, "pretrainedPath": pretrained}
+    if tuned:
+        model["tunedModelDir"] = tuned
+    pod = _deployment({"model": model})["spec"]["template"]["spec"]
+    command = pod["initContainers"][0]["command"]
+    assert command[command.index("--dest") + 1] == dest
 
 
 def test_probes_give_model_loading_the_startup_budget() -> None:
