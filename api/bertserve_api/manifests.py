@@ -46,6 +46,12 @@ PORT_ZMQ_OUT = "zmq-out"
 PORT_HTTP = "http"
 PORT_PEER = "peer"
 
+METRICS_PATH = "/metrics"
+"""Prometheus endpoint of the server, on the ``http`` port."""
+
+PROMETHEUS_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+"""Pod annotations that annotation-based Prometheus scrape configs read (``spec.monitoring``)."""
+
 PROBE_PERIOD_SECONDS = 10
 """Startup-probe period; the failure threshold is derived from ``spec.startupTimeoutSeconds``."""
 
@@ -276,6 +282,14 @@ def _common_path(paths: list[str]) -> str:
     return "/".join(common)
 
 
+def _model_paths(spec: BertServerSpec) -> list[str]:
+    """The pretrained dir and, when set, the tuned dir, relative to the model source."""
+    paths = [spec.model.pretrained_path]
+    if spec.model.tuned_model_dir:
+        paths.append(spec.model.tuned_model_dir)
+    return paths
+
+
 def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model volume and the server container's (read-only) mount of it.
 
@@ -287,10 +301,7 @@ def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]
     mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
     if source.uri is not None:
         return {"name": "model", "emptyDir": {"sizeLimit": source.uri.size_limit}}, mount
-    paths = [spec.model.pretrained_path]
-    if spec.model.tuned_model_dir:
-        paths.append(spec.model.tuned_model_dir)
-    common = _common_path(paths)
+    common = _common_path(_model_paths(spec))
     if common:
         mount["mountPath"] = f"{MODEL_MOUNT}/{common}"
         mount["subPath"] = common
@@ -315,11 +326,19 @@ def _container_security() -> dict[str, Any]:
 
 
 def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
-    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir."""
+    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
+
+    ``--dest`` is the deepest directory holding both model paths, by the fetch's layout rule (a
+    folder alone at the archive's top is unwrapped into ``--dest``): Google's
+    ``uncased_L-12_H-768_A-12.zip`` with ``pretrainedPath: uncased_L-12_H-768_A-12`` and a
+    bundle of ``uncased_L-12_H-768_A-12/`` plus ``mrpc_output/`` both land where the paths say.
+    """
     uri = spec.model.source.uri
     if uri is None:
         return None
-    command = [FETCH_COMMAND, "--url", uri.url, "--dest", MODEL_MOUNT]
+    common = _common_path(_model_paths(spec))
+    dest = f"{MODEL_MOUNT}/{common}" if common else MODEL_MOUNT
+    command = [FETCH_COMMAND, "--url", uri.url, "--dest", dest]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [
@@ -453,6 +472,10 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_USER,
+            # Writable volumes (and a model PVC mounted read-write) become group-owned by the
+            # server's group, so files a copy Job wrote as another user stay readable.
+            "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
@@ -479,6 +502,15 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
     return pod, args
 
 
+def pod_annotations(spec: BertServerSpec, args: list[str]) -> dict[str, str]:
+    """The pod template's annotations: the config hash, plus scrape hints when asked for."""
+    annotations = {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)}
+    if spec.monitoring.prometheus_annotations:
+        scrape, port, path = PROMETHEUS_ANNOTATIONS
+        annotations.update({scrape: "true", port: str(spec.serving.ports.http), path: METRICS_PATH})
+    return annotations
+
+
 def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> dict[str, Any]:
     """The encoder Deployment; ``replicas`` is left out while an HPA owns scaling."""
     labels = names.common_labels(owner.name)
@@ -501,7 +533,7 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)},
+                    "annotations": pod_annotations(spec, args),
                 },
                 "spec": pod,
             },
@@ -516,14 +548,21 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
 
 
 def service(owner: Owner, spec: BertServerSpec) -> dict[str, Any]:
-    """ClusterIP Service clients connect to (requests on zmq, answers on zmq-out, HTTP)."""
+    """The Service clients connect to (requests on zmq, answers on zmq-out, HTTP).
+
+    ClusterIP unless ``spec.service.type`` says otherwise; ``spec.service.annotations`` go on
+    its metadata (cloud load balancers are configured that way).
+    """
     ports = spec.serving.ports
+    metadata = _metadata(owner, service_name(owner.name), names.common_labels(owner.name))
+    if spec.service.annotations:
+        metadata["annotations"] = dict(spec.service.annotations)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, service_name(owner.name), names.common_labels(owner.name)),
+        "metadata": metadata,
         "spec": {
-            "type": "ClusterIP",
+            "type": spec.service.type,
             "selector": names.selector_labels(owner.name),
             "ports": [
                 {"name": PORT_ZMQ, "port": ports.zmq, "targetPort": PORT_ZMQ, "protocol": "TCP"},
