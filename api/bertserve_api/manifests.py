@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertserve_api import names
-from bertserve_api.contract import ServerConfig, to_argv
+from bertserve_api.contract import DEFAULTS, ServerConfig, to_argv
 from bertserve_api.spec import BertServerSpec, ModelSpec, to_dict
 
 MODEL_MOUNT = "/models"
@@ -127,6 +127,30 @@ def model_summary(model: ModelSpec) -> str:
     if model.tuned_model_dir:
         return f"{model.pretrained_path} + {model.tuned_model_dir}/{model.ckpt_name}"
     return f"{model.pretrained_path}/{model.ckpt_name}"
+
+
+def served_model(args: list[str] | tuple[str, ...]) -> str:
+    """:func:`model_summary` of the model a pod's server arguments load ("" when unknown).
+
+    Status reports what ready pods serve, so it is read back from their arguments (the same
+    ``-model_dir``/``-tuned_model_dir``/``-ckpt_name`` the pod runs with), not from the spec.
+    """
+    values = {}
+    for arg in args:
+        name, sep, value = str(arg).lstrip("-").partition("=")
+        if sep:
+            values[name] = value
+    if "model_dir" not in values:
+        return ""
+
+    def relative(path: str) -> str:
+        return posixpath.relpath(path, MODEL_MOUNT) if path.startswith(MODEL_MOUNT + "/") else path
+
+    ckpt = values.get("ckpt_name", str(DEFAULTS["ckpt_name"]))
+    tuned = values.get("tuned_model_dir")
+    if tuned:
+        return f"{relative(values['model_dir'])} + {relative(tuned)}/{ckpt}"
+    return f"{relative(values['model_dir'])}/{ckpt}"
 
 
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
@@ -614,6 +638,9 @@ def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
         "spec": {
             "maxUnavailable": spec.disruption_budget.max_unavailable,
             "selector": {"matchLabels": names.selector_labels(owner.name)},
+            # A crash-looping (never ready) replica must not block node drains: evicting it
+            # cannot reduce availability.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 
