@@ -432,3 +432,17 @@ def test_queue_autoscaling_scales_on_the_servers_queue_gauge() -> None:
             },
         }
     ]
+
+
+def test_classifier_renders_its_flags_and_labels_only_when_enabled() -> None:
+    labels = ["not_paraphrase", "paraphrase"]
+    args = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": True, "labels": labels}}}))[
+        "args"
+    ]
+    assert "-classifier" in args and "-classifier_labels=not_paraphrase,paraphrase" in args
+    assert parse_argv(args).classifier_labels == tuple(labels)
+    off = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": False, "labels": labels}}}))[
+        "args"
+    ]
+    assert not any(a.startswith("-classifier") for a in off)
+    assert not any(a.startswith("-classifier") for a in _container(_deployment(MRPC))["args"])
