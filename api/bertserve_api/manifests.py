@@ -153,6 +153,22 @@ def served_model(args: list[str] | tuple[str, ...]) -> str:
     return f"{relative(values['model_dir'])}/{ckpt}"
 
 
+def served_classifier(args: list[str] | tuple[str, ...]) -> str:
+    """The classifier labels a pod's server arguments serve at ``/predict`` ("" without ``-classifier``).
+
+    Read back from the pod like :func:`served_model`: ``"not_paraphrase, paraphrase"``, or
+    ``"0..n-1"`` when the labels are left to the checkpoint's head.
+    """
+    flags = [str(arg).lstrip("-") for arg in args]
+    if "classifier" not in flags:
+        return ""
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if name == "classifier_labels" and sep and value:
+            return ", ".join(value.split(","))
+    return "0..n-1"
+
+
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
     """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
     host = f"{service_name(owner.name)}.{owner.namespace}.svc"
@@ -222,6 +238,9 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         max_wait_ms=serving.max_wait_ms,
         drain_timeout=drain,
         enable_termination=serving.enable_termination,
+        classifier=serving.classifier.enabled,
+        # Labels mean nothing without the head (and the server refuses them alone).
+        classifier_labels=serving.classifier.labels if serving.classifier.enabled else (),
         peer_service=peer_service_host(owner, options.cluster_domain),
         peer_port=PEER_PORT,
         log_format=options.server_log_format,

@@ -7,7 +7,8 @@ previous status (to keep ``lastTransitionTime`` stable), with the clock passed i
 case is testable without a cluster:
 
 * ``Ready`` mirrors the Deployment's ``Available`` (and needs at least one ready pod);
-* ``model`` is what the ready pods serve (read from their arguments), not the spec;
+* ``model`` is what the ready pods serve (read from their arguments), not the spec; so is
+  ``classifierLabels``, the labels ``/predict`` answers with (only with ``serving.classifier``);
 * while autoscaling is on, the HPA's ``AbleToScale`` and ``ScalingActive`` conditions are
   mirrored (an HPA that cannot read its metric says so here, not only on the HPA);
 * ``Progressing`` is ``True`` while a rollout or scale-up is under way, ``False`` when done or
@@ -243,6 +244,18 @@ def served_models(pods: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(models)
 
 
+def served_classifiers(pods: Sequence[Mapping[str, Any]]) -> str:
+    """The classifier labels ready pods serve at ``/predict`` (their ``classifier``), joined; "" if none."""
+    labels = sorted(
+        {
+            str(p["classifier"])
+            for p in pods
+            if p.get("classifier") and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
+        }
+    )
+    return "; ".join(labels)
+
+
 def hpa_conditions(hpa: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The HPA's AbleToScale/ScalingActive conditions as BertServer conditions."""
     out = []
@@ -421,9 +434,12 @@ def compute_status(
         # What ready pods serve, not what the spec asks for (a rollout to a new checkpoint
         # that never becomes ready must not be reported as served).
         status["model"] = served_models(pods)
+        classifier = served_classifiers(pods)
+        if classifier:
+            status["classifierLabels"] = classifier
         status["endpoints"] = manifests.endpoints(owner, spec)
     else:
-        for key in ("model", "endpoints"):
+        for key in ("model", "classifierLabels", "endpoints"):
             if key in previous:
                 status[key] = previous[key]
     status["conditions"] = _stamp(conditions, previous.get("conditions") or [], generation, now)
