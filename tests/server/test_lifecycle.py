@@ -173,6 +173,24 @@ def test_sigterm_when_idle_exits_promptly(fake_process):
     assert server.proc.wait(10) == 0 and time.monotonic() - sent < 5
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_model_loads_aborts_start_up_and_exits_cleanly(fake_process, monkeypatch, sig):
+    """A pod deleted while its model still loads must go at once, not after loading and warm-up."""
+    load_s = 120.0
+    monkeypatch.setenv("FAKE_SERVE_LOAD_S", str(load_s))
+    server = fake_process(0.0)
+    wait_until(lambda: "fake model: loading" in server.log, timeout=60, what="the model load to begin")
+    assert server.get("/readyz").status_code == 503  # probes answer: not ready while loading
+    sent = time.monotonic()
+    server.proc.send_signal(sig)
+    assert server.proc.wait(load_s / 4) == 0, server.log
+    assert time.monotonic() - sent < load_s / 4
+    log = server.log
+    assert f"start-up aborted: {sig.name} during start-up" in log, log
+    assert "all set, ready to serve request!" not in log
+    assert server.get("/healthz") is None  # the HTTP listener is closed too
+
+
 @pytest.mark.tf
 def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_model_dir, tiny_finetuned_dir):
     """The seed's command line, end to end: ready after warm-up, right vectors, clean SIGTERM."""
