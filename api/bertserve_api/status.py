@@ -459,8 +459,8 @@ def transitions(
 ) -> list[Transition]:
     """Events for conditions whose status or reason changed: at most one Normal, one Warning.
 
-    A condition seen for the first time is announced only when it is news (Ready=True or
-    Degraded=True); the initial "creating" states are not. Changes observed together share an
+    A condition seen for the first time is announced only when it is news (Ready=True,
+    Degraded=True, an HPA that cannot scale); the initial "creating" states are not. Changes observed together share an
     event of their kind (an object that becomes ready changes Ready and Progressing at once:
     one event, not two — events are API writes, and a busy cluster has thousands of them).
     Changes to the same reason (``Ready=False`` and ``Degraded=True`` for an invalid spec) are
@@ -474,7 +474,10 @@ def transitions(
         ctype, status, reason = cond.get("type"), cond.get("status"), str(cond.get("reason"))
         old = before.get(ctype)
         if old is None:
-            if not ((ctype == READY and status == "True") or (ctype == DEGRADED and status == "True")):
+            news = (ctype in (READY, DEGRADED) and status == "True") or (
+                ctype in HPA_CONDITION_TYPES and status == "False"
+            )
+            if not news:
                 continue
         elif (old.get("status"), old.get("reason")) == (status, reason):
             continue

@@ -230,6 +230,7 @@ class Reconciler:
             deployment=deployment,
             pods=self.cache.pods_of(key),
             previous=previous,
+            hpa=self.cache.child("HorizontalPodAutoscaler", owner.namespace, dep_name),
         )
         self._publish(body, previous, status, outcome)
         return outcome

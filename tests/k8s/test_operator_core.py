@@ -395,3 +395,52 @@ def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: O
     assert snapshot() == before, operator.tail()
     assert "cache primed" in operator.log()
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- autoscaling
+
+
+def test_autoscaling_renders_what_its_metric_needs_and_reports_the_hpas_conditions(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """CPU scaling without a CPU request is refused; CPU and queue HPAs; their conditions in status.
+
+    The local control plane serves neither the resource nor the custom metrics API, so the
+    real HPA controller reports ``ScalingActive=False`` — which the BertServer must show, instead
+    of a Ready BertServer that silently never scales.
+    """
+    ns = "autoscale"
+    cluster.create_namespace(ns)
+    refused = apply_yaml(cluster, bertserver("nocpu", autoscaling={"enabled": True}), ns, check=False)
+    assert refused.returncode != 0
+    assert "autoscaling.metric cpu needs resources.cpu" in refused.stderr, refused.stderr
+
+    cpu = {"resources": {"gpus": 0, "cpu": "0.5"}, "autoscaling": {"enabled": True, "maxReplicas": 3}}
+    queue = {"autoscaling": {"enabled": True, "metric": "queue", "targetQueuedSentencesPerPod": 64}}
+    apply_yaml(cluster, bertserver("cpu", **cpu) + "---\n" + bertserver("queue", **queue), ns)
+
+    def scaling_active(name: str) -> dict[str, Any]:
+        cond = condition(bs(cluster, ns, name), "ScalingActive")
+        return cond if cond.get("status") == "False" else {}
+
+    cond = wait_for(lambda: scaling_active("cpu"), 60, "cpu: ScalingActive=False mirrored from the HPA")
+    assert cond["reason"] == "FailedGetResourceMetric", cond
+    hpa = get_json(cluster, "hpa", "cpu", "-n", ns)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    dep = get_json(cluster, "deployment", "cpu", "-n", ns)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "500m"
+    assert condition(bs(cluster, ns, "cpu"), "AbleToScale").get("status") == "True"
+
+    cond = wait_for(lambda: scaling_active("queue"), 60, "queue: ScalingActive=False mirrored from the HPA")
+    assert cond["reason"] == "FailedGetPodsMetric", cond
+    (metric,) = get_json(cluster, "hpa", "queue", "-n", ns)["spec"]["metrics"]
+    assert metric == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "bertserve_queue_depth_sentences"},
+            "target": {"type": "AverageValue", "averageValue": "64"},
+        },
+    }
+    warnings = [e for e in events_for(cluster, ns, "queue") if e["type"] == "Warning"]
+    assert any("ScalingActive=False" in e["message"] for e in warnings), warnings
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -99,7 +99,7 @@ def bertserver(**spec_changes: Any) -> dict[str, Any]:
             "tunedModelDir": "mrpc_output",
             "ckptName": "model.ckpt-343",
         },
-        "resources": {"gpus": 1},
+        "resources": {"gpus": 1, "cpu": "1"},
     }
     spec.update(spec_changes)
     return {
