@@ -145,6 +145,8 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
     restarted, last exited with an error and is not ready is crash-looping in every phase.
     """
     name = cs.get("name", "?")
+    restarts = int(cs.get("restartCount") or 0)
+    after = f" after {restarts} restarts" if restarts else ""
     waiting = _get(cs, "state", "waiting")
     reason = _get(waiting, "reason")
     if reason in BAD_WAITING_REASONS:
@@ -152,19 +154,13 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
         last = _last_exit(cs)
         if last:
             detail = last + (f": {detail}" if detail else "")
-        return Problem(
-            str(reason), _short(f"pod {pod_name} {what} {name}: {reason}" + (f": {detail}" if detail else ""))
-        )
+        message = f"pod {pod_name} {what} {name}: {reason}{after}" + (f": {detail}" if detail else "")
+        return Problem(str(reason), _short(message))
     terminated = _get(cs, "lastState", "terminated") or _get(cs, "state", "terminated")
-    restarts = int(cs.get("restartCount") or 0)
     failed = terminated and int(_get(terminated, "exitCode", default=1)) != 0
     if failed and not cs.get("ready") and (restarts > 0 or _get(cs, "state", "terminated")):
-        return Problem(
-            CRASH_LOOP,
-            _short(
-                f"pod {pod_name} {what} {name}: {CRASH_LOOP}: restarted {restarts} times, {_last_exit(cs)}"
-            ),
-        )
+        message = f"pod {pod_name} {what} {name}: {CRASH_LOOP}{after}: {_last_exit(cs)}"
+        return Problem(CRASH_LOOP, _short(message))
     return None
 
 
