@@ -327,8 +327,9 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
     apply_yaml(cluster, bertserver("i", **CONVERGING_SPEC), ns)
     wait_ready(cluster, operator, ns, "i")
     cluster.kubectl("set", "env", "deployment/i", "-n", ns, "ADDED_BY_HAND=1")
+    cluster.kubectl("rollout", "status", "deployment/i", "-n", ns, "--timeout=60s")
     wait_ready(cluster, operator, ns, "i")
-    dep = get_json(cluster, "deployment", "i", "-n", ns)
+    dep = get_json(cluster, "deployment", "i", "-n", ns, "--show-managed-fields")
     res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "500m", "memory": "2Gi"}, res  # the API server canonicalized them
 
@@ -344,9 +345,13 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
         f"{rounds} resync rounds",
     )
     assert writes() == patches, operator.tail()
-    after = get_json(cluster, "deployment", "i", "-n", ns)
+    after = get_json(cluster, "deployment", "i", "-n", ns, "--show-managed-fields")
     assert after["metadata"]["generation"] == dep["metadata"]["generation"]
-    assert after["metadata"]["resourceVersion"] == dep["metadata"]["resourceVersion"]
+
+    def ours(obj: dict[str, Any]) -> list[Any]:  # the operator's field-manager entries, with their times
+        return [m for m in obj["metadata"]["managedFields"] if m["manager"] == names.FIELD_MANAGER]
+
+    assert ours(after) == ours(dep)
     env = {e["name"] for e in after["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "ADDED_BY_HAND" in env  # not ours: tolerated, not fought over
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
