@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 from bert_serving.client import BertClient
-from ports import free_port
+from ports import free_ports
 from server_harness import write_model_dir
 
 HELPERS = Path(__file__).resolve().parent
@@ -71,7 +71,7 @@ class ServerProcess:
 
 
 def server_flags(model_dir: Path, *switches: str, **extra: str) -> tuple[list[str], dict[str, int]]:
-    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port()}
+    ports = dict(zip(("port", "port_out", "http_port"), free_ports(3), strict=True))
     flags = (
         [
             f"-model_dir={model_dir}",

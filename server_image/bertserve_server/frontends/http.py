@@ -10,6 +10,8 @@ clients without timeouts (reference §4). Here aiohttp serves straight from the 
   this frontend's own counters in the shape 1.10.0's pooled client reported.
 * ``POST /v1/embeddings`` — OpenAI-compatible (``input`` string or list, ``model``,
   ``encoding_format`` ``float``/``base64``, ``usage``), OpenAI error bodies.
+* ``POST /predict`` (``-classifier``) — ``{"inputs", "raw_scores"}`` → per input the head's labels
+  with softmax probabilities (or logits), best first; Text Embeddings Inference's request shape.
 * ``GET /healthz`` (the process is alive), ``GET /readyz`` (model loaded and warmed up, not
   draining; 503 otherwise), ``GET /metrics`` (Prometheus).
 
@@ -41,15 +43,26 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
+<<<<<<< HEAD
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+=======
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+>>>>>>> main
 
 import numpy as np
 from aiohttp import web
 
+<<<<<<< HEAD
 from bertserve_api.contract import API_KEY_ENV, SERVER_VERSION, PoolingStrategy, ServerConfig
+=======
+from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
+from bertserve_server.classifier import ranked
+>>>>>>> main
 from bertserve_server.errors import (
     Busy,
     InvalidInput,
@@ -61,13 +74,18 @@ from bertserve_server.errors import (
     openai_error_body,
 )
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
-from bertserve_server.service import EncodeAnswer, EncodeService
+from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
+<<<<<<< HEAD
 from bertserve_server.validation import decode_json, decode_utf8_in_slices, validate_texts
+=======
+from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_examples, validate_texts
+>>>>>>> main
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+<<<<<<< HEAD
 Access = Literal["open", "key", "metrics"]
 T = TypeVar("T")
 
@@ -84,6 +102,9 @@ class Route:
     path: str
     handler: Handler
     access: Access
+=======
+Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
+>>>>>>> main
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -169,6 +190,7 @@ class HttpFrontend:
         ]
 
     def build_app(self) -> web.Application:
+<<<<<<< HEAD
         app = web.Application(
             client_max_size=self.config.max_request_bytes,
             middlewares=[self._cors_middleware, self._auth_middleware],
@@ -176,6 +198,17 @@ class HttpFrontend:
         for route in self.routes():
             app.router.add_route(route.method, route.path, route.handler)
             self._access[(route.method, route.path)] = route.access
+=======
+        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._cors_middleware])
+        app.router.add_post("/encode", self.encode)
+        app.router.add_get("/status/server", self.status_server)
+        app.router.add_get("/status/client", self.status_client)
+        app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/predict", self.predict)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_text)
+>>>>>>> main
         return app
 
     def start(self, timeout: float = 10.0) -> None:
@@ -346,6 +379,10 @@ class HttpFrontend:
         return data
 
     async def _run_encode(self, texts: Any, is_tokenized: bool | None, client: str) -> EncodeAnswer:
+        return await self._admit(lambda: self.service.submit(texts, is_tokenized=is_tokenized), texts, client)
+
+    async def _admit(self, submit: Callable[[], Future[Answer]], rows: list[Any], client: str) -> Answer:
+        """Run one model request under ``-http_max_connect`` (encode and predict share the slots)."""
         if self._in_flight >= self._slots:
             raise Busy(
                 f"too many concurrent HTTP encode requests ({self._in_flight}, "
@@ -355,11 +392,16 @@ class HttpFrontend:
         self._in_flight += 1
         self._num_request += 1
         try:
+<<<<<<< HEAD
             if isinstance(texts, list) and len(texts) * 64 > OFFLOAD_BYTES:  # validation walks every element
                 future = await self._off_loop(lambda: self.service.submit(texts, is_tokenized=is_tokenized))
             else:
                 future = self.service.submit(texts, is_tokenized=is_tokenized)
             self.status.statistic.record(client, len(texts), system=False)
+=======
+            future = submit()
+            self.status.statistic.record(client, len(rows), system=False)
+>>>>>>> main
             return await asyncio.wrap_future(future)
         finally:
             self._in_flight -= 1
@@ -373,9 +415,10 @@ class HttpFrontend:
         body = openai_error_body(err) if openai else http_error_body(err)
         return _json(body, status=err.http_status, headers=http_headers(err))
 
-    def _done(self, kind: str, answer: EncodeAnswer, started: float) -> None:
+    def _done(self, kind: str, answer: EncodeAnswer | PredictAnswer, started: float) -> None:
         self._count(kind, "ok")
-        self.metrics.sentences.labels(frontend="http").inc(answer.embeddings.shape[0])
+        rows = answer.embeddings if isinstance(answer, EncodeAnswer) else answer.logits
+        self.metrics.sentences.labels(frontend="http").inc(rows.shape[0])
         self.metrics.request_seconds.labels(frontend="http").observe(time.perf_counter() - started)
 
     # -- bert-as-service API ---------------------------------------------------------------------
@@ -410,6 +453,37 @@ class HttpFrontend:
     @staticmethod
     def _large(answer: EncodeAnswer) -> bool:
         return int(answer.embeddings.size) * 8 > OFFLOAD_BYTES
+
+    # -- classifier head (-classifier) -------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.Response:
+        self._open += 1
+        try:
+            return await self._predict(request)
+        finally:
+            self._open -= 1
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            if "inputs" not in body:
+                raise InvalidInput(
+                    'missing "inputs": send {"inputs": "text"}, {"inputs": ["text_a", "text_b"]} '
+                    "or an array of those"
+                )
+            raw_scores = body.get("raw_scores", False)
+            if not isinstance(raw_scores, bool):
+                raise InvalidInput(f"raw_scores must be true or false, got {raw_scores!r}")
+            examples, batched = validate_examples(body["inputs"])
+            answer = await self._admit(
+                lambda: self.service.submit_predict(examples), examples, f"http:{request.remote}"
+            )
+        except Exception as exc:
+            return self._error("predict", as_serve_error(exc))
+        self._done("predict", answer, started)
+        results = ranked(answer.logits, answer.labels, raw_scores=raw_scores)
+        return _json(results if batched else results[0])
 
     async def status_server(self, request: web.Request) -> web.Response:
         self.status.statistic.record(f"http:{request.remote}", 0, system=True)
