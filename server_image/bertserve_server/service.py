@@ -21,13 +21,8 @@ import numpy as np
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.batcher import Batcher, Reservation
-<<<<<<< HEAD
-from bertserve_server.encoder import TokenizedInput
-from bertserve_server.errors import NotReady, RequestTooLarge, ServeError, as_serve_error
-=======
 from bertserve_server.encoder import CLASSIFY, ENCODE, Task, TokenizedInput
-from bertserve_server.errors import NoClassifier, NotReady, ServeError, as_serve_error
->>>>>>> main
+from bertserve_server.errors import NoClassifier, NotReady, RequestTooLarge, ServeError, as_serve_error
 from bertserve_server.metrics import Metrics
 from bertserve_server.validation import Example, validate_texts
 
@@ -239,14 +234,10 @@ class EncodeService:
 
         reservation.future.add_done_callback(finish)
         try:
-<<<<<<< HEAD
-            out_seq_len = self._out_seq_len(items)
-            self.check_output_bytes(len(items), out_seq_len)
-            self.batcher.enqueue(reservation, items, out_seq_len)
-=======
             out_seq_len = self._out_seq_len(items) if task == ENCODE else None
+            if task == ENCODE:
+                self.check_output_bytes(len(items), out_seq_len)
             self.batcher.enqueue(reservation, items, out_seq_len, task=task)
->>>>>>> main
         except Exception as exc:
             error = exc if isinstance(exc, ServeError) else as_serve_error(exc)
             self.batcher.cancel(reservation, error)

@@ -166,11 +166,6 @@ class BertTokenizer:
             if not isinstance(text, str):
                 raise TypeError(f"element {i} must be a string, got {type(text).__name__}")
             first, second = self._split_pair(text)
-<<<<<<< HEAD
-            cut = self.max_chars
-            firsts.append(first[:cut])
-            seconds.append(None if second is None else second[:cut])
-=======
             firsts.append(first)
             seconds.append(second)
         return self._assemble_texts(firsts, seconds, mask_specials=self.mask_cls_sep)
@@ -178,7 +173,9 @@ class BertTokenizer:
     def _assemble_texts(
         self, firsts: list[str], seconds: list[str | None], *, mask_specials: bool
     ) -> list[TokenizedInput]:
->>>>>>> main
+        cut = self.max_chars  # a 64 MiB sentence costs WordPiece no more than a long one
+        firsts = [first[:cut] for first in firsts]
+        seconds = [None if second is None else second[:cut] for second in seconds]
         segments = firsts + [s for s in seconds if s is not None]
         pieces = self.wordpiece_ids(segments)
         out = []

@@ -43,26 +43,16 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-<<<<<<< HEAD
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-=======
-from concurrent.futures import Future
-from pathlib import Path
-from typing import Any, TypeVar
->>>>>>> main
 
 import numpy as np
 from aiohttp import web
 
-<<<<<<< HEAD
 from bertserve_api.contract import API_KEY_ENV, SERVER_VERSION, PoolingStrategy, ServerConfig
-=======
-from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
 from bertserve_server.classifier import ranked
->>>>>>> main
 from bertserve_server.errors import (
     Busy,
     InvalidInput,
@@ -76,18 +66,14 @@ from bertserve_server.errors import (
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
 from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
-<<<<<<< HEAD
-from bertserve_server.validation import decode_json, decode_utf8_in_slices, validate_texts
-=======
-from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_examples, validate_texts
->>>>>>> main
+from bertserve_server.validation import decode_json, decode_utf8_in_slices, validate_examples, validate_texts
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-<<<<<<< HEAD
 Access = Literal["open", "key", "metrics"]
 T = TypeVar("T")
+Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
 
 OFFLOAD_BYTES = 256 * 1024
 """Bodies (and results, as float count x 8) above this are parsed/serialized off the event loop."""
@@ -102,9 +88,6 @@ class Route:
     path: str
     handler: Handler
     access: Access
-=======
-Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
->>>>>>> main
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -184,13 +167,13 @@ class HttpFrontend:
             Route("GET", "/status/server", self.status_server, "key"),
             Route("GET", "/status/client", self.status_client, "key"),
             Route("POST", "/v1/embeddings", self.embeddings, "key"),
+            Route("POST", "/predict", self.predict, "key"),
             Route("GET", "/healthz", self.healthz, "open"),
             Route("GET", "/readyz", self.readyz, "open"),
             Route("GET", "/metrics", self.metrics_text, "metrics"),
         ]
 
     def build_app(self) -> web.Application:
-<<<<<<< HEAD
         app = web.Application(
             client_max_size=self.config.max_request_bytes,
             middlewares=[self._cors_middleware, self._auth_middleware],
@@ -198,17 +181,6 @@ class HttpFrontend:
         for route in self.routes():
             app.router.add_route(route.method, route.path, route.handler)
             self._access[(route.method, route.path)] = route.access
-=======
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._cors_middleware])
-        app.router.add_post("/encode", self.encode)
-        app.router.add_get("/status/server", self.status_server)
-        app.router.add_get("/status/client", self.status_client)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/predict", self.predict)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_text)
->>>>>>> main
         return app
 
     def start(self, timeout: float = 10.0) -> None:
@@ -392,16 +364,11 @@ class HttpFrontend:
         self._in_flight += 1
         self._num_request += 1
         try:
-<<<<<<< HEAD
-            if isinstance(texts, list) and len(texts) * 64 > OFFLOAD_BYTES:  # validation walks every element
-                future = await self._off_loop(lambda: self.service.submit(texts, is_tokenized=is_tokenized))
+            if len(rows) * 64 > OFFLOAD_BYTES:  # validation walks every element: off the loop
+                future = await self._off_loop(submit)
             else:
-                future = self.service.submit(texts, is_tokenized=is_tokenized)
-            self.status.statistic.record(client, len(texts), system=False)
-=======
-            future = submit()
+                future = submit()
             self.status.statistic.record(client, len(rows), system=False)
->>>>>>> main
             return await asyncio.wrap_future(future)
         finally:
             self._in_flight -= 1
@@ -480,7 +447,7 @@ class HttpFrontend:
                 lambda: self.service.submit_predict(examples), examples, f"http:{request.remote}"
             )
         except Exception as exc:
-            return self._error("predict", as_serve_error(exc))
+            return self._error("predict", as_request_error(exc))
         self._done("predict", answer, started)
         results = ranked(answer.logits, answer.labels, raw_scores=raw_scores)
         return _json(results if batched else results[0])
