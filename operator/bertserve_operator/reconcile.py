@@ -31,6 +31,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -145,8 +146,10 @@ class Reconciler:
         apply_threads: int = 0,
         stuck_recheck_seconds: float = 10.0,
         max_event_lookups: int = 3,
+        observe_apply: Callable[[str, float], None] | None = None,
     ) -> None:
         self.kube = kube
+        self.observe_apply = observe_apply  # (kind, seconds) of each apply, for the metrics
         self.stuck_recheck_seconds = stuck_recheck_seconds
         self.max_event_lookups = max_event_lookups
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
@@ -328,7 +331,10 @@ class Reconciler:
         return deployment
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        started = time.monotonic()
         applied = self.kube.apply(with_applied_hash(obj))
+        if self.observe_apply is not None:
+            self.observe_apply(str(obj["kind"]), time.monotonic() - started)
         self.cache.put_child(applied)
         outcome.applied.append(str(obj["kind"]))
         log.info("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -66,6 +66,9 @@ def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
         "port_out": port_out,
         "cpu": True,
         "drain_timeout": 5.0,
+        # The frame-level protocol tests use short readable identities (b"cfg-client"); the
+        # -min_identity_len default (16) is exercised by tests that leave this out or set it.
+        "min_identity_len": 1,
     }
     base.update(flags)
     if isinstance(base.get("pooling_strategy"), str):
