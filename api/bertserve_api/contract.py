@@ -28,6 +28,9 @@ SERVER_VERSION = "1.10.0"
 
 MAX_SEQ_LEN_NONE = "NONE"
 
+API_KEY_ENV = "BERTSERVE_API_KEY"
+"""Environment variable holding the optional HTTP API key (never a flag: args are visible to all)."""
+
 
 class PoolingStrategy(enum.Enum):
     """Pooling strategies with bert-as-service's integer values (sent as ints in SHOW_CONFIG).
@@ -58,7 +61,9 @@ class PoolingStrategy(enum.Enum):
         return self.name
 
 
-FlagKind = Literal["str", "opt_str", "int", "opt_int", "float", "bool", "int_list", "seq_len", "pooling"]
+FlagKind = Literal[
+    "str", "opt_str", "int", "opt_int", "float", "bool", "int_list", "str_list", "seq_len", "pooling"
+]
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,69 @@ def _flags() -> tuple[Flag, ...]:
             "port replicas use to forward answers to each other",
             classic=False,
         ),
+        f(
+            "peer_key_file",
+            "peer_key_file",
+            "opt_str",
+            "file holding the mesh's shared secret (at least 32 random bytes); required with "
+            "-peer_service: replicas without the same secret cannot join the mesh",
+            classic=False,
+        ),
         f("log_format", "log_format", "str", "text or json", classic=False),
+        f(
+            "min_identity_len",
+            "min_identity_len",
+            "int",
+            "shortest subscription accepted on -port_out, in bytes (1.10.0 clients subscribe to a "
+            "36-byte UUID); shorter ones, the empty topic included, are refused",
+            classic=False,
+        ),
+        f(
+            "max_request_bytes",
+            "max_request_bytes",
+            "int",
+            "largest request accepted, in bytes: ZeroMQ frames (MAXMSGSIZE) and HTTP bodies",
+            classic=False,
+        ),
+        f(
+            "max_response_bytes",
+            "max_response_bytes",
+            "int",
+            "largest result one request may produce, in bytes (sentences x output width x dtype); "
+            "larger requests are refused as too_large before anything is allocated",
+            classic=False,
+        ),
+        f(
+            "heartbeat_timeout",
+            "heartbeat_timeout",
+            "float",
+            "seconds without traffic after which a ZeroMQ connection (client or peer) is dropped "
+            "and its subscription forgotten",
+            classic=False,
+        ),
+        f(
+            "protect_metrics",
+            "protect_metrics",
+            "bool",
+            "require the HTTP API key (env BERTSERVE_API_KEY) on /metrics too",
+            classic=False,
+        ),
+        f(
+            "classifier",
+            "classifier",
+            "bool",
+            "also load the checkpoint's run_classifier.py head (output_weights, output_bias) and "
+            "serve class probabilities at HTTP POST /predict",
+            classic=False,
+        ),
+        f(
+            "classifier_labels",
+            "classifier_labels",
+            "str_list",
+            "comma-separated names of the head's labels, in output order (default 0,1,...,n-1); "
+            "as many as the head has",
+            classic=False,
+        ),
     )
 
 
@@ -285,7 +352,15 @@ class ServerConfig:
     enable_termination: bool = False
     peer_service: str | None = None
     peer_port: int = 5557
+    peer_key_file: str | None = None
     log_format: str = "text"
+    min_identity_len: int = 16
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = 1024 * 1024 * 1024
+    heartbeat_timeout: float = 30.0
+    protect_metrics: bool = False
+    classifier: bool = False
+    classifier_labels: tuple[str, ...] = ()
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -340,6 +415,11 @@ def _integer(text: str) -> int:
     return value
 
 
+def _str_list(text: str) -> tuple[str, ...]:
+    """``a,b,c`` → ``("a", "b", "c")`` (each stripped); an empty string is the empty list."""
+    return tuple(part.strip() for part in text.split(",")) if text.strip() else ()
+
+
 def _pooling(text: str) -> PoolingStrategy:
     try:
         return PoolingStrategy.from_string(text)
@@ -362,6 +442,8 @@ def build_arg_parser(prog: str = "bert-serving-start") -> argparse.ArgumentParse
             parser.add_argument(*names, action=action, **common)
         elif flag.kind == "int_list":
             parser.add_argument(*names, type=_integer, nargs="*", default=list(default or ()), **common)
+        elif flag.kind == "str_list":
+            parser.add_argument(*names, type=_str_list, default=default, **common)
         elif flag.kind == "seq_len":
             parser.add_argument(*names, type=_check_max_seq_len, default=default, **common)
         elif flag.kind == "pooling":
@@ -412,6 +494,9 @@ def to_argv(config: ServerConfig, *, only_changed: bool = True) -> list[str]:
         if flag.kind == "int_list":
             argv.append(f"-{flag.name}")
             argv.extend(str(v) for v in value)
+            continue
+        if flag.kind == "str_list":
+            argv.append(f"-{flag.name}={','.join(value)}")
             continue
         if value is None:
             if flag.kind == "seq_len":

@@ -764,9 +764,12 @@ class LocalCluster:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--allow-privileged=true",
-            # Adds tolerations for taints named after extended resources a pod requests,
-            # so GPU pods tolerate the nvidia.com/gpu taint without writing it.
-            "--enable-admission-plugins=ExtendedResourceToleration",
+            # ExtendedResourceToleration adds tolerations for taints named after extended
+            # resources a pod requests, so GPU pods tolerate the nvidia.com/gpu taint without
+            # writing it. OwnerReferencesPermissionEnforcement (on by default in OpenShift)
+            # admits an ownerReference with blockOwnerDeletion only from a client that may
+            # update the owner's finalizers: the operator's RBAC is tested under it.
+            "--enable-admission-plugins=ExtendedResourceToleration,OwnerReferencesPermissionEnforcement",
         ]
 
     def _real_node_apiserver_args(self) -> list[str]:

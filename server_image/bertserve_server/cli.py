@@ -10,7 +10,8 @@ line that names the flag and the fix, exit code 2:
 * ``-model_dir`` without ``bert_config.json`` (``-config_name``) or ``vocab.txt``;
 * a ``-ckpt_name`` prefix that is not in the checkpoint directory (the ones that are, listed);
 * ``-max_seq_len`` above the config's ``max_position_embeddings``;
-* a ``-pooling_layer`` outside the model's layers; and a few impossible numbers.
+* a ``-pooling_layer`` outside the model's layers; ``-classifier_labels`` without ``-classifier``,
+  empty or repeated; and a few impossible numbers.
 """
 
 from __future__ import annotations
@@ -47,7 +48,15 @@ def banner(config: ServerConfig, argv: Sequence[str]) -> str:
 
 
 def _check_numbers(config: ServerConfig) -> None:
-    positive = ("num_worker", "max_batch_size", "max_queue_size", "http_max_connect")
+    positive = (
+        "num_worker",
+        "max_batch_size",
+        "max_queue_size",
+        "http_max_connect",
+        "min_identity_len",
+        "max_request_bytes",
+        "max_response_bytes",
+    )
     for dest in positive:
         if getattr(config, dest) < 1:
             raise ConfigurationError(f"-{dest} must be at least 1, got {getattr(config, dest)}")
@@ -58,6 +67,10 @@ def _check_numbers(config: ServerConfig) -> None:
     for dest in ("max_wait_ms", "drain_timeout"):
         if getattr(config, dest) < 0:
             raise ConfigurationError(f"-{dest} must be >= 0, got {getattr(config, dest)}")
+    if config.heartbeat_timeout < 0.1:
+        raise ConfigurationError(
+            f"-heartbeat_timeout must be at least 0.1 seconds, got {config.heartbeat_timeout}"
+        )
     if config.log_format not in ("text", "json"):
         raise ConfigurationError(f"-log_format must be text or json, got {config.log_format!r}")
     ports = {"port": config.port, "port_out": config.port_out, "http_port": config.http_port}
@@ -73,6 +86,28 @@ def _check_numbers(config: ServerConfig) -> None:
         seen[port] = name
     if any(d < 0 for d in config.device_map):
         raise ConfigurationError("-device_map takes GPU ids (0, 1, …); use -cpu for the CPU")
+    _check_classifier(config)
+
+
+#: Most labels ``-classifier_labels`` takes (the CRD's limit too).
+MAX_CLASSIFIER_LABELS = 64
+
+
+def _check_classifier(config: ServerConfig) -> None:
+    labels = config.classifier_labels
+    if not labels:
+        return
+    if not config.classifier:
+        raise ConfigurationError("-classifier_labels names the head's labels; it needs -classifier")
+    if any(not label for label in labels):
+        raise ConfigurationError(f"-classifier_labels has an empty label in {','.join(labels)!r}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigurationError(f"-classifier_labels names {', '.join(duplicates)} more than once")
+    if len(labels) > MAX_CLASSIFIER_LABELS:
+        raise ConfigurationError(
+            f"-classifier_labels names {len(labels)} labels; at most {MAX_CLASSIFIER_LABELS}"
+        )
 
 
 def validate(config: ServerConfig) -> BertConfig:

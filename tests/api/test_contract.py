@@ -79,7 +79,15 @@ NON_DEFAULT = {
     "enable_termination": True,
     "peer_service": "mrpc-peers.ml.svc",
     "peer_port": 7000,
+    "peer_key_file": "/var/run/bertserve/peer-key/peer.key",
     "log_format": "json",
+    "min_identity_len": 32,
+    "max_request_bytes": 1048576,
+    "max_response_bytes": 268435456,
+    "heartbeat_timeout": 2.5,
+    "protect_metrics": True,
+    "classifier": True,
+    "classifier_labels": ("not_paraphrase", "paraphrase"),
 }
 
 
@@ -176,3 +184,15 @@ def test_show_config_sends_pooling_strategy_as_int_and_lists():
 def test_config_fields_and_flags_agree():
     field_names = {f.name for f in dataclasses.fields(ServerConfig)} - {"_extra"}
     assert field_names == {flag.dest for flag in FLAGS}
+
+
+def test_classifier_labels_are_comma_separated_and_stripped():
+    config = parse_argv(["-model_dir=/m", "-classifier", "-classifier_labels", "no, yes"])
+    assert config.classifier is True
+    assert config.classifier_labels == ("no", "yes")
+    assert to_argv(config) == ["-model_dir=/m", "-classifier", "-classifier_labels=no,yes"]
+    assert parse_argv(["-model_dir=/m"]).classifier_labels == ()
+    assert ServerConfig(model_dir="/m", classifier_labels=("a", "b")).show_config()["classifier_labels"] == [
+        "a",
+        "b",
+    ]

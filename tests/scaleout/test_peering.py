@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 import requests
 import zmq
-from ports import free_port
+from ports import free_port, free_ports
 from server_harness import fake_server, wait_until
 
-from bertserve_server import peering
 from bertserve_server.app import BertServer
-from bertserve_server.peer_discovery import parse_peer_service, resolve
-from bertserve_server.peer_handoff import hand_off_connections
+from bertserve_server.mesh import node as mesh_node
+from bertserve_server.mesh.discovery import parse_peer_service, resolve
+from bertserve_server.mesh.handoff import hand_off_connections
 
 
 def spec_of(ports: list[int]) -> str:
@@ -36,7 +36,7 @@ def spec_of(ports: list[int]) -> str:
 @contextlib.contextmanager
 def mesh(tmp_path: Path, count: int, *, extra_slots: int = 0, **flags) -> Iterator[list[BertServer]]:
     """``count`` started replicas sharing one peer list (plus ``extra_slots`` unused addresses)."""
-    ports = [free_port() for _ in range(count + extra_slots)]
+    ports = free_ports(count + extra_slots)
     with contextlib.ExitStack() as stack:
         servers = [
             stack.enter_context(
@@ -83,7 +83,7 @@ def encode_frames(identity: bytes, texts: list[str], req_id: int) -> list[bytes]
 def announced(server: BertServer, identity: bytes) -> bool:
     """Whether ``server`` has learned, through gossip, that some peer holds ``identity``."""
     assert server.peering is not None
-    return any(node.matches(identity) for node in list(server.peering._nodes.values()))
+    return server.peering.peers.announced(identity)
 
 
 def metric(server: BertServer, name: str, **labels: str) -> float:
@@ -123,15 +123,13 @@ def test_a_bad_peer_service_fails_start_up_in_one_line(tmp_path):
 
 
 def test_not_ready_until_the_peer_list_resolves_and_includes_this_replica(tmp_path, monkeypatch):
-    monkeypatch.setattr(peering, "RESOLVE_INTERVAL_S", 0.2)
+    monkeypatch.setattr(mesh_node, "RESOLVE_INTERVAL_S", 0.2)
     with fake_server(tmp_path / "a", peer_service="no-such-host.invalid", http_port=0) as unresolved:
         status, body = readyz(unresolved)
         assert status == 503 and "has not resolved" in body["reason"]
         assert unresolved.service.unready_reason() is not None
-    other = free_port()
-    with fake_server(
-        tmp_path / "b", peer_service=f"127.0.0.1:{other}", peer_port=free_port(), http_port=0
-    ) as alone:
+    other, own = free_ports(2)
+    with fake_server(tmp_path / "b", peer_service=f"127.0.0.1:{other}", peer_port=own, http_port=0) as alone:
         wait_until(lambda: "not (yet) among" in readyz(alone)[1].get("reason", ""), 10, "self-check")
 
 
@@ -149,7 +147,7 @@ def test_ready_once_connected_to_every_listed_peer_ignoring_addresses_where_noth
 
 
 def test_a_peer_that_accepts_but_never_handshakes_delays_readiness_for_the_grace_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(peering, "PEER_GRACE_S", 1.5)
+    monkeypatch.setattr(mesh_node, "PEER_GRACE_S", 1.5)
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
     mute.listen(8)  # accepts TCP, never speaks ZMTP: a pod that is there but not (yet) a peer
@@ -209,7 +207,7 @@ def test_an_answer_waits_for_a_subscription_that_appears_later_anywhere(tmp_path
 
 
 def test_an_answer_nobody_subscribes_to_is_dropped_counted_and_logged(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(peering, "SUBSCRIPTION_WAIT_S", 0.5)
+    monkeypatch.setattr(mesh_node, "SUBSCRIPTION_WAIT_S", 0.5)
     with mesh(tmp_path, 2) as (a, _b):
         push(a, *encode_frames(b"nobody", ["hello"], 1))
         wait_until(
@@ -217,7 +215,7 @@ def test_an_answer_nobody_subscribes_to_is_dropped_counted_and_logged(tmp_path, 
             5,
             "the drop",
         )
-        assert metric(a, "bertserve_zmq_undeliverable_replies_total") == 1
+        assert metric(a, "bertserve_answers_dropped_total", reason="no_subscriber") == 1
         wait_until(lambda: "no replica announced its subscription" in caplog.text, 5, "the log line")
 
 
@@ -240,7 +238,7 @@ def test_a_subscriber_that_moves_gets_its_answers_at_the_new_replica(tmp_path):
 
 
 def test_a_replica_restarted_at_the_same_address_is_recognised(tmp_path):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = spec_of(ports)
     with fake_server(tmp_path / "a", peer_service=spec, peer_port=ports[0], http_port=0) as a:
         with fake_server(tmp_path / "b1", peer_service=spec, peer_port=ports[1], http_port=0) as b1:
