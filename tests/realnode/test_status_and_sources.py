@@ -72,11 +72,6 @@ def test_a_real_crash_loop_is_reported_as_crash_loop_back_off(
     assert "max_position_embeddings" in logs.stdout + logs.stderr, logs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the operator derives status from pods only; FailedMount exists only as a pod Event "
-    "(the pod stays ContainerCreating), so status says Starting: see the issue 17 report",
-)
 def test_a_real_missing_volume_is_reported_as_failed_mount(real_cluster: Any, namespace: str) -> None:
     apply(real_cluster, [bertserver("nomount", {"hostPath": {"path": "/nonexistent/bertserve-models"}})])
     degraded = _degraded_reason(real_cluster, "nomount", "FailedMount")
