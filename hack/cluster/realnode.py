@@ -849,6 +849,21 @@ class RealNode:
         out = self._ctr("images", "ls").stdout.splitlines()[1:]
         return {line.split()[0]: line.split()[2] for line in out if line.strip()}
 
+    def image_unpacked(self) -> dict[str, str]:
+        """Image name → digest, for images whose layers are unpacked for the CRI's snapshotter.
+
+        An interrupted import leaves the name pointing at a manifest that is not unpacked; the
+        kubelet would then unpack multi-GB layers inside CreateContainer and hit its 2-minute
+        deadline (``context deadline exceeded``), so such an image is imported again.
+        """
+        out = self._ctr("images", "check").stdout.splitlines()[1:]
+        found = {}
+        for line in out:
+            parts = line.split()
+            if len(parts) > 3 and parts[-1] == "true":
+                found[parts[0]] = parts[2]
+        return found
+
     def import_archive(self, archive: Path, base_name: str, timeout: float = 1200.0) -> str:
         """Import an OCI archive as ``<base_name>:<its tag>`` unless that exact manifest is there.
 
@@ -862,7 +877,7 @@ class RealNode:
         desc = index["manifests"][0]
         tag = desc.get("annotations", {}).get("org.opencontainers.image.ref.name", "latest")
         name = f"{base_name}:{tag}"
-        if self.image_digests().get(name) == desc["digest"]:
+        if self.image_unpacked().get(name) == desc["digest"]:
             return name
         # --local: unpack in this process rather than through containerd's transfer service;
         # --discard-unpacked-layers: the compressed layers go once unpacked (GBs for the server).
@@ -878,9 +893,11 @@ class RealNode:
             str(archive),
             timeout=timeout,
         )
-        got = self.image_digests().get(name)
+        got = self.image_unpacked().get(name)
         if got != desc["digest"]:
-            raise RealNodeError(f"importing {archive} gave {name} at {got}, expected {desc['digest']}")
+            raise RealNodeError(
+                f"importing {archive} gave {name} at {got} (unpacked), expected {desc['digest']}"
+            )
         return name
 
     def _pause_archive(self) -> Path:
