@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertserve_api import names
-from bertserve_api.contract import ServerConfig, to_argv
+from bertserve_api.contract import DEFAULTS, ServerConfig, to_argv
 from bertserve_api.spec import BertServerSpec, ModelSpec, to_dict
 
 MODEL_MOUNT = "/models"
@@ -129,6 +129,46 @@ def model_summary(model: ModelSpec) -> str:
     return f"{model.pretrained_path}/{model.ckpt_name}"
 
 
+def served_model(args: list[str] | tuple[str, ...]) -> str:
+    """:func:`model_summary` of the model a pod's server arguments load ("" when unknown).
+
+    Status reports what ready pods serve, so it is read back from their arguments (the same
+    ``-model_dir``/``-tuned_model_dir``/``-ckpt_name`` the pod runs with), not from the spec.
+    """
+    values = {}
+    for arg in args:
+        name, sep, value = str(arg).lstrip("-").partition("=")
+        if sep:
+            values[name] = value
+    if "model_dir" not in values:
+        return ""
+
+    def relative(path: str) -> str:
+        return posixpath.relpath(path, MODEL_MOUNT) if path.startswith(MODEL_MOUNT + "/") else path
+
+    ckpt = values.get("ckpt_name", str(DEFAULTS["ckpt_name"]))
+    tuned = values.get("tuned_model_dir")
+    if tuned:
+        return f"{relative(values['model_dir'])} + {relative(tuned)}/{ckpt}"
+    return f"{relative(values['model_dir'])}/{ckpt}"
+
+
+def served_classifier(args: list[str] | tuple[str, ...]) -> str:
+    """The classifier labels a pod's server arguments serve at ``/predict`` ("" without ``-classifier``).
+
+    Read back from the pod like :func:`served_model`: ``"not_paraphrase, paraphrase"``, or
+    ``"0..n-1"`` when the labels are left to the checkpoint's head.
+    """
+    flags = [str(arg).lstrip("-") for arg in args]
+    if "classifier" not in flags:
+        return ""
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if name == "classifier_labels" and sep and value:
+            return ", ".join(value.split(","))
+    return "0..n-1"
+
+
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
     """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
     host = f"{service_name(owner.name)}.{owner.namespace}.svc"
@@ -198,6 +238,9 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         max_wait_ms=serving.max_wait_ms,
         drain_timeout=drain,
         enable_termination=serving.enable_termination,
+        classifier=serving.classifier.enabled,
+        # Labels mean nothing without the head (and the server refuses them alone).
+        classifier_labels=serving.classifier.labels if serving.classifier.enabled else (),
         peer_service=peer_service_host(owner, options.cluster_domain),
         peer_port=PEER_PORT,
         log_format=options.server_log_format,
@@ -614,6 +657,9 @@ def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
         "spec": {
             "maxUnavailable": spec.disruption_budget.max_unavailable,
             "selector": {"matchLabels": names.selector_labels(owner.name)},
+            # A crash-looping (never ready) replica must not block node drains: evicting it
+            # cannot reduce availability.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 

@@ -406,3 +406,17 @@ def test_status_helpers_name_the_model_and_endpoints() -> None:
         "zmqOut": "mrpc.ml.svc:5556",
         "http": "http://mrpc.ml.svc:8125",
     }
+
+
+def test_classifier_renders_its_flags_and_labels_only_when_enabled() -> None:
+    labels = ["not_paraphrase", "paraphrase"]
+    args = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": True, "labels": labels}}}))[
+        "args"
+    ]
+    assert "-classifier" in args and "-classifier_labels=not_paraphrase,paraphrase" in args
+    assert parse_argv(args).classifier_labels == tuple(labels)
+    off = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": False, "labels": labels}}}))[
+        "args"
+    ]
+    assert not any(a.startswith("-classifier") for a in off)
+    assert not any(a.startswith("-classifier") for a in _container(_deployment(MRPC))["args"])

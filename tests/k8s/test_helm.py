@@ -164,7 +164,9 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm: Any) -> N
         {"kind": "ServiceAccount", "name": "rel-bertserve-operator", "namespace": "ops"}
     ]
     granted = _rules_grant(operator_role["rules"])
-    assert not any(r == "secrets" or v in ("*", "update", "deletecollection") for _, r, v in granted)
+    assert not any(r == "secrets" or v in ("*", "deletecollection") for _, r, v in granted)
+    # The one update: blockOwnerDeletion under OwnerReferencesPermissionEnforcement.
+    assert {(g, r) for g, r, v in granted if v == "update"} == {("bertserve.io", "bertservers/finalizers")}
     # Aggregated roles let namespace users work with BertServers.
     assert roles["rel-bertserve-operator-edit"]["metadata"]["labels"][
         "rbac.authorization.k8s.io/aggregate-to-edit"

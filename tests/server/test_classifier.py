@@ -8,11 +8,18 @@ pair cut by the longest-first truncation.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from numpy_bert import NumpyBert, reference_classifier
+from ports import free_ports
 
 from bertserve_server.classifier import LabelError, ranked, resolve_labels, softmax
 from bertserve_server.encoder import pad_batch
@@ -252,3 +259,118 @@ def test_finetuned_lookalike_head_loads_by_its_original_names(
     assert "classifier head" not in loaded.ignored, "a loaded head is not reported as ignored"
     without = load_encoder_weights(config, tiny_model_dir, "model.ckpt-343", str(tiny_finetuned_dir))
     assert without.ignored["classifier head"] == 2 and without.num_labels == 0
+
+
+# --- the real server process ----------------------------------------------------------------------
+
+
+def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bertserve_server.cli", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited early:\n{log.read_text(errors='replace')}"
+        try:
+            if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+@pytest.mark.tf
+def test_bert_serving_start_answers_predict_like_the_numpy_reference(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The MRPC-shaped case end to end, on the tiny model (start-up in seconds): sentence pairs
+    over HTTP, probabilities within 1e-4 of the numpy reference; labels in the status."""
+    rng = np.random.default_rng(343)
+    weights, bias = rng.normal(0.0, 2.0, (2, 32)).astype(np.float32), np.array([0.3, -0.3], np.float32)
+    tuned = _with_head(tiny_model_dir, tmp_path / "mrpc_output", weights, bias)
+    port, port_out, http_port = free_ports(3)
+    labels = ["not_paraphrase", "paraphrase"]
+    log = tmp_path / "server.log"
+    proc = _start(
+        [
+            f"-model_dir={tiny_model_dir}",
+            f"-tuned_model_dir={tuned}",
+            "-ckpt_name=model.ckpt-343",
+            "-bind_host=127.0.0.1",
+            "-cpu",
+            f"-port={port}",
+            f"-port_out={port_out}",
+            f"-http_port={http_port}",
+            "-max_seq_len=12",
+            "-classifier",
+            f"-classifier_labels={','.join(labels)}",
+        ],
+        log,
+    )
+    pairs = [
+        ("the dog is good", "it is a good dog"),
+        ("hello world", "good night"),
+        ("the cat is not a dog, it is a cat!", "a dog"),  # cut by the pair truncation at 12
+        ("i run", "you run"),
+    ]
+    try:
+        _wait_ready(proc, http_port, log)
+        r = requests.post(
+            f"http://127.0.0.1:{http_port}/predict", json={"inputs": [list(p) for p in pairs]}, timeout=60
+        )
+        assert r.status_code == 200, r.text
+        got = np.array(
+            [[{a["label"]: a["score"] for a in row}[label] for label in labels] for row in r.json()]
+        )
+        one = requests.post(
+            f"http://127.0.0.1:{http_port}/predict", json={"inputs": "i run ||| you run"}, timeout=60
+        )
+        assert one.json() == r.json()[3], "a pair written a ||| b is the same input"
+
+        tok = BertTokenizer(tiny_model_dir / "vocab.txt", max_seq_len=12, max_position_embeddings=64)
+        items = tok.tokenize_examples(pairs)
+        assert len(items[2]) == 12
+        batch = pad_batch(items, 12)
+        reference = NumpyBert.from_google_dir(tiny_model_dir, str(tuned / "model.ckpt-343"))
+        _, pooled = reference.forward(batch.input_ids, batch.input_mask, batch.type_ids)
+        _, want = reference_classifier(pooled, weights, bias)
+        assert want.max() - want.min() > 0.5, "the generated head should give decisive probabilities"
+        assert float(np.abs(got - want).max()) <= MAX_ABS_ERROR
+        assert "classifier head: 2 labels" in log.read_text()
+        status = requests.get(f"http://127.0.0.1:{http_port}/status/server", timeout=10).json()
+        assert status["classifier_labels"] == labels
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.tf
+def test_bert_serving_start_without_a_head_stops_with_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    port, port_out = free_ports(2)
+    log = tmp_path / "server.log"
+    proc = _start(
+        [
+            f"-model_dir={tiny_model_dir}",
+            "-cpu",
+            "-bind_host=127.0.0.1",
+            f"-port={port}",
+            f"-port_out={port_out}",
+            "-classifier",
+        ],
+        log,
+    )
+    assert proc.wait(120) == 1
+    errors = [line for line in log.read_text().splitlines() if "start-up failed" in line]
+    assert len(errors) == 1, log.read_text()
+    assert "lacks output_weights, output_bias" in errors[0]

@@ -190,9 +190,11 @@ def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_m
     server = ServerProcess([str(script), *flags], tmp_path / "server.log", **ports)
     try:
         seen = server.wait_ready(180)
-        assert seen[0] == 503 or len(seen) == 1  # HTTP answered before the model was ready
+        assert seen[-1] == 200 and set(seen[:-1]) <= {503}, seen  # never anything but "not ready yet"
         assert server.get("/healthz").status_code == 200
         log = server.log
+        # HTTP (probes) listens before the model loads, so a kubelet sees 503, not a refused port.
+        assert log.index("HTTP: listening on") < log.index("model loaded and warmed up")
         assert f"checkpoint (override by the fine-tuned model): {tiny_finetuned_dir}/model.ckpt-343" in log
         assert log.index("warm-up done") < log.index("all set, ready to serve request!")
         texts = ["hello world", "the dog is not a cat ||| good night", "un ##want"]

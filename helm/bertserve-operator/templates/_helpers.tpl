@@ -83,6 +83,12 @@ read-only pods (scheduler messages for status), events create, its own resource 
 - apiGroups: [bertserve.io]
   resources: [bertservers/status]
   verbs: [get, patch]
+# Children carry a controller ownerReference with blockOwnerDeletion: true; the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) admits that only
+# from someone who may update the owner's finalizers.
+- apiGroups: [bertserve.io]
+  resources: [bertservers/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
