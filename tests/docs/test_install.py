@@ -62,7 +62,18 @@ def fresh_cli(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, d
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
     wheels = work / "wheels"
     # The project's pinned build backend is in the test environment: build without fetching it.
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels, source)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "-w",
+        wheels,
+        source,
+    )
     for wheel in _wheelhouse_with_declared_dependencies().glob("*.whl"):
         shutil.copy2(wheel, wheels)
     venv = work / "venv"

@@ -71,7 +71,9 @@ def test_notes_heredoc_ends_and_applies_a_valid_bertserver(tmp_path: pathlib.Pat
     block = _notes_paste_block()
     assert "{{" not in block  # the pasted lines are the same after helm renders NOTES
     # kubectl stands in as a shell function: it records each call and what it read on stdin.
-    script = 'kubectl() { echo "kubectl $*" >>calls; if [ "$*" != "${*%-f -}" ]; then cat >applied.yaml; fi; }\n'
+    script = (
+        'kubectl() { echo "kubectl $*" >>calls; if [ "$*" != "${*%-f -}" ]; then cat >applied.yaml; fi; }\n'
+    )
     result = subprocess.run(
         ["/bin/sh", "-c", script + block], cwd=tmp_path, capture_output=True, text=True, timeout=30
     )
