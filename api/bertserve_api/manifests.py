@@ -613,8 +613,38 @@ def peer_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+QUEUE_METRIC = "bertserve_queue_depth_sentences"
+"""The server's gauge of sentences accepted and not yet answered (bertserve_server.metrics), which
+``autoscaling.metric: queue`` scales on as a per-pod metric (a Prometheus adapter serves it
+through the custom metrics API; docs/user-guide.md has the rule)."""
+
+
+def hpa_metric(spec: BertServerSpec) -> dict[str, Any]:
+    """The HPA's metric: CPU utilization of the request, or queued sentences per pod."""
+    auto = spec.autoscaling
+    if auto.metric == "queue":
+        return {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(auto.target_queued_sentences_per_pod)},
+            },
+        }
+    return {
+        "type": "Resource",
+        "resource": {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization_percentage},
+        },
+    }
+
+
 def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
-    """autoscaling/v2 HPA on the Deployment (CPU utilisation), or ``None`` when disabled."""
+    """autoscaling/v2 HPA on the Deployment, or ``None`` when disabled.
+
+    CPU scaling needs a CPU request to compute utilization against; the spec parser (and the
+    CRD's CEL rule) insist on ``resources.cpu`` then, which :func:`_resources` renders.
+    """
     auto = spec.autoscaling
     if not auto.enabled:
         return None
@@ -630,18 +660,7 @@ def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
             },
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": auto.target_cpu_utilization_percentage,
-                        },
-                    },
-                }
-            ],
+            "metrics": [hpa_metric(spec)],
         },
     }
 

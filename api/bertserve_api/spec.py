@@ -174,12 +174,18 @@ class Toleration:
     toleration_seconds: int | None = None
 
 
+AUTOSCALING_METRICS = ("cpu", "queue")
+"""``cpu``: utilization of the CPU request; ``queue``: the server's queued sentences per pod."""
+
+
 @dataclass(frozen=True)
 class Autoscaling:
     enabled: bool = False
     min_replicas: int = 1
     max_replicas: int = 4
     target_cpu_utilization_percentage: int = 80
+    metric: str = "cpu"
+    target_queued_sentences_per_pod: int = 128
 
 
 @dataclass(frozen=True)
@@ -605,12 +611,24 @@ def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerS
         auto_reader.integer("minReplicas", 1, minimum=1),
         auto_reader.integer("maxReplicas", 4, minimum=1),
         auto_reader.integer("targetCPUUtilizationPercentage", 80, minimum=1, maximum=100),
+        auto_reader.string("metric", "cpu"),
+        auto_reader.integer("targetQueuedSentencesPerPod", 128, minimum=1),
     )
     auto_reader.done()
+    if autoscaling.metric not in AUTOSCALING_METRICS:
+        raise SpecError(
+            auto_reader.at("metric"),
+            f"expected one of {', '.join(AUTOSCALING_METRICS)}, got {autoscaling.metric!r}",
+        )
     if autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(
             auto_reader.at("minReplicas"),
             f"{autoscaling.min_replicas} is greater than maxReplicas {autoscaling.max_replicas}",
+        )
+    if autoscaling.enabled and autoscaling.metric == "cpu" and resources.cpu is None:
+        raise SpecError(
+            auto_reader.at("metric"),
+            "cpu scaling needs resources.cpu (the HPA measures utilization against the CPU request)",
         )
     roll_reader = top.child("rollout")
     rollout = Rollout(

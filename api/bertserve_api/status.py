@@ -145,6 +145,8 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
     restarted, last exited with an error and is not ready is crash-looping in every phase.
     """
     name = cs.get("name", "?")
+    restarts = int(cs.get("restartCount") or 0)
+    after = f" after {restarts} restarts" if restarts else ""
     waiting = _get(cs, "state", "waiting")
     reason = _get(waiting, "reason")
     if reason in BAD_WAITING_REASONS:
@@ -152,19 +154,13 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
         last = _last_exit(cs)
         if last:
             detail = last + (f": {detail}" if detail else "")
-        return Problem(
-            str(reason), _short(f"pod {pod_name} {what} {name}: {reason}" + (f": {detail}" if detail else ""))
-        )
+        message = f"pod {pod_name} {what} {name}: {reason}{after}" + (f": {detail}" if detail else "")
+        return Problem(str(reason), _short(message))
     terminated = _get(cs, "lastState", "terminated") or _get(cs, "state", "terminated")
-    restarts = int(cs.get("restartCount") or 0)
     failed = terminated and int(_get(terminated, "exitCode", default=1)) != 0
     if failed and not cs.get("ready") and (restarts > 0 or _get(cs, "state", "terminated")):
-        return Problem(
-            CRASH_LOOP,
-            _short(
-                f"pod {pod_name} {what} {name}: {CRASH_LOOP}: restarted {restarts} times, {_last_exit(cs)}"
-            ),
-        )
+        message = f"pod {pod_name} {what} {name}: {CRASH_LOOP}{after}: {_last_exit(cs)}"
+        return Problem(CRASH_LOOP, _short(message))
     return None
 
 
@@ -459,8 +455,8 @@ def transitions(
 ) -> list[Transition]:
     """Events for conditions whose status or reason changed: at most one Normal, one Warning.
 
-    A condition seen for the first time is announced only when it is news (Ready=True or
-    Degraded=True); the initial "creating" states are not. Changes observed together share an
+    A condition seen for the first time is announced only when it is news (Ready=True,
+    Degraded=True, an HPA that cannot scale); the initial "creating" states are not. Changes observed together share an
     event of their kind (an object that becomes ready changes Ready and Progressing at once:
     one event, not two — events are API writes, and a busy cluster has thousands of them).
     Changes to the same reason (``Ready=False`` and ``Degraded=True`` for an invalid spec) are
@@ -474,7 +470,10 @@ def transitions(
         ctype, status, reason = cond.get("type"), cond.get("status"), str(cond.get("reason"))
         old = before.get(ctype)
         if old is None:
-            if not ((ctype == READY and status == "True") or (ctype == DEGRADED and status == "True")):
+            news = (ctype in (READY, DEGRADED) and status == "True") or (
+                ctype in HPA_CONDITION_TYPES and status == "False"
+            )
+            if not news:
                 continue
         elif (old.get("status"), old.get("reason")) == (status, reason):
             continue

@@ -32,6 +32,7 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     *(("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     *(("", "pods", v) for v in ("get", "list", "watch")),
     ("", "events", "create"),
+    ("", "events", "list"),  # why a pod is stuck creating (FailedMount, FailedAttachVolume)
 )
 
 

@@ -69,7 +69,11 @@ def test_printer_columns_and_subresources():
     [
         MINIMAL,
         {**MINIMAL, "serving": {"maxSeqLen": None}},
-        {**MINIMAL, "serving": {"ports": {"http": 9000}}, "autoscaling": {"enabled": True}},
+        {
+            **MINIMAL,
+            "serving": {"ports": {"http": 9000}},
+            "autoscaling": {"enabled": True, "metric": "queue"},
+        },
         {**MINIMAL, "resources": {"gpus": 0}, "rollout": {}},
     ],
 )
@@ -179,6 +183,7 @@ INVALID_CROSS_FIELD = [
     ({**MINIMAL, "serving": {"ports": {"zmq": 5000, "zmqOut": 5000}}}, "spec.serving.ports", "must differ"),
     ({**MINIMAL, "serving": {"fp16": True}, "resources": {"gpus": 0}}, "spec.serving.fp16", "gpus > 0"),
     ({**MINIMAL, "rollout": {"maxSurge": 0, "maxUnavailable": 0}}, "spec.rollout", "both be 0"),
+    ({**MINIMAL, "autoscaling": {"enabled": True}}, "spec.autoscaling.metric", "needs resources.cpu"),
 ]
 
 

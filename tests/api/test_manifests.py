@@ -281,7 +281,12 @@ def test_rollout_defaults_to_no_surge_because_gpus_are_scarce() -> None:
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
-    raw = {**MRPC, "replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5}}
+    raw = {
+        **MRPC,
+        "replicas": 3,
+        "resources": {"gpus": 1, "cpu": "2"},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5},
+    }
     children = render(OWNER, parse_spec(raw), OPTIONS)
     assert "replicas" not in children.deployment["spec"]
     assert children.hpa is not None
@@ -406,6 +411,27 @@ def test_status_helpers_name_the_model_and_endpoints() -> None:
         "zmqOut": "mrpc.ml.svc:5556",
         "http": "http://mrpc.ml.svc:8125",
     }
+
+
+def test_queue_autoscaling_scales_on_the_servers_queue_gauge() -> None:
+    from prometheus_client import generate_latest
+
+    from bertserve_server.metrics import Metrics
+
+    exposed = generate_latest(Metrics().registry).decode()
+    assert f"# TYPE {manifests.QUEUE_METRIC} gauge" in exposed
+    raw = {**MRPC, "autoscaling": {"enabled": True, "metric": "queue", "targetQueuedSentencesPerPod": 32}}
+    hpa = render(OWNER, parse_spec(raw), OPTIONS).hpa
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": manifests.QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": "32"},
+            },
+        }
+    ]
 
 
 def test_classifier_renders_its_flags_and_labels_only_when_enabled() -> None:

@@ -267,7 +267,7 @@ def test_autoscaled_summary_uses_the_deployments_replicas() -> None:
         {
             "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
             "replicas": 1,
-            "autoscaling": {"enabled": True, "maxReplicas": 8},
+            "autoscaling": {"enabled": True, "maxReplicas": 8, "metric": "queue"},
         }
     )
     status = compute(spec=spec, deployment=deployment(replicas=5, ready=5))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 from bert_serving.client import BertClient
-from ports import free_port
+from ports import free_ports
 from server_harness import wait_until, write_model_dir
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
@@ -79,7 +79,7 @@ class ServerProcess:
 
 
 def server_flags(model_dir: Path, *switches: str, **extra: str) -> tuple[list[str], dict[str, int]]:
-    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port()}
+    ports = dict(zip(("port", "port_out", "http_port"), free_ports(3), strict=True))
     flags = (
         [
             f"-model_dir={model_dir}",
@@ -171,6 +171,24 @@ def test_sigterm_when_idle_exits_promptly(fake_process):
     sent = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(10) == 0 and time.monotonic() - sent < 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_model_loads_aborts_start_up_and_exits_cleanly(fake_process, monkeypatch, sig):
+    """A pod deleted while its model still loads must go at once, not after loading and warm-up."""
+    load_s = 120.0
+    monkeypatch.setenv("FAKE_SERVE_LOAD_S", str(load_s))
+    server = fake_process(0.0)
+    wait_until(lambda: "fake model: loading" in server.log, timeout=60, what="the model load to begin")
+    assert server.get("/readyz").status_code == 503  # probes answer: not ready while loading
+    sent = time.monotonic()
+    server.proc.send_signal(sig)
+    assert server.proc.wait(load_s / 4) == 0, server.log
+    assert time.monotonic() - sent < load_s / 4
+    log = server.log
+    assert f"start-up aborted: {sig.name} during start-up" in log, log
+    assert "all set, ready to serve request!" not in log
+    assert server.get("/healthz") is None  # the HTTP listener is closed too
 
 
 @pytest.mark.tf

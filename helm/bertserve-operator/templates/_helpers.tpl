@@ -74,7 +74,7 @@ Watching all namespaces needs cluster-wide permissions: refuse a combination tha
 {{/*
 The operator's permissions, shared by the ClusterRole and the per-namespace Roles.
 Only what it uses: SSA (create+patch) of its children, delete only for the optional HPA/PDB,
-read-only pods (scheduler messages for status), events create, its own resource and status.
+read-only pods (scheduler messages for status), events create and list (why a pod is stuck creating), its own resource and status.
 */}}
 {{- define "bertserve-operator.rules" -}}
 - apiGroups: [bertserve.io]
@@ -106,5 +106,5 @@ read-only pods (scheduler messages for status), events create, its own resource 
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
