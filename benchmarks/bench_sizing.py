@@ -131,6 +131,10 @@ def measure(shape: Shape, work: Path, batches: int) -> dict[str, float]:
             time.sleep(1)
         ready_rss = _status_kib(server.pid, "VmRSS")
         ready_peak = _status_kib(server.pid, "VmHWM")
+        print(
+            f"{shape.name}: ready, RSS {ready_rss / 1024:.0f} MiB, peak {ready_peak / 1024:.0f} MiB",
+            flush=True,
+        )
         text = " ".join(f"w{i}" for i in range(200))  # truncated to 128 tokens
         for _ in range(batches):
             _post(f"http://127.0.0.1:{http}/encode", {"id": 1, "texts": [text] * 256})
@@ -152,10 +156,11 @@ def measure(shape: Shape, work: Path, batches: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="also measure BERT-large (about 10 GB of files)")
-    parser.add_argument("--batches", type=int, default=3, help="full batches of 256 x 128 tokens to encode")
+    parser.add_argument("--only", choices=sorted(SHAPES), help="measure this shape alone")
+    parser.add_argument("--batches", type=int, default=1, help="full batches of 256 x 128 tokens to encode")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sizing.md"))
     args = parser.parse_args()
-    keys = ["minilm", "base", *(["large"] if args.large else [])]
+    keys = [args.only] if args.only else ["minilm", "base", *(["large"] if args.large else [])]
     rows = []
     for key in keys:
         with tempfile.TemporaryDirectory(prefix=f"sizing-{key}-") as tmp:
@@ -165,7 +170,7 @@ def main() -> None:
     lines = [
         "# Sizing measurements",
         "",
-        f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()} GiB, Python {platform.python_version()}, "
+        f"Machine: {cpu_model()}, {cores()} cores, {memory_gib()}, Python {platform.python_version()}, "
         "no GPU. Command: `.venv/bin/python benchmarks/bench_sizing.py`.",
         "",
         "Random weights with the real shapes and a 30 522-token vocabulary; the fine-tuned directory is "
@@ -173,7 +178,7 @@ def main() -> None:
         "is the real `bert-serving-start -cpu -num_worker=1 -max_seq_len=128 -max_batch_size=256` serving "
         "`model.ckpt-343`; RSS is read from `/proc/<pid>/status`.",
         "",
-        "| model | pretrained dir | fine-tuned dir (2 checkpoints) | one fine-tuned checkpoint | RSS when ready | peak RSS while loading | peak RSS after full batches |",
+        "| model | pretrained dir | fine-tuned dir (2 checkpoints) | one fine-tuned checkpoint | RSS when ready | peak RSS until ready (incl. warm-up) | peak RSS after full batches |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:

@@ -75,7 +75,12 @@ def test_the_children_shown_are_the_rendered_children() -> None:
             r"\b(Deployment|Service|HorizontalPodAutoscaler|PodDisruptionBudget) ([a-z0-9-]+)", objects
         )
     )
-    raw = {**SEED["spec"], "autoscaling": {"enabled": True}, "disruptionBudget": {"enabled": True}}
+    raw = {
+        **SEED["spec"],
+        "resources": {**SEED["spec"]["resources"], "cpu": "2"},  # the HPA measures CPU utilisation
+        "autoscaling": {"enabled": True},
+        "disruptionBudget": {"enabled": True},
+    }
     everything = render(OWNER, parse_spec(raw), RenderOptions(default_image="img")).all()
     rendered = {(o["kind"], o["metadata"]["name"]) for o in everything}
     assert shown == rendered
