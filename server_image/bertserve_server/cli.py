@@ -10,7 +10,8 @@ line that names the flag and the fix, exit code 2:
 * ``-model_dir`` without ``bert_config.json`` (``-config_name``) or ``vocab.txt``;
 * a ``-ckpt_name`` prefix that is not in the checkpoint directory (the ones that are, listed);
 * ``-max_seq_len`` above the config's ``max_position_embeddings``;
-* a ``-pooling_layer`` outside the model's layers; and a few impossible numbers.
+* a ``-pooling_layer`` outside the model's layers; ``-peer_service`` without a usable
+  ``-peer_key_file``; and a few impossible numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bertserve_api.contract import FLAGS, PoolingStrategy, ServerConfig, parse_argv
+from bertserve_server.mesh.security import PeerKeyError, load_secret
 from bertserve_server.model.checkpoint_names import checkpoint_exists, describe_missing_checkpoint
 from bertserve_server.model.config import BertConfig, ConfigError, resolve_pooling_layers
 
@@ -87,9 +89,19 @@ def _check_numbers(config: ServerConfig) -> None:
         raise ConfigurationError("-device_map takes GPU ids (0, 1, …); use -cpu for the CPU")
 
 
+def _check_peer_key(config: ServerConfig) -> None:
+    """With ``-peer_service``, the mesh secret must be there and long enough (one line otherwise)."""
+    if config.peer_service:
+        try:
+            load_secret(config.peer_key_file)
+        except PeerKeyError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
 def validate(config: ServerConfig) -> BertConfig:
     """Check everything that can be checked without TensorFlow; the model's config on success."""
     _check_numbers(config)
+    _check_peer_key(config)
     model_dir = Path(config.model_dir)
     if not model_dir.is_dir():
         raise ConfigurationError(

@@ -25,6 +25,7 @@ import zmq
 from bertserve_server.frontends.zmq import Frame
 from bertserve_server.mesh import wire
 from bertserve_server.mesh.discovery import Address, endpoint
+from bertserve_server.mesh.security import MeshKeys, secure_client, secure_server
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,30 @@ LINK_TIMEOUT_S = 1.5
 """A link whose peer has not answered for this long is not used for routing."""
 DEALER_HWM = 10000
 """Answers queued per link before it counts as congested (the answer then waits in the hold)."""
+WELCOME_MAX_BYTES = 64 * 1024
+"""A DEALER only ever receives welcomes (a few bytes each): its ``MAXMSGSIZE``."""
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """What every mesh socket gets: the mesh key, ZeroMQ heartbeats, the largest frame accepted.
+
+    Heartbeats (ZMTP 3.1 PING/PONG) drop a connection whose peer went silent — a vanished pod
+    whose TCP connection was never closed — within ``heartbeat_timeout_s``; ``max_frame_bytes``
+    is the ROUTER's ``MAXMSGSIZE``: a peer sending a larger frame is disconnected before libzmq
+    assembles it.
+    """
+
+    keys: MeshKeys
+    heartbeat_timeout_s: float
+    max_frame_bytes: int
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        timeout_ms = max(100, int(self.heartbeat_timeout_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, max(100, timeout_ms // 3))
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, timeout_ms)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
 
 
 @dataclass
@@ -52,12 +77,16 @@ class Link:
     ignored: bool = False
 
 
-def bind_router(context: zmq.Context[Any], bind_host: str, port: int) -> zmq.Socket[Any]:
-    """The ROUTER peers send to; a bind error names ``-peer_port``."""
+def bind_router(
+    context: zmq.Context[Any], bind_host: str, port: int, limits: SocketLimits
+) -> zmq.Socket[Any]:
+    """The ROUTER peers send to (a CURVE server); a bind error names ``-peer_port``."""
     router: zmq.Socket[Any] = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    router.setsockopt(zmq.MAXMSGSIZE, limits.max_frame_bytes)
+    limits.apply(router)
+    secure_server(router, limits.keys)
     if ":" in bind_host:
         router.setsockopt(zmq.IPV6, 1)
     bind = endpoint((bind_host, port))
@@ -82,8 +111,11 @@ def send_welcome(router: zmq.Socket[Any], rid: bytes, node_id: bytes, *, resync:
 class Links:
     """Every DEALER link, by address, by socket and (once identified) by peer node id."""
 
-    def __init__(self, context: zmq.Context[Any], poller: zmq.Poller, node_id: bytes) -> None:
+    def __init__(
+        self, context: zmq.Context[Any], poller: zmq.Poller, node_id: bytes, limits: SocketLimits
+    ) -> None:
         self._context = context
+        self._limits = limits
         self._poller = poller
         self.node_id = node_id
         self.by_address: dict[Address, Link] = {}
@@ -95,7 +127,9 @@ class Links:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # a send fails at once when the peer is unreachable
         sock.setsockopt(zmq.SNDHWM, DEALER_HWM)
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.MAXMSGSIZE, WELCOME_MAX_BYTES)
+        self._limits.apply(sock)
+        secure_client(sock, self._limits.keys)
         if ":" in address[0]:
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(endpoint(address))
