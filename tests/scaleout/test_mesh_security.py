@@ -63,7 +63,7 @@ def test_forged_peer_messages_without_the_key_get_nothing_and_change_nothing(two
                 [b"P", b"intruder", b"0"],
                 wire.ping(b"intruder", 0),
                 wire.leaving(node_id(r1)),
-                wire.answer(node_id(r0), 1, sole=True, frames=forged_answer),
+                wire.answer(node_id(r0), 1, forged_answer),
             ):
                 for sock in intruders:
                     sock.send_multipart(forged)
@@ -78,7 +78,6 @@ def test_forged_peer_messages_without_the_key_get_nothing_and_change_nothing(two
             np.testing.assert_allclose(bc.encode(["hello world"]), before, rtol=1e-6)
         assert not bc.pending_response
     for r in (r0, r1):
-        assert r.metric("bertserve_peer_frames_rejected_total", reason="handshake") >= 1
         assert r.metric("bertserve_peers_connected") == 1
     assert r0.metric("bertserve_peer_answers_forwarded_total") >= 6
 

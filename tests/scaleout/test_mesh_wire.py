@@ -109,7 +109,7 @@ def test_forged_ping_leaving_and_answer_without_the_key_get_nothing_and_change_n
                 [b"P", b"attacker", b"0"],  # the unversioned protocol
                 wire.ping(b"attacker", 0),
                 wire.leaving(b_id),  # "b is leaving": a must keep routing to b
-                wire.answer(b_id, 1, sole=True, frames=answer_frames(IDENTITY, b"666")),
+                wire.answer(b_id, 1, answer_frames(IDENTITY, b"666")),
             ):
                 for intruder in intruders:
                     intruder.send(*forged)
@@ -117,9 +117,6 @@ def test_forged_ping_leaving_and_answer_without_the_key_get_nothing_and_change_n
                 assert intruder.recv(1000) is None  # no welcome, no node id: nothing at all
             assert not sub.poll(300), "a forged answer was published"
             assert a.peering.peers.announced(IDENTITY) and a.peering.describe()["connected"] == 1
-            wait_until(
-                lambda: rejected(a, "handshake") >= 1 and rejected(b, "handshake") >= 1, 5, "the count"
-            )
             # The healthy peer is still used: an answer encoded on a reaches b's subscriber.
             with zmq.Context() as ctx, ctx.socket(zmq.PUSH) as push:
                 push.setsockopt(zmq.LINGER, 2000)
@@ -173,14 +170,15 @@ def test_another_protocol_version_is_refused_with_a_log_line(tmp_path, caplog):
 MALFORMED: list[list[bytes]] = [
     [wire.PROTOCOL],
     [wire.PROTOCOL, wire.K_PING, b"node"],  # no version
-    [wire.PROTOCOL, wire.K_PING, b"node", b"9" * 5000],  # int() refuses 5000 digits
-    [wire.PROTOCOL, wire.K_PING, b"node", b"-1"],
-    [wire.PROTOCOL, wire.K_PING, b"\xff\xfe", b"0"],  # not a node id
+    [wire.PROTOCOL, wire.K_PING, b"node", b"9" * 5000, b"0"],  # int() refuses 5000 digits
+    [wire.PROTOCOL, wire.K_PING, b"node", b"-1", b"0"],
+    [wire.PROTOCOL, wire.K_PING, b"\xff\xfe", b"0", b"0"],  # not a node id
     [wire.PROTOCOL, b"Z", b"node"],
     [wire.PROTOCOL, wire.K_SUB, b"node", b"0"],  # no identity
     [wire.PROTOCOL, wire.K_ANSWER, b"node", b"1", b"1"],  # no answer frames
-    [wire.PROTOCOL, wire.K_ANSWER, b"node", b"1", b"x", b"id", b"h", b"r"],
-    [wire.PROTOCOL, wire.K_WELCOME, b"node", b"0", b"0"],  # welcomes go to DEALERs only
+    [wire.PROTOCOL, wire.K_ANSWER, b"node", b"x", b"id", b"h", b"r"],  # hops not a number
+    [wire.PROTOCOL, wire.K_WELCOME, b"node", b"0", b"0"],  # no seq
+    wire.welcome(b"node", resync=False, leaving=False, seq=0),  # valid, but only DEALERs get welcomes
 ]
 
 
@@ -201,8 +199,8 @@ def test_malformed_peer_frames_are_dropped_counted_and_the_loop_carries_on(tmp_p
 
 
 def test_decode_checks_every_field() -> None:
-    message: Any = wire.decode(wire.answer(b"node", 2, sole=True, frames=answer_frames(IDENTITY, b"1")))
-    assert (message.kind, message.node_id, message.hops, message.sole) == (wire.K_ANSWER, b"node", 2, True)
+    message: Any = wire.decode(wire.answer(b"node", 2, answer_frames(IDENTITY, b"1")))
+    assert (message.kind, message.node_id, message.hops) == (wire.K_ANSWER, b"node", 2)
     assert message.frames[0] == IDENTITY
     for bad in MALFORMED[:-1]:
         with pytest.raises(wire.RejectedMessageError) as info:

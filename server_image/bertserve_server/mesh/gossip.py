@@ -37,12 +37,15 @@ class PeerTable:
     Matching is by *exact* identity, never by prefix: a SUB on ``-port_out`` receives only the
     answers for the identity it subscribed to (the frontend refuses short subscriptions), so the
     mesh must not route an answer to a replica whose subscriber merely shares a prefix with it.
-    ``holders`` is the one place the mesh matches identities; an index keeps it O(1).
+    ``holders`` is the one place the mesh matches identities; an index keeps it O(1). Holders come
+    most recent announcement first: when a client's SUB connection moves, the new replica
+    announces it while the old one may not have withdrawn it yet.
     """
 
     def __init__(self) -> None:
         self.nodes: dict[bytes, PeerNode] = {}
-        self._holders: dict[bytes, set[bytes]] = {}
+        self._holders: dict[bytes, dict[bytes, int]] = {}
+        self._seq = 0
 
     def heard(self, node_id: bytes, now: float) -> PeerNode:
         """The node for ``node_id`` (created on first contact), marked as heard now."""
@@ -92,8 +95,13 @@ class PeerTable:
                 logger.info("peers: node %s silent for %.1fs, forgotten", node_id.decode(), NODE_TIMEOUT_S)
 
     def holders(self, identity: bytes, *, exclude: bytes | None = None) -> list[bytes]:
-        """Node ids of the peers (not leaving, not ``exclude``) that announced exactly ``identity``."""
-        return [node_id for node_id in self._holders.get(identity, ()) if node_id != exclude]
+        """Node ids of the peers (not leaving, not ``exclude``) that announced exactly ``identity``,
+        most recent first."""
+        holders = self._holders.get(identity)
+        if not holders:
+            return []
+        ordered = sorted(holders, key=holders.__getitem__, reverse=True)
+        return [node_id for node_id in ordered if node_id != exclude]
 
     def announced(self, identity: bytes) -> bool:
         return bool(self._holders.get(identity))
@@ -101,14 +109,15 @@ class PeerTable:
     def _add(self, node_id: bytes, node: PeerNode, identity: bytes) -> None:
         if identity not in node.identities:
             node.identities.add(identity)
-            self._holders.setdefault(identity, set()).add(node_id)
+            self._seq += 1
+            self._holders.setdefault(identity, {})[node_id] = self._seq
 
     def _remove(self, node_id: bytes, node: PeerNode, identity: bytes) -> None:
         if identity in node.identities:
             node.identities.discard(identity)
             holders = self._holders.get(identity)
             if holders is not None:
-                holders.discard(node_id)
+                holders.pop(node_id, None)
                 if not holders:
                     del self._holders[identity]
 

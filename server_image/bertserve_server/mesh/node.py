@@ -54,12 +54,9 @@ LEAVE_S = 1.0
 """Upper bound for peers to confirm they stopped routing answers to a leaving replica."""
 RECV_BURST = 1000
 """Messages read from one socket per loop turn before the others get their turn."""
-HANDSHAKE_FAILURES = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-"""Monitor events on the peer port: someone connected without the mesh key (or not speaking ZMTP)."""
+HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+"""Monitor events on the peer port: someone spoke ZMTP without the mesh key. (A connection closed
+before any handshake, such as discovery's TCP probe or a port scan, is not counted.)"""
 
 
 def max_peer_frame(config: ServerConfig) -> int:
@@ -229,10 +226,24 @@ class PeerMesh:
         self._post("leave", done, time.monotonic() + timeout)
         return done.wait(timeout + 0.5)
 
+    def detach(self, timeout: float = 1.0) -> None:
+        """Shutdown, before ``-port_out`` closes: from now on nothing is published here.
+
+        Answers that arrive for local subscribers after this (forwarded by peers before they saw
+        the leave) are held and follow their clients to the replica they reconnect to, instead of
+        going into the outbox of a closed socket. Waits until the I/O thread has seen it.
+        """
+        self._local_open = False
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._post("detach", done)
+        done.wait(timeout)
+
     def close(self, deadline: float) -> None:
         """Shutdown, step 3 (``-port_out`` closed): forward what still waits, within the deadline; stop."""
         self._local_open = False
-        self._post("detach")
+        self._post("detach", None)
         self._discovery.stop()
         end = time.monotonic() + min(2.0, max(0.2, deadline - time.monotonic()))
         while self._thread is not None and self._thread.is_alive() and time.monotonic() < end:
@@ -303,7 +314,7 @@ class PeerMesh:
                 except Exception:  # the mesh must outlive any single bad message
                     logger.exception("peer mesh loop error; continuing")
         finally:
-            self.routes.drop_all()
+            self.routes.drop_all("shutdown")
             self.links.close_all(linger_ms=500)  # answers already handed to a link get a moment to leave
             if self._monitor is not None:
                 with contextlib.suppress(zmq.ZMQError):
@@ -359,6 +370,8 @@ class PeerMesh:
             self._start_leaving(command[1], command[2])
         elif kind == "detach":
             self._local_open = False
+            if command[1] is not None:
+                command[1].set()
 
     def _on_local_subscription(self, topic: bytes, subscribed: bool) -> None:
         version = self.local.change(topic, subscribed)
@@ -375,7 +388,7 @@ class PeerMesh:
             self._resolved_once = True
         for address in addresses - self.links.by_address.keys():
             link = self.links.open(address, now)
-            self.links.send(link, wire.ping(self.node_id, self.local.version))
+            self.links.ping(link, self.local.version)
         for address in self.links.by_address.keys() - addresses:
             link = self.links.remove(address)
             if not link.is_self:
@@ -518,6 +531,7 @@ class PeerMesh:
             except wire.RejectedMessageError as exc:
                 self._reject(exc.reason, exc, f" at {endpoint(link.address)}")
                 continue
+            self.links.confirmed(link, message.seq)
             self._on_welcome(link, message.node_id, resync=message.resync, leaving=message.leaving)
 
     def _on_welcome(self, link: Link, peer_id: bytes, *, resync: bool, leaving: bool) -> None:
@@ -550,15 +564,15 @@ class PeerMesh:
         kind, node_id = message.kind, message.node_id
         if node_id == self.node_id:  # our own link, during self-detection
             if kind == wire.K_PING:
-                send_welcome(router, rid, self.node_id, resync=False, leaving=self._leaving)
+                send_welcome(router, rid, self.node_id, resync=False, leaving=self._leaving, seq=message.seq)
             return
         now = time.monotonic()
         node = self.peers.heard(node_id, now)
         if kind == wire.K_PING:
             resync = self.peers.needs_snapshot(node, message.version)
-            send_welcome(router, rid, self.node_id, resync=resync, leaving=self._leaving)
+            send_welcome(router, rid, self.node_id, resync=resync, leaving=self._leaving, seq=message.seq)
         elif kind == wire.K_ANSWER:
-            self.routes.on_answer(node_id, hops=message.hops, sole=message.sole, frames=message.frames)
+            self.routes.on_answer(node_id, hops=message.hops, frames=message.frames)
             self._update_held()
         elif kind in (wire.K_SUB, wire.K_UNSUB):
             subscribed = kind == wire.K_SUB

@@ -9,10 +9,11 @@ kind and the sender's node id. A replica speaking another protocol version is re
 counted), so a mixed-version rollout fails loudly instead of routing answers wrongly. Layouts
 after ``PROTOCOL kind node`` (and after the ROUTER's routing id, on the receiving side):
 
-* ``P version`` — ping; answered with ``W resync leaving``
+* ``P version seq`` — ping; answered with ``W resync leaving seq`` (the same ``seq``: everything
+  sent on the link before that ping has been read by the peer, or was lost with its connection)
 * ``S version identity...`` — the sender's full subscription list (snapshot)
 * ``+ version identity`` / ``- version identity`` — one subscription added / removed
-* ``A hops sole answer-frame...`` — an answer; its first frame is the client identity
+* ``A hops answer-frame...`` — an answer for one replica; its first frame is the client identity
 * ``L`` — the sender is leaving; answered with ``F`` once nothing more will come
 
 :func:`decode` raises :class:`RejectedMessageError` (with a metric label) for anything else; the caller
@@ -49,12 +50,12 @@ ANSWER_FRAMES = (3, 4)
 
 # The fixed frames after PROTOCOL, kind and node id, per kind (ANSWER and SNAPSHOT take more).
 _MIN_FIELDS = {
-    K_PING: 1,
-    K_WELCOME: 2,
+    K_PING: 2,
+    K_WELCOME: 3,
     K_SNAPSHOT: 1,
     K_SUB: 2,
     K_UNSUB: 2,
-    K_ANSWER: 2,
+    K_ANSWER: 1,
     K_LEAVING: 0,
     K_FLUSHED: 0,
 }
@@ -75,8 +76,8 @@ class Message:
     kind: bytes
     node_id: bytes
     version: int = 0
+    seq: int = 0
     hops: int = 0
-    sole: bool = False
     resync: bool = False
     leaving: bool = False
     identities: list[bytes] = field(default_factory=list)
@@ -120,7 +121,9 @@ def decode(message: Sequence[bytes]) -> Message:
     if len(rest) < _MIN_FIELDS[kind]:
         raise RejectedMessageError("malformed", f"{kind.decode('ascii')} message with {len(rest)} fields")
     out = Message(kind, node_id)
-    if kind in (K_PING, K_SNAPSHOT, K_SUB, K_UNSUB):
+    if kind == K_PING:
+        out.version, out.seq = _number(rest[0]), _number(rest[1])
+    elif kind in (K_SNAPSHOT, K_SUB, K_UNSUB):
         out.version = _number(rest[0])
         out.identities = rest[1:]
         if kind in (K_SUB, K_UNSUB) and len(out.identities) != 1:
@@ -128,10 +131,10 @@ def decode(message: Sequence[bytes]) -> Message:
                 "malformed", f"a subscription change with {len(out.identities)} identities"
             )
     elif kind == K_WELCOME:
-        out.resync, out.leaving = _flag(rest[0]), _flag(rest[1])
+        out.resync, out.leaving, out.seq = _flag(rest[0]), _flag(rest[1]), _number(rest[2])
     elif kind == K_ANSWER:
-        out.hops, out.sole = _number(rest[0]), _flag(rest[1])
-        out.frames = rest[2:]
+        out.hops = _number(rest[0])
+        out.frames = rest[1:]
         if len(out.frames) not in ANSWER_FRAMES or not out.frames[0]:
             raise RejectedMessageError("malformed", f"an answer of {len(out.frames)} frames")
     return out
@@ -141,12 +144,12 @@ def _head(kind: bytes, node_id: bytes) -> list[Frame]:
     return [PROTOCOL, kind, node_id]
 
 
-def ping(node_id: bytes, version: int) -> list[Frame]:
-    return [*_head(K_PING, node_id), b"%d" % version]
+def ping(node_id: bytes, version: int, seq: int = 0) -> list[Frame]:
+    return [*_head(K_PING, node_id), b"%d" % version, b"%d" % seq]
 
 
-def welcome(node_id: bytes, *, resync: bool, leaving: bool) -> list[Frame]:
-    return [*_head(K_WELCOME, node_id), b"1" if resync else b"0", b"1" if leaving else b"0"]
+def welcome(node_id: bytes, *, resync: bool, leaving: bool, seq: int) -> list[Frame]:
+    return [*_head(K_WELCOME, node_id), b"1" if resync else b"0", b"1" if leaving else b"0", b"%d" % seq]
 
 
 def delta(node_id: bytes, version: int, identity: bytes, *, subscribed: bool) -> list[Frame]:
@@ -157,8 +160,13 @@ def snapshot(node_id: bytes, version: int, identities: Iterable[bytes]) -> list[
     return [*_head(K_SNAPSHOT, node_id), b"%d" % version, *sorted(identities)]
 
 
-def answer(node_id: bytes, hops: int, *, sole: bool, frames: Sequence[Frame]) -> list[Frame]:
-    return [*_head(K_ANSWER, node_id), b"%d" % hops, b"1" if sole else b"0", *frames]
+def answer(node_id: bytes, hops: int, frames: Sequence[Frame]) -> list[Frame]:
+    return [*_head(K_ANSWER, node_id), b"%d" % hops, *frames]
+
+
+def size(frames: Sequence[Frame]) -> int:
+    """Bytes of an answer's frames (what it costs to hold or queue it)."""
+    return sum(f.nbytes if isinstance(f, memoryview) else len(f) for f in frames)
 
 
 def leaving(node_id: bytes) -> list[Frame]:
