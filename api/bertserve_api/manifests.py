@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertserve_api import names
-from bertserve_api.contract import ServerConfig, to_argv
+from bertserve_api.contract import DEFAULTS, ServerConfig, to_argv
 from bertserve_api.spec import BertServerSpec, ModelSpec, to_dict
 
 MODEL_MOUNT = "/models"
@@ -129,6 +129,46 @@ def model_summary(model: ModelSpec) -> str:
     return f"{model.pretrained_path}/{model.ckpt_name}"
 
 
+def served_model(args: list[str] | tuple[str, ...]) -> str:
+    """:func:`model_summary` of the model a pod's server arguments load ("" when unknown).
+
+    Status reports what ready pods serve, so it is read back from their arguments (the same
+    ``-model_dir``/``-tuned_model_dir``/``-ckpt_name`` the pod runs with), not from the spec.
+    """
+    values = {}
+    for arg in args:
+        name, sep, value = str(arg).lstrip("-").partition("=")
+        if sep:
+            values[name] = value
+    if "model_dir" not in values:
+        return ""
+
+    def relative(path: str) -> str:
+        return posixpath.relpath(path, MODEL_MOUNT) if path.startswith(MODEL_MOUNT + "/") else path
+
+    ckpt = values.get("ckpt_name", str(DEFAULTS["ckpt_name"]))
+    tuned = values.get("tuned_model_dir")
+    if tuned:
+        return f"{relative(values['model_dir'])} + {relative(tuned)}/{ckpt}"
+    return f"{relative(values['model_dir'])}/{ckpt}"
+
+
+def served_classifier(args: list[str] | tuple[str, ...]) -> str:
+    """The classifier labels a pod's server arguments serve at ``/predict`` ("" without ``-classifier``).
+
+    Read back from the pod like :func:`served_model`: ``"not_paraphrase, paraphrase"``, or
+    ``"0..n-1"`` when the labels are left to the checkpoint's head.
+    """
+    flags = [str(arg).lstrip("-") for arg in args]
+    if "classifier" not in flags:
+        return ""
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if name == "classifier_labels" and sep and value:
+            return ", ".join(value.split(","))
+    return "0..n-1"
+
+
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
     """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
     host = f"{service_name(owner.name)}.{owner.namespace}.svc"
@@ -198,6 +238,9 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         max_wait_ms=serving.max_wait_ms,
         drain_timeout=drain,
         enable_termination=serving.enable_termination,
+        classifier=serving.classifier.enabled,
+        # Labels mean nothing without the head (and the server refuses them alone).
+        classifier_labels=serving.classifier.labels if serving.classifier.enabled else (),
         peer_service=peer_service_host(owner, options.cluster_domain),
         peer_port=PEER_PORT,
         log_format=options.server_log_format,
@@ -258,6 +301,14 @@ def _common_path(paths: list[str]) -> str:
     return "/".join(common)
 
 
+def _model_paths(spec: BertServerSpec) -> list[str]:
+    """The pretrained dir and, when set, the tuned dir, relative to the model source."""
+    paths = [spec.model.pretrained_path]
+    if spec.model.tuned_model_dir:
+        paths.append(spec.model.tuned_model_dir)
+    return paths
+
+
 def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model volume and the server container's (read-only) mount of it.
 
@@ -269,10 +320,7 @@ def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]
     mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
     if source.uri is not None:
         return {"name": "model", "emptyDir": {"sizeLimit": source.uri.size_limit}}, mount
-    paths = [spec.model.pretrained_path]
-    if spec.model.tuned_model_dir:
-        paths.append(spec.model.tuned_model_dir)
-    common = _common_path(paths)
+    common = _common_path(_model_paths(spec))
     if common:
         mount["mountPath"] = f"{MODEL_MOUNT}/{common}"
         mount["subPath"] = common
@@ -297,11 +345,19 @@ def _container_security() -> dict[str, Any]:
 
 
 def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
-    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir."""
+    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
+
+    ``--dest`` is the deepest directory holding both model paths, by the fetch's layout rule (a
+    folder alone at the archive's top is unwrapped into ``--dest``): Google's
+    ``uncased_L-12_H-768_A-12.zip`` with ``pretrainedPath: uncased_L-12_H-768_A-12`` and a
+    bundle of ``uncased_L-12_H-768_A-12/`` plus ``mrpc_output/`` both land where the paths say.
+    """
     uri = spec.model.source.uri
     if uri is None:
         return None
-    command = [FETCH_COMMAND, "--url", uri.url, "--dest", MODEL_MOUNT]
+    common = _common_path(_model_paths(spec))
+    dest = f"{MODEL_MOUNT}/{common}" if common else MODEL_MOUNT
+    command = [FETCH_COMMAND, "--url", uri.url, "--dest", dest]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [
@@ -557,8 +613,38 @@ def peer_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+QUEUE_METRIC = "bertserve_queue_depth_sentences"
+"""The server's gauge of sentences accepted and not yet answered (bertserve_server.metrics), which
+``autoscaling.metric: queue`` scales on as a per-pod metric (a Prometheus adapter serves it
+through the custom metrics API; docs/user-guide.md has the rule)."""
+
+
+def hpa_metric(spec: BertServerSpec) -> dict[str, Any]:
+    """The HPA's metric: CPU utilization of the request, or queued sentences per pod."""
+    auto = spec.autoscaling
+    if auto.metric == "queue":
+        return {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(auto.target_queued_sentences_per_pod)},
+            },
+        }
+    return {
+        "type": "Resource",
+        "resource": {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization_percentage},
+        },
+    }
+
+
 def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
-    """autoscaling/v2 HPA on the Deployment (CPU utilisation), or ``None`` when disabled."""
+    """autoscaling/v2 HPA on the Deployment, or ``None`` when disabled.
+
+    CPU scaling needs a CPU request to compute utilization against; the spec parser (and the
+    CRD's CEL rule) insist on ``resources.cpu`` then, which :func:`_resources` renders.
+    """
     auto = spec.autoscaling
     if not auto.enabled:
         return None
@@ -574,18 +660,7 @@ def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
             },
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": auto.target_cpu_utilization_percentage,
-                        },
-                    },
-                }
-            ],
+            "metrics": [hpa_metric(spec)],
         },
     }
 
@@ -601,6 +676,9 @@ def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
         "spec": {
             "maxUnavailable": spec.disruption_budget.max_unavailable,
             "selector": {"matchLabels": names.selector_labels(owner.name)},
+            # A crash-looping (never ready) replica must not block node drains: evicting it
+            # cannot reduce availability.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 

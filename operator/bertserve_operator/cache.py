@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from bertserve_api import names
+from bertserve_api import manifests, names
 
 Key = tuple[str, str]
 """``(namespace, name)`` of a BertServer."""
@@ -59,10 +59,14 @@ def controller_owner(obj: Mapping[str, Any]) -> Key | None:
 
 
 def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod the status summary reads."""
+    """The parts of a pod the status summary reads, and the model its server loads (``served``)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == manifests.SERVER_CONTAINER), [])
     return {
+        "served": manifests.served_model(args),
+        "classifier": manifests.served_classifier(args),
         "metadata": {
             k: copy.deepcopy(meta[k])
             for k in ("name", "namespace", "labels", "deletionTimestamp")
@@ -144,6 +148,11 @@ class Cache:
         with self._lock:
             self._children[kind].pop(key_of(obj), None)
         return controller_owner(obj)
+
+    def count_children(self, kind: str, predicate: Callable[[Mapping[str, Any]], bool]) -> int:
+        """How many cached children of ``kind`` satisfy ``predicate`` (no copies are made)."""
+        with self._lock:
+            return sum(1 for obj in self._children[kind].values() if predicate(obj))
 
     def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

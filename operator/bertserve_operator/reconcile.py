@@ -26,59 +26,49 @@ also written to status (``ApplyFailed``) so ``kubectl get`` shows it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
+import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
+
 from bertserve_api import manifests, names
 from bertserve_api.manifests import Owner, RenderOptions
 from bertserve_api.spec import BertServerSpec, SpecError, parse_spec
-from bertserve_api.status import Transition, compute_status, transitions
+from bertserve_api.status import (
+    APPLY_FAILED,
+    CHILD_CONFLICT,
+    Transition,
+    compute_status,
+    pods_stuck_creating,
+    transitions,
+)
 from bertserve_operator.cache import Cache, Key, controller_owner, key_of
-from bertserve_operator.kube import HANDOVER_MANAGER, Kube, PermanentApiError
+from bertserve_operator.drift import foreign_entries, is_subset, needs_apply, with_applied_hash
+from bertserve_operator.kube import (
+    HANDOVER_MANAGER,
+    Kube,
+    PermanentApiError,
+    RefusedApiError,
+    TemporaryApiError,
+)
+
+__all__ = ["ChildConflict", "Outcome", "Reconciler", "is_subset", "manager_owns", "needs_apply"]
 
 log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True when every field of ``desired`` is present with the same value in ``observed``.
-
-    Lists must match element by element (same length): the API server keeps list order, and
-    a list we render (containers, ports, tolerations) with an extra element is drift. Fields
-    the API server adds (defaults, status) are ignored, like server-side apply ignores them.
-    """
-    if isinstance(desired, Mapping):
-        if not isinstance(observed, Mapping):
-            return False
-        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
-    if isinstance(desired, list):
-        if not isinstance(observed, list) or len(desired) != len(observed):
-            return False
-        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
-    return bool(desired == observed)
-
-
-def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    """Whether ``observed`` lacks anything ``desired`` sets (spec, labels, our ownerReference)."""
-    if observed is None:
-        return True
-    if not is_subset(desired.get("spec", {}), observed.get("spec", {})):
-        return True
-    meta, seen = desired["metadata"], observed.get("metadata") or {}
-    if not is_subset(meta.get("labels", {}), seen.get("labels") or {}):
-        return True
-    wanted = {r["uid"] for r in meta.get("ownerReferences", [])}
-    present = {r.get("uid") for r in seen.get("ownerReferences") or [] if r.get("controller")}
-    return not wanted <= present
 
 
 def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
@@ -96,6 +86,70 @@ def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
     return False
 
 
+def server_image(deployment: Mapping[str, Any] | None) -> str | None:
+    """The image of the server container of a Deployment (``None`` without one)."""
+    pod = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        if container.get("name") == manifests.SERVER_CONTAINER:
+            return str(container.get("image") or "")
+    return None
+
+
+def rolling_out(deployment: Mapping[str, Any]) -> bool:
+    """Whether a Deployment's rollout is unfinished (not observed, not updated or not available)."""
+    meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    return (
+        int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0)
+        or int(status.get("updatedReplicas") or 0) < replicas
+        or int(status.get("availableReplicas") or 0) < replicas
+    )
+
+
+class _Held(contextlib.AbstractContextManager[None]):
+    """Releases an already acquired lock on exit."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class ChildConflict(kopf.TemporaryError):
+    """An object of a child's name exists and is not controlled by this BertServer.
+
+    It is never adopted nor modified (adopting a user's Service would merge our selector into
+    it and let the garbage collector delete it with the BertServer). Retried with back-off: the
+    owner of the object may delete or rename it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=0.0)
+
+
+def controls(obj: Mapping[str, Any], owner: Owner) -> bool:
+    """Whether ``owner`` is ``obj``'s controller (by uid; by name when the uid is unknown)."""
+    refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or () if r.get("controller")]
+    if owner.uid:
+        return any(r.get("uid") == owner.uid for r in refs)
+    return controller_owner(obj) == (owner.namespace, owner.name)
+
+
+def conflict_message(obj: Mapping[str, Any], kind: str) -> str:
+    meta = obj.get("metadata") or {}
+    refs = [r for r in meta.get("ownerReferences") or () if r.get("controller")]
+    holder = (
+        f"controlled by {refs[0].get('kind')} {refs[0].get('name')}"
+        if refs
+        else "not controlled by any object"
+    )
+    return (
+        f"{kind} {meta.get('namespace')}/{meta.get('name')} already exists and is {holder}; "
+        "the operator does not adopt it: delete or rename it, or rename the BertServer"
+    )
+
+
 @dataclass
 class Outcome:
     """What one pass did (for logs and tests)."""
@@ -106,6 +160,8 @@ class Outcome:
     events: list[Transition] = field(default_factory=list)
     spec_error: SpecError | None = None
     skipped: str = ""
+    recheck_after: float = 0.0
+    """Seconds after which to look again although nothing may change (0: no need)."""
 
 
 class Reconciler:
@@ -120,8 +176,17 @@ class Reconciler:
         clock: Callable[[], str] = utc_now,
         instance: str | None = None,
         apply_threads: int = 0,
+        stuck_recheck_seconds: float = 10.0,
+        max_event_lookups: int = 3,
+        observe_apply: Callable[[str, float], None] | None = None,
+        max_image_rollouts: int = 1,
     ) -> None:
         self.kube = kube
+        self.max_image_rollouts = max_image_rollouts
+        self._image_lock = threading.Lock()
+        self.observe_apply = observe_apply  # (kind, seconds) of each apply, for the metrics
+        self.stuck_recheck_seconds = stuck_recheck_seconds
+        self.max_event_lookups = max_event_lookups
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
         self._pool = ThreadPoolExecutor(apply_threads, thread_name_prefix="apply") if apply_threads else None
         self.cache = cache
@@ -191,10 +256,13 @@ class Reconciler:
                 log.warning("%s/%s: invalid spec, nothing applied: %s", key[0], key[1], err)
             return outcome
 
-        children = manifests.render(owner, spec, self.options)
+        options, image_lock = self._render_options(owner, spec, outcome)
         try:
-            deployment = self._ensure_children(key, children, spec, outcome)
-        except PermanentApiError as err:
+            with image_lock:
+                deployment = self._ensure_children(
+                    owner, manifests.render(owner, spec, options), spec, outcome
+                )
+        except (ChildConflict, RefusedApiError, PermanentApiError) as err:
             status = compute_status(
                 owner=owner,
                 generation=generation,
@@ -204,79 +272,214 @@ class Reconciler:
                 pods=self.cache.pods_of(key),
                 previous=previous,
                 apply_error=str(err),
+                apply_reason=CHILD_CONFLICT if isinstance(err, ChildConflict) else APPLY_FAILED,
             )
             self._publish(body, previous, status, outcome)
             raise
+        pods = self.cache.pods_of(key)
         status = compute_status(
             owner=owner,
             generation=generation,
             spec=spec,
             now=self.clock(),
             deployment=deployment,
-            pods=self.cache.pods_of(key),
+            pods=pods,
             previous=previous,
+            hpa=self.cache.child("HorizontalPodAutoscaler", owner.namespace, dep_name),
+            pod_warnings=self._pod_warnings(owner.namespace, pods, outcome),
         )
         self._publish(body, previous, status, outcome)
         return outcome
 
+    def _pod_warnings(
+        self, namespace: str, pods: list[dict[str, Any]], outcome: Outcome
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Warning events of pods stuck creating their containers (at most a few per pass).
+
+        A volume that cannot be mounted or attached (FailedMount, a ReadWriteOnce claim on two
+        nodes: FailedAttachVolume "Multi-Attach error") changes nothing in the pod's status but
+        its ``ContainerCreating``; only its Events say why. No watch on Events (all of them, in
+        every namespace, would cost more than the pods); instead a pass that sees such pods reads
+        their Warnings and asks to be repeated soon, since the Events themselves trigger nothing.
+        """
+        stuck = pods_stuck_creating(pods)[: self.max_event_lookups]
+        if not stuck:
+            return {}
+        outcome.recheck_after = self.stuck_recheck_seconds
+        warnings: dict[str, list[tuple[str, str]]] = {}
+        for name in stuck:
+            try:
+                warnings[name] = self.kube.pod_warnings(namespace, name)
+            except TemporaryApiError as exc:  # advice only: the status is still true without it
+                log.warning("%s/%s: could not read the pod's events: %s", namespace, name, exc)
+        return warnings
+
+    def _render_options(
+        self, owner: Owner, spec: BertServerSpec, outcome: Outcome
+    ) -> tuple[RenderOptions, contextlib.AbstractContextManager[Any]]:
+        """Options for this BertServer, pacing moves onto a new default server image.
+
+        A new chart ``serverImage`` (the operator's ``default_image``) would otherwise roll every
+        BertServer without ``spec.image`` at once: all their pods restart and reload their models
+        together. Instead an existing Deployment keeps the image it runs until fewer than
+        ``max_image_rollouts`` Deployments are still rolling onto the new image; a new image that
+        never becomes ready so stops after the first few BertServers. The decision and the apply
+        happen under one lock, so concurrent passes cannot both take the last slot. New
+        BertServers and ``spec.image`` changes are never held back.
+        """
+        new = self.options.default_image
+        if spec.image is not None:
+            return self.options, contextlib.nullcontext()
+        observed = self.cache.child("Deployment", owner.namespace, manifests.deployment_name(owner.name))
+        current = server_image(observed)
+        if current is None or current == new:
+            return self.options, contextlib.nullcontext()
+        self._image_lock.acquire()
+        try:
+            rolling = self.cache.count_children(
+                "Deployment", lambda d: server_image(d) == new and rolling_out(d)
+            )
+        except BaseException:
+            self._image_lock.release()
+            raise
+        if rolling < self.max_image_rollouts:
+            log.info(
+                "%s/%s: moving from %s to the new default image %s", owner.namespace, owner.name, current, new
+            )
+            return self.options, _Held(self._image_lock)
+        self._image_lock.release()
+        outcome.recheck_after = self.stuck_recheck_seconds
+        log.debug(
+            "%s/%s: stays on %s while %d BertServers roll onto %s",
+            owner.namespace,
+            owner.name,
+            current,
+            rolling,
+            new,
+        )
+        return dataclasses.replace(self.options, default_image=current), contextlib.nullcontext()
+
     # ------------------------------------------------------------------ children
 
-    def _ensure_children(
-        self, key: Key, children: manifests.Children, spec: BertServerSpec, outcome: Outcome
-    ) -> dict[str, Any]:
-        """Ensure every child; returns the Deployment as observed or applied.
+    def _observe(self, desired: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A child as cached, else as the API server has it (a foreign object is not cached:
+        the child watches only stream objects carrying our managed-by label)."""
+        meta = desired["metadata"]
+        observed = self.cache.child(desired["kind"], meta["namespace"], meta["name"])
+        if observed is None:
+            observed = self.kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        return observed
 
-        The Deployment is applied in this thread (it is what users wait for); the other children
-        go to the apply pool at the same time, so creating a BertServer costs one round trip of
-        latency instead of three. Errors surface after every job finished, the Deployment's first.
-        """
-        dep_name = manifests.deployment_name(key[1])
-        side: list[Callable[[], object]] = [
-            lambda: self._ensure(children.service, outcome),
-            lambda: self._ensure(children.peer_service, outcome),
-            lambda: self._ensure_optional(key, "HorizontalPodAutoscaler", dep_name, children.hpa, outcome),
-            lambda: self._ensure_optional(key, "PodDisruptionBudget", dep_name, children.pdb, outcome),
-        ]
+    def _run(self, jobs: list[Callable[[], Any]]) -> list[Any]:
+        """Run ``jobs`` (concurrently when there is a pool); re-raise the first error."""
         if self._pool is None:
-            deployment = self._ensure_deployment(children.deployment, spec, outcome)
-            for job in side:
-                job()
-            return deployment
-        futures = [self._pool.submit(job) for job in side]
-        try:
-            deployment = self._ensure_deployment(children.deployment, spec, outcome)
-        finally:
-            errors = [f.exception() for f in futures]
+            return [job() for job in jobs]
+        futures = [self._pool.submit(job) for job in jobs]
+        errors = [f.exception() for f in futures]
         for error in errors:
             if error is not None:
                 raise error
+        return [f.result() for f in futures]
+
+    def _ensure_children(
+        self, owner: Owner, children: manifests.Children, spec: BertServerSpec, outcome: Outcome
+    ) -> dict[str, Any]:
+        """Ensure every child, all or nothing as far as the API allows; returns the Deployment.
+
+        1. Every child is observed first; one that exists without us as its controller stops
+           the pass (:class:`ChildConflict`) before anything is written.
+        2. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
+           no Service or HPA is left behind pointing at nothing.
+        3. The other children are applied concurrently.
+        """
+        desired = children.all()
+        observed = self._run([functools.partial(self._observe, d) for d in desired])
+        for want, have in zip(desired, observed, strict=True):
+            if have is not None and not controls(have, owner):
+                raise ChildConflict(conflict_message(have, str(want["kind"])))
+        seen = {(d["kind"], d["metadata"]["name"]): o for d, o in zip(desired, observed, strict=True)}
+        dep_name = manifests.deployment_name(owner.name)
+        deployment = self._ensure_deployment(children.deployment, seen["Deployment", dep_name], spec, outcome)
+        svc, peers = children.service, children.peer_service
+        self._run(
+            [
+                lambda: self._ensure(svc, seen["Service", svc["metadata"]["name"]], outcome),
+                lambda: self._ensure(peers, seen["Service", peers["metadata"]["name"]], outcome),
+                lambda: self._ensure_optional(
+                    owner, children.hpa, seen, outcome, kind="HorizontalPodAutoscaler"
+                ),
+                lambda: self._ensure_optional(owner, children.pdb, seen, outcome, kind="PodDisruptionBudget"),
+            ]
+        )
         return deployment
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-        applied = self.kube.apply(obj)
+        started = time.monotonic()
+        applied = self.kube.apply(with_applied_hash(obj))
+        if self.observe_apply is not None:
+            self.observe_apply(str(obj["kind"]), time.monotonic() - started)
         self.cache.put_child(applied)
         outcome.applied.append(str(obj["kind"]))
         log.info("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         return applied
 
-    def _ensure(self, desired: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-        meta = desired["metadata"]
-        observed = self.cache.child(desired["kind"], meta["namespace"], meta["name"])
-        if observed is not None and not needs_apply(desired, observed):
+    def _remove_foreign(
+        self, desired: Mapping[str, Any], observed: dict[str, Any], outcome: Outcome
+    ) -> dict[str, Any]:
+        """Remove keys others added to maps we own whole (see :mod:`drift`)."""
+        pointers = foreign_entries(desired, observed)
+        if not pointers:
             return observed
+        meta = desired["metadata"]
+        ops = [
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": observed["metadata"]["resourceVersion"],
+            }
+        ]
+        ops += [{"op": "remove", "path": p} for p in pointers]
+        try:
+            patched = self.kube.json_patch(
+                desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"], ops
+            )
+        except PermanentApiError as err:  # changed meanwhile: the next pass sees the new version
+            raise TemporaryApiError(str(err), err.status, delay=1.0) from err
+        self.cache.put_child(patched)
+        outcome.applied.append(f"{desired['kind']}(removed {', '.join(pointers)})")
+        log.info(
+            "removed foreign entries %s from %s %s/%s",
+            pointers,
+            desired["kind"],
+            meta["namespace"],
+            meta["name"],
+        )
+        return patched
+
+    def _ensure(
+        self, desired: Mapping[str, Any], observed: dict[str, Any] | None, outcome: Outcome
+    ) -> dict[str, Any]:
+        if observed is not None:
+            observed = self._remove_foreign(desired, observed, outcome)
+            if not needs_apply(desired, observed):
+                return observed
         return self._apply(desired, outcome)
 
     def _ensure_deployment(
-        self, desired: Mapping[str, Any], spec: BertServerSpec, outcome: Outcome
+        self,
+        desired: Mapping[str, Any],
+        observed: dict[str, Any] | None,
+        spec: BertServerSpec,
+        outcome: Outcome,
     ) -> dict[str, Any]:
-        if not spec.autoscaling.enabled:
-            return self._ensure(desired, outcome)
-        meta = desired["metadata"]
-        observed = self.cache.child("Deployment", meta["namespace"], meta["name"])
-        if observed is None:
-            # Ownership of replicas must be known before dropping it: ask, do not assume.
-            observed = self.kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
-        if observed is not None and manager_owns(observed, names.FIELD_MANAGER, "spec", "replicas"):
+        if (
+            observed is not None
+            and spec.autoscaling.enabled
+            and manager_owns(observed, names.FIELD_MANAGER, "spec", "replicas")
+        ):
+            # Ownership of replicas must be known before dropping it (the cached copy keeps
+            # managedFields, a GET returns them).
+            meta = desired["metadata"]
             replicas = int((observed.get("spec") or {}).get("replicas") or 1)
             self.kube.apply(
                 {
@@ -291,18 +494,25 @@ class Reconciler:
                 "handed spec.replicas=%d of %s/%s over to the HPA", replicas, meta["namespace"], meta["name"]
             )
             return self._apply(desired, outcome)
-        if observed is not None and not needs_apply(desired, observed):
-            return observed
-        return self._apply(desired, outcome)
+        return self._ensure(desired, observed, outcome)
 
     def _ensure_optional(
-        self, key: Key, kind: str, name: str, desired: Mapping[str, Any] | None, outcome: Outcome
+        self,
+        owner: Owner,
+        desired: Mapping[str, Any] | None,
+        seen: Mapping[tuple[str, str], dict[str, Any] | None],
+        outcome: Outcome,
+        *,
+        kind: str,
     ) -> None:
+        """Ensure an HPA/PDB the spec asks for, or delete ours when it no longer does."""
+        name = manifests.deployment_name(owner.name)
         if desired is not None:
-            self._ensure(desired, outcome)
+            self._ensure(desired, seen[kind, name], outcome)
             return
+        key = (owner.namespace, owner.name)
         observed = self.cache.child(kind, key[0], name)
-        if observed is None or controller_owner(observed) != key:
+        if observed is None or not controls(observed, owner):
             return
         api_version = str(observed.get("apiVersion"))
         self.kube.delete(api_version, kind, key[0], name)

@@ -17,6 +17,12 @@ WordPiece) built from ``vocab.txt``; everything around it follows 1.10.0's
 - ``mask_cls_sep`` sets the mask to 0 at ``[CLS]`` and every ``[SEP]``;
 - ``max_seq_len=None`` means "as long as needed": items are only cut at
   ``max_position_embeddings`` and the caller pads each batch to its longest item.
+- before WordPiece, each sentence (each side of a pair) is cut to :attr:`BertTokenizer.max_chars`
+  characters: ``limit × (MAX_INPUT_CHARS_PER_WORD + 1)``, room for ``limit`` tokens of the longest
+  word WordPiece splits plus a separator each. A 64 MiB sentence therefore costs no more than
+  a long one; only text with runs of whitespace or words over 100 characters before its
+  ``limit``-th token can tokenize differently from 1.10.0 (which tokenized everything and then
+  truncated).
 
 Two details make the Rust tokenizer agree with Google's ``BasicTokenizer`` character for
 character: lower-casing is done here with Python's ``str.lower()`` *before* accent stripping (the
@@ -140,6 +146,11 @@ class BertTokenizer:
         """Longest item produced (special tokens included)."""
         return self.max_seq_len if self.max_seq_len is not None else self.max_position_embeddings
 
+    @property
+    def max_chars(self) -> int:
+        """Characters of one sentence (or pair side) kept before tokenizing (see the module doc)."""
+        return self.limit * (MAX_INPUT_CHARS_PER_WORD + 1)
+
     # -- public API -------------------------------------------------------------------------------
 
     def tokenize_batch(
@@ -157,17 +168,48 @@ class BertTokenizer:
             first, second = self._split_pair(text)
             firsts.append(first)
             seconds.append(second)
+        return self._assemble_texts(firsts, seconds, mask_specials=self.mask_cls_sep)
+
+    def _assemble_texts(
+        self, firsts: list[str], seconds: list[str | None], *, mask_specials: bool
+    ) -> list[TokenizedInput]:
+        cut = self.max_chars  # a 64 MiB sentence costs WordPiece no more than a long one
+        firsts = [first[:cut] for first in firsts]
+        seconds = [None if second is None else second[:cut] for second in seconds]
         segments = firsts + [s for s in seconds if s is not None]
         pieces = self.wordpiece_ids(segments)
         out = []
         next_b = len(firsts)
         for index, second in enumerate(seconds):
             if second is None:
-                out.append(self._assemble_ids(pieces[index], []))
+                out.append(self._assemble_ids(pieces[index], [], mask_specials=mask_specials))
             else:
-                out.append(self._assemble_ids(pieces[index], pieces[next_b]))
+                out.append(self._assemble_ids(pieces[index], pieces[next_b], mask_specials=mask_specials))
                 next_b += 1
         return out
+
+    def tokenize_examples(self, examples: Sequence[str | tuple[str, str]]) -> list[TokenizedInput]:
+        """Classifier inputs as ``run_classifier.py``'s ``convert_single_example`` builds them.
+
+        Each example is a sentence (``"a ||| b"`` is a pair, as for encoding) or an explicit
+        ``(text_a, text_b)`` pair. Layout, segment ids and the longest-first pair truncation are
+        those of encoding (the same ``_truncate_seq_pair``); unlike encoding, the mask is 1 on every
+        real token whatever ``-mask_cls_sep`` says, because the head was trained that way.
+        """
+        firsts: list[str] = []
+        seconds: list[str | None] = []
+        for i, example in enumerate(examples):
+            if isinstance(example, str):
+                first, second = self._split_pair(example)
+            elif (
+                isinstance(example, tuple) and len(example) == 2 and all(isinstance(t, str) for t in example)
+            ):
+                first, second = example
+            else:
+                raise TypeError(f"example {i} must be a string or a pair of strings, got {example!r:.60}")
+            firsts.append(first)
+            seconds.append(second)
+        return self._assemble_texts(firsts, seconds, mask_specials=False)
 
     def tokenize(self, text: str | Sequence[str], is_tokenized: bool = False) -> TokenizedInput:
         """One sentence; see ``tokenize_batch``."""
@@ -229,10 +271,12 @@ class BertTokenizer:
             return TokenizedInput(ids, (0,) * len(ids), (1,) * len(ids), tuple(a))
         return self._assemble_ids([vocab[t] for t in a], [vocab[t] for t in b])
 
-    def _assemble_ids(self, a_ids: list[int], b_ids: list[int]) -> TokenizedInput:
+    def _assemble_ids(
+        self, a_ids: list[int], b_ids: list[int], *, mask_specials: bool | None = None
+    ) -> TokenizedInput:
         limit = self.limit
         names = self._id_to_token
-        edge = 0 if self.mask_cls_sep else 1
+        edge = 0 if (self.mask_cls_sep if mask_specials is None else mask_specials) else 1
         na, nb = len(a_ids), len(b_ids)
         if nb:
             while na + nb > limit - 3:  # 1.10.0's _truncate_seq_pair, on lengths

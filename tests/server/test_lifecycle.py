@@ -9,111 +9,19 @@ script on a tiny fine-tuned checkpoint. Every wait is bounded; processes are kil
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from bert_serving.client import BertClient
-from ports import free_port
-from server_harness import wait_until, write_model_dir
+from server_harness import wait_until
+from server_process import ServerProcess, server_flags
 
-HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
-
-
-class ServerProcess:
-    """A server subprocess on 127.0.0.1 with free ports; output goes to a log file."""
-
-    def __init__(self, argv: list[str], log: Path, **ports: int) -> None:
-        self.port = ports["port"]
-        self.port_out = ports["port_out"]
-        self.http_port = ports["http_port"]
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def get(self, path: str) -> requests.Response | None:
-        try:
-            return requests.get(self.url(path), timeout=2)
-        except requests.ConnectionError:
-            return None
-
-    def client(self, **kw) -> BertClient:
-        return BertClient(ip="127.0.0.1", port=self.port, port_out=self.port_out, timeout=30000, **kw)
-
-    def wait_ready(self, timeout: float) -> list[int]:
-        """Poll /readyz until 200; the statuses seen on the way."""
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log}"
-            r = self.get("/readyz")
-            if r is not None:
-                seen.append(r.status_code)
-                if r.status_code == 200:
-                    return seen
-            time.sleep(0.05)
-        raise AssertionError(f"not ready after {timeout}s:\n{self.log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-def server_flags(model_dir: Path, *switches: str, **extra: str) -> tuple[list[str], dict[str, int]]:
-    ports = {"port": free_port(), "port_out": free_port(), "http_port": free_port()}
-    flags = (
-        [
-            f"-model_dir={model_dir}",
-            "-bind_host=127.0.0.1",
-            "-cpu",
-            f"-port={ports['port']}",
-            f"-port_out={ports['port_out']}",
-            f"-http_port={ports['http_port']}",
-        ]
-        + [f"-{k}={v}" for k, v in extra.items()]
-        + [f"-{s}" for s in switches]
-    )
-    return flags, ports
-
-
-@pytest.fixture
-def fake_process(tmp_path: Path) -> Iterator[callable]:
-    started: list[ServerProcess] = []
-
-    def start(delay_s: float, **extra: str) -> ServerProcess:
-        model_dir = write_model_dir(tmp_path / "model")
-        (model_dir / "bert_model.ckpt.index").write_bytes(b"")  # validation only looks for the prefix
-        flags, ports = server_flags(model_dir, **extra)
-        proc = ServerProcess(
-            [sys.executable, str(HELPERS / "fake_serve.py"), str(delay_s), *flags],
-            tmp_path / "server.log",
-            **ports,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process):
@@ -173,6 +81,24 @@ def test_sigterm_when_idle_exits_promptly(fake_process):
     assert server.proc.wait(10) == 0 and time.monotonic() - sent < 5
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_model_loads_aborts_start_up_and_exits_cleanly(fake_process, monkeypatch, sig):
+    """A pod deleted while its model still loads must go at once, not after loading and warm-up."""
+    load_s = 120.0
+    monkeypatch.setenv("FAKE_SERVE_LOAD_S", str(load_s))
+    server = fake_process(0.0)
+    wait_until(lambda: "fake model: loading" in server.log, timeout=60, what="the model load to begin")
+    assert server.get("/readyz").status_code == 503  # probes answer: not ready while loading
+    sent = time.monotonic()
+    server.proc.send_signal(sig)
+    assert server.proc.wait(load_s / 4) == 0, server.log
+    assert time.monotonic() - sent < load_s / 4
+    log = server.log
+    assert f"start-up aborted: {sig.name} during start-up" in log, log
+    assert "all set, ready to serve request!" not in log
+    assert server.get("/healthz") is None  # the HTTP listener is closed too
+
+
 @pytest.mark.tf
 def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_model_dir, tiny_finetuned_dir):
     """The seed's command line, end to end: ready after warm-up, right vectors, clean SIGTERM."""
@@ -190,9 +116,11 @@ def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_m
     server = ServerProcess([str(script), *flags], tmp_path / "server.log", **ports)
     try:
         seen = server.wait_ready(180)
-        assert seen[0] == 503 or len(seen) == 1  # HTTP answered before the model was ready
+        assert seen[-1] == 200 and set(seen[:-1]) <= {503}, seen  # never anything but "not ready yet"
         assert server.get("/healthz").status_code == 200
         log = server.log
+        # HTTP (probes) listens before the model loads, so a kubelet sees 503, not a refused port.
+        assert log.index("HTTP: listening on") < log.index("model loaded and warmed up")
         assert f"checkpoint (override by the fine-tuned model): {tiny_finetuned_dir}/model.ckpt-343" in log
         assert log.index("warm-up done") < log.index("all set, ready to serve request!")
         texts = ["hello world", "the dog is not a cat ||| good night", "un ##want"]

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from server_harness import RawClient, fake_server
+from server_harness import RawClient, fake_server, wait_until
 
 from bertserve_server.encoder import pad_batch
 from bertserve_server.frontends.zmq import LocalResultRouter, SubscriptionRegistry
@@ -170,12 +170,12 @@ def test_an_answer_nobody_subscribes_to_is_dropped_after_the_bounded_wait(tmp_pa
             push.connect(f"tcp://127.0.0.1:{server.config.port}")
             push.send_multipart([b"nobody", b'["hello world"]', b"1", b"1"])
             deadline = time.monotonic() + 5
-            while server.metrics.value("bertserve_zmq_undeliverable_replies_total") < 1:
+            while server.metrics.value("bertserve_answers_dropped_total", {"reason": "no_subscriber"}) < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             assert server.zmq.held_count() == 0
-            push.close()
         finally:
+            push.close()
             context.term()
         with RawClient(server, b"next") as raw:
             raw.send(b"next", b'["still serving"]', b"1", b"1")
@@ -213,24 +213,32 @@ def test_clients_sharing_an_identity_all_receive_the_answer(tmp_path):
         RawClient(server, b"shared") as one,
         RawClient(server, b"shared") as two,
     ):
-        time.sleep(0)  # both subscriptions are in flight; the server holds until at least one is seen
-        deadline = time.monotonic() + 5
-        while server.zmq.subscriptions.topics().count(b"shared") == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # XPUB reports a topic once, so the second b"shared" is invisible; each SUB then subscribes
+        # a probe topic of its own. A pipe's subscriptions are applied in order, so once the server
+        # has seen both probes, both b"shared" subscriptions are in place.
+        one.sub.setsockopt(zmq.SUBSCRIBE, b"probe-one")
+        two.sub.setsockopt(zmq.SUBSCRIBE, b"probe-two")
+        wait_until(
+            lambda: {b"probe-one", b"probe-two"} <= set(server.zmq.subscriptions.topics()),
+            timeout=5,
+            what="both probe subscriptions",
+        )
         one.send(b"shared", b'["hello"]', b"1", b"1")
         assert one.recv() is not None
         assert two.recv() is not None
 
 
-def test_subscription_registry_uses_zeromq_prefix_matching():
+def test_subscription_registry_matches_exact_identities_counted_per_connection():
     registry = SubscriptionRegistry()
     changes: list[tuple[bytes, bool]] = []
     registry.add_listener(lambda topic, on: changes.append((topic, on)))
     registry.add(b"abc")
-    assert registry.matches(b"abc") and registry.matches(b"abcdef") and not registry.matches(b"ab")
+    assert registry.matches(b"abc") and not registry.matches(b"abcdef") and not registry.matches(b"ab")
     registry.add(b"")
-    assert registry.matches(b"anything")
+    assert not registry.matches(b"anything")
+    registry.add(b"abc")  # a second connection with the same identity
+    registry.remove(b"abc")
+    assert registry.matches(b"abc")
     registry.remove(b"")
     registry.remove(b"abc")
     assert not registry.matches(b"abc")

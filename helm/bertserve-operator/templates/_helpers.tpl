@@ -74,7 +74,7 @@ Watching all namespaces needs cluster-wide permissions: refuse a combination tha
 {{/*
 The operator's permissions, shared by the ClusterRole and the per-namespace Roles.
 Only what it uses: SSA (create+patch) of its children, delete only for the optional HPA/PDB,
-read-only pods (scheduler messages for status), events create, its own resource and status.
+read-only pods (scheduler messages for status), events create and list (why a pod is stuck creating), its own resource and status.
 */}}
 {{- define "bertserve-operator.rules" -}}
 - apiGroups: [bertserve.io]
@@ -83,6 +83,12 @@ read-only pods (scheduler messages for status), events create, its own resource 
 - apiGroups: [bertserve.io]
   resources: [bertservers/status]
   verbs: [get, patch]
+# Children carry a controller ownerReference with blockOwnerDeletion: true; the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) admits that only
+# from someone who may update the owner's finalizers.
+- apiGroups: [bertserve.io]
+  resources: [bertservers/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
@@ -100,5 +106,5 @@ read-only pods (scheduler messages for status), events create, its own resource 
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}

@@ -213,7 +213,7 @@ class Routes:
     def drop(self, item: Held, reason: str) -> None:
         """Count and log (throttled) one answer that will never reach its client."""
         self.dropped.labels(reason=reason).inc()
-        self.metrics.undeliverable.inc()
+        self.metrics.answer_dropped(reason)
         client = item.identity.decode("ascii", errors="backslashreplace")[:64]
         if reason == "no_subscriber":
             self._drop_logs[reason].warning(
