@@ -100,6 +100,7 @@ class Runtime:
             settings.render_options(),
             apply_threads=settings.workers + settings.handler_threads,
             observe_apply=lambda kind, seconds: self.metrics.apply_seconds.labels(kind).observe(seconds),
+            max_image_rollouts=settings.max_image_rollouts,
         )
         # Where to serve /healthz and /metrics ("" when kopf serves the liveness endpoint itself).
         self.serve_endpoint = serve_endpoint

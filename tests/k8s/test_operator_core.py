@@ -640,3 +640,59 @@ def test_the_operator_serves_its_metrics_on_its_health_port(
         own.kill()
         operator.start()
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- server image bumps
+
+
+def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operator: OperatorProcess) -> None:
+    """A chart ``serverImage`` bump moves BertServers one at a time (``max_image_rollouts`` = 1).
+
+    The BertServers' pods may only run on a labelled node; removing the label before the bump
+    makes every rollout that starts unable to finish (its new pod stays Pending). Exactly one
+    BertServer must move and the others keep their image over several passes; once the label
+    is back, the rest follow.
+    """
+    ns, node, label = "imageroll", "cpu-node-0", "bertserve-test/image-roll"
+    servers = ("r1", "r2", "r3")
+    env_before = dict(operator.env)
+    new = "registry.example/bertserve-server:next"
+    cluster.create_namespace(ns)
+    cluster.kubectl("label", "node", node, f"{label}=yes", "--overwrite")
+    try:
+        docs = [bertserver(n, nodeSelector={label: "yes"}) for n in servers]
+        apply_yaml(cluster, "---\n".join(docs), ns)
+        for name in servers:
+            wait_ready(cluster, operator, ns, name)
+
+        def images() -> dict[str, str]:
+            return {
+                n: get_json(cluster, "deployment", n, "-n", ns)["spec"]["template"]["spec"]["containers"][0][
+                    "image"
+                ]
+                for n in servers
+            }
+
+        old = images()["r1"]
+        assert old != new and set(images().values()) == {old}
+        cluster.kubectl("label", "node", node, f"{label}-")
+        operator.stop()
+        operator.env["BERTSERVE_DEFAULT_IMAGE"] = new
+        operator.start()
+        wait_for(lambda: list(images().values()).count(new) == 1, 60, "one BertServer on the new image")
+        start = health(operator)["passes"]
+        wait_for(
+            lambda: health(operator)["passes"] >= start + 3 * len(operator_keys(cluster)),
+            60,
+            "three more rounds",
+        )
+        assert list(images().values()).count(new) == 1, images()
+        cluster.kubectl("label", "node", node, f"{label}=yes", "--overwrite")
+        wait_for(lambda: set(images().values()) == {new}, 120, "every BertServer on the new image")
+    finally:
+        cluster.kubectl("label", "node", node, f"{label}-", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=60s", check=False)
+        operator.stop()
+        operator.env.clear()
+        operator.env.update(env_before)
+        operator.start()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from operator_harness import wait_for
+from polling import wait_for
 from ports import free_ports
 from server_harness import write_model_dir
 
