@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bertserve_api.manifests import RenderOptions
+from bertserve_api.names import DEFAULT_SERVER_IMAGE
 
 ENV_PREFIX = "BERTSERVE_"
-DEFAULT_SERVER_IMAGE = "ghcr.io/bertserve/bertserve-server:0.1.0"
 LOG_FORMATS = ("plain", "full", "json")
 
 
@@ -48,6 +48,9 @@ class Settings:
     watch_timeout_seconds: int = _opt(300, "server-side timeout of one watch request (kopf reconnects)")
     retry_delay_seconds: float = _opt(10.0, "first retry delay after a temporary API error (doubles)")
     max_retry_delay_seconds: float = _opt(300.0, "upper bound of the retry delay")
+    max_image_rollouts: int = _opt(
+        1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
+    )
 
     def render_options(self) -> RenderOptions:
         """The subset of settings the pure manifest builders take."""
@@ -101,6 +104,8 @@ def _validate(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name}: must be positive")
+    if settings.max_image_rollouts < 1:
+        raise ValueError("max_image_rollouts: must be at least 1")
     if settings.workers < 1 or settings.handler_threads < 1:
         raise ValueError("workers and handler_threads must be at least 1")
     if not settings.default_image:

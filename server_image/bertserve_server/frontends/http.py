@@ -18,32 +18,48 @@ clients without timeouts (reference §4). Here aiohttp serves straight from the 
 Overload is explicit: a full queue answers 429 with ``Retry-After``; more than
 ``-http_max_connect`` encodes in flight also answers 429; loading or draining answers 503.
 HTTP binds before the model loads, so the probes answer during start-up.
+
+Optional API key: when the environment variable ``BERTSERVE_API_KEY`` is set (from a Secret; never
+a flag, since arguments are visible to everyone on the node, and never logged), the encode and
+status routes require ``Authorization: Bearer <key>`` (compared in constant time; 401 with
+``WWW-Authenticate: Bearer`` otherwise). The probes stay open (the kubelet carries no key);
+``/metrics`` stays open unless ``-protect_metrics``. Each route declares its access in
+:meth:`HttpFrontend.routes`, the one table to extend.
+
+The event loop only moves bytes: decoding and validating bodies larger than
+:data:`OFFLOAD_BYTES` and serializing large results run on a small thread pool, so ``/healthz``
+answers while a 64 MiB body is parsed. Any exception while handling a request is a JSON error
+(400 for what the client sent, 500 otherwise), never a bare traceback page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
+import hmac
 import json
 import logging
+import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from aiohttp import web
 
-from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
+from bertserve_api.contract import API_KEY_ENV, SERVER_VERSION, PoolingStrategy, ServerConfig
 from bertserve_server.classifier import ranked
 from bertserve_server.errors import (
     Busy,
     InvalidInput,
     RequestTooLarge,
     ServeError,
-    as_serve_error,
+    as_request_error,
     http_error_body,
     http_headers,
     openai_error_body,
@@ -51,18 +67,79 @@ from bertserve_server.errors import (
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
 from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
-from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_examples, validate_texts
+from bertserve_server.validation import decode_json, validate_examples, validate_texts
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Access = Literal["open", "key", "metrics"]
+T = TypeVar("T")
 Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
+
+OFFLOAD_BYTES = 256 * 1024
+"""Bodies (and results, as float count x 8) above this are parsed/serialized off the event loop."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route: ``access`` is ``open`` (probes), ``key`` (API key when one is set) or
+    ``metrics`` (open unless ``-protect_metrics``)."""
+
+    method: str
+    path: str
+    handler: Handler
+    access: Access
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(data).encode("utf-8"), status=status, headers=headers, content_type="application/json"
-    )
+    return _json_bytes(json.dumps(data).encode("utf-8"), status, headers)
+
+
+def _json_bytes(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+CHUNK_BYTES = 1 << 20
+"""Large bodies are read, decoded, serialized and written in pieces of about this size."""
+
+
+def _json_pieces(items: Iterable[str]) -> list[bytes]:
+    """``", ".join(items)`` as ~1 MiB byte pieces (no single huge string or copy under the GIL)."""
+    pieces: list[bytes] = []
+    batch: list[str] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item)
+        if size >= CHUNK_BYTES:
+            pieces.append(", ".join(batch).encode() + b", ")
+            batch, size = [], 0
+    if batch:
+        pieces.append(", ".join(batch).encode())
+    elif pieces:
+        pieces[-1] = pieces[-1][:-2]
+    return pieces
+
+
+def _row_pieces(array: np.ndarray) -> list[bytes]:
+    """``json.dumps(array.tolist())`` in pieces, one row at a time.
+
+    One ``json.dumps`` of a 10,000-row result is a single C call that holds the GIL (and so
+    stalls the event loop) for the whole serialization; row by row, other threads get their turns.
+    """
+    if array.ndim == 0 or int(array.size) * 8 <= OFFLOAD_BYTES:
+        return [json.dumps(array.tolist()).encode()]
+    return [b"[", *_json_pieces(json.dumps(row.tolist()) for row in array), b"]"]
+
+
+def _parse_body(chunks: list[bytes]) -> Any:
+    """Decode (strict UTF-8) and parse a body received as chunks; big ones in slices."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    try:
+        text = "".join([*(decoder.decode(chunk) for chunk in chunks), decoder.decode(b"", final=True)])
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
+    return decode_json(text, "send a JSON object", "request body is not valid UTF-8 JSON")
 
 
 def _as_bool(value: Any) -> bool:
@@ -82,6 +159,7 @@ class HttpFrontend:
         metrics: Metrics,
         *,
         model_name: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if config.http_port is None:
             raise ValueError("HttpFrontend needs -http_port")
@@ -100,19 +178,34 @@ class HttpFrontend:
         self._in_flight = 0  # encodes waiting for the model (bounded by -http_max_connect)
         self._open = 0  # encode/embeddings handlers not yet returned (the drain waits for these)
         self._num_request = 0
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        self._api_key: bytes | None = key.strip().encode("utf-8") or None
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="http-work")
+        self._access: dict[tuple[str, str], Access] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def routes(self) -> list[Route]:
+        """Every route with its access rule: the one table to extend."""
+        return [
+            Route("POST", "/encode", self.encode, "key"),
+            Route("GET", "/status/server", self.status_server, "key"),
+            Route("GET", "/status/client", self.status_client, "key"),
+            Route("POST", "/v1/embeddings", self.embeddings, "key"),
+            Route("POST", "/predict", self.predict, "key"),
+            Route("GET", "/healthz", self.healthz, "open"),
+            Route("GET", "/readyz", self.readyz, "open"),
+            Route("GET", "/metrics", self.metrics_text, "metrics"),
+        ]
+
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._cors_middleware])
-        app.router.add_post("/encode", self.encode)
-        app.router.add_get("/status/server", self.status_server)
-        app.router.add_get("/status/client", self.status_client)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/predict", self.predict)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_text)
+        app = web.Application(
+            client_max_size=self.config.max_request_bytes,
+            middlewares=[self._cors_middleware, self._auth_middleware],
+        )
+        for route in self.routes():
+            app.router.add_route(route.method, route.path, route.handler)
+            self._access[(route.method, route.path)] = route.access
         return app
 
     def start(self, timeout: float = 10.0) -> None:
@@ -126,7 +219,12 @@ class HttpFrontend:
                 f"cannot bind -http_port {self.config.bind_host}:{self.port}: {self._start_error}; "
                 "choose a free port with -http_port"
             ) from self._start_error
-        logger.info("HTTP: listening on %s:%d", self.config.bind_host, self.port)
+        logger.info(
+            "HTTP: listening on %s:%d (API key %s)",
+            self.config.bind_host,
+            self.port,
+            f"required, from ${API_KEY_ENV}" if self._api_key else "not set: encode routes are open",
+        )
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -171,6 +269,7 @@ class HttpFrontend:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- middleware ------------------------------------------------------------------------------
 
@@ -207,6 +306,48 @@ class HttpFrontend:
             raise response
         return response
 
+    def _needs_key(self, request: web.Request) -> bool:
+        if self._api_key is None:
+            return False
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        access = self._access.get((request.method, path))
+        if access == "open":
+            return False
+        if access == "metrics":
+            return self.config.protect_metrics
+        return True  # "key", and anything unknown (404s do not reveal what exists)
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._api_key is not None
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credential.strip().encode("utf-8"), self._api_key)
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._needs_key(request) and not self._authorized(request):
+            self._count("auth", "unauthorized")
+            message = "missing or wrong API key: send the header Authorization: Bearer <key>"
+            body: dict[str, Any] = {"description": message, "type": "Unauthorized", "status": 401}
+            if request.path.startswith("/v1/"):
+                body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                  "code": "invalid_api_key"}}  # fmt: skip
+            return _json(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="bertserve"'})
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the last net: a JSON 500, and the server keeps serving
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            err = as_request_error(exc)
+            return _json(http_error_body(err), status=err.http_status)
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run CPU-heavy ``work`` (parsing, serializing) on the pool, not on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
     # -- shared request plumbing -----------------------------------------------------------------
 
     async def _read_body(self, request: web.Request) -> dict[str, Any]:
@@ -220,18 +361,53 @@ class HttpFrontend:
                 if "is_tokenized" in form:
                     body["is_tokenized"] = _as_bool(form["is_tokenized"])
                 return body
-            raw = await request.read()
+            chunks = await self._read_chunks(request)
         except web.HTTPRequestEntityTooLarge:
             raise RequestTooLarge(
-                f"request body exceeds the limit of {MAX_PAYLOAD_BYTES} bytes; split it"
+                f"request body exceeds the limit of {self.config.max_request_bytes} bytes "
+                "(-max_request_bytes); split it"
             ) from None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
+        if sum(len(chunk) for chunk in chunks) > OFFLOAD_BYTES:
+            data = await self._off_loop(lambda: _parse_body(chunks))
+        else:
+            data = _parse_body(chunks)
         if not isinstance(data, dict):
             raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
         return data
+
+    async def _read_chunks(self, request: web.Request) -> list[bytes]:
+        """The body as received, never joined on the loop (one 64 MiB copy would stall it)."""
+        limit = self.config.max_request_bytes
+        too_large = RequestTooLarge(
+            f"request body exceeds the limit of {limit} bytes (-max_request_bytes); split it"
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return chunks
+
+    async def _respond(self, request: web.Request, pieces: list[bytes]) -> web.StreamResponse:
+        """A JSON answer from byte pieces; big ones are streamed piece by piece."""
+        if len(pieces) == 1:
+            return _json_bytes(pieces[0])
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = sum(len(piece) for piece in pieces)
+        allowed = self._allowed_origin(request.headers.get("Origin"))
+        if allowed:  # headers cannot change once streaming starts: CORS is set here, not after
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
     async def _run_encode(self, texts: Any, is_tokenized: bool | None, client: str) -> EncodeAnswer:
         return await self._admit(lambda: self.service.submit(texts, is_tokenized=is_tokenized), texts, client)
@@ -247,7 +423,10 @@ class HttpFrontend:
         self._in_flight += 1
         self._num_request += 1
         try:
-            future = submit()
+            if len(rows) * 64 > OFFLOAD_BYTES:  # validation walks every element: off the loop
+                future = await self._off_loop(submit)
+            else:
+                future = submit()
             self.status.statistic.record(client, len(rows), system=False)
             return await asyncio.wrap_future(future)
         finally:
@@ -270,14 +449,14 @@ class HttpFrontend:
 
     # -- bert-as-service API ---------------------------------------------------------------------
 
-    async def encode(self, request: web.Request) -> web.Response:
+    async def encode(self, request: web.Request) -> web.StreamResponse:
         self._open += 1
         try:
             return await self._encode(request)
         finally:
             self._open -= 1
 
-    async def _encode(self, request: web.Request) -> web.Response:
+    async def _encode(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -286,9 +465,21 @@ class HttpFrontend:
             is_tokenized = _as_bool(body.get("is_tokenized", False))
             answer = await self._run_encode(body["texts"], is_tokenized, f"http:{request.remote}")
         except Exception as exc:
-            return self._error("encode", as_serve_error(exc))
+            return self._error("encode", as_request_error(exc))
+        request_id = body.get("id")
+
+        def serialize() -> list[bytes]:
+            head = f'{{"id": {json.dumps(request_id)}, "result": '.encode()
+            pieces = [head, *_row_pieces(answer.embeddings), b', "status": 200}']
+            return pieces if self._large(answer) else [b"".join(pieces)]
+
+        pieces = await self._off_loop(serialize) if self._large(answer) else serialize()
         self._done("encode", answer, started)
-        return _json({"id": body.get("id"), "result": answer.embeddings.tolist(), "status": 200})
+        return await self._respond(request, pieces)
+
+    @staticmethod
+    def _large(answer: EncodeAnswer) -> bool:
+        return int(answer.embeddings.size) * 8 > OFFLOAD_BYTES
 
     # -- classifier head (-classifier) -------------------------------------------------------------
 
@@ -316,7 +507,7 @@ class HttpFrontend:
                 lambda: self.service.submit_predict(examples), examples, f"http:{request.remote}"
             )
         except Exception as exc:
-            return self._error("predict", as_serve_error(exc))
+            return self._error("predict", as_request_error(exc))
         self._done("predict", answer, started)
         results = ranked(answer.logits, answer.labels, raw_scores=raw_scores)
         return _json(results if batched else results[0])
@@ -348,14 +539,14 @@ class HttpFrontend:
 
     # -- OpenAI embeddings -----------------------------------------------------------------------
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
         self._open += 1
         try:
             return await self._embeddings(request)
         finally:
             self._open -= 1
 
-    async def _embeddings(self, request: web.Request) -> web.Response:
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -374,21 +565,27 @@ class HttpFrontend:
                 )
             answer = await self._run_encode(texts, False, f"openai:{request.remote}")
         except Exception as exc:
-            return self._error("embeddings", as_serve_error(exc), openai=True)
-        vectors = answer.embeddings.astype(np.float32)
-        data = []
-        for index, vector in enumerate(vectors):
-            value: Any
-            if encoding == "base64":
-                value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-            else:
-                value = vector.tolist()
-            data.append({"object": "embedding", "index": index, "embedding": value})
+            return self._error("embeddings", as_request_error(exc), openai=True)
+        model = body.get("model") or self.model_name
+
+        def serialize() -> bytes:
+            vectors = answer.embeddings.astype(np.float32)
+            data = []
+            for index, vector in enumerate(vectors):
+                value: Any
+                if encoding == "base64":
+                    value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+                else:
+                    value = vector.tolist()
+                data.append({"object": "embedding", "index": index, "embedding": value})
+            usage = {"prompt_tokens": answer.num_tokens, "total_tokens": answer.num_tokens}
+            return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode(
+                "utf-8"
+            )
+
+        payload = await self._off_loop(serialize) if self._large(answer) else serialize()
         self._done("embeddings", answer, started)
-        usage = {"prompt_tokens": answer.num_tokens, "total_tokens": answer.num_tokens}
-        return _json(
-            {"object": "list", "data": data, "model": body.get("model") or self.model_name, "usage": usage}
-        )
+        return _json_bytes(payload)
 
     @staticmethod
     def _openai_inputs(body: dict[str, Any]) -> list[str]:
