@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -76,3 +78,51 @@ def test_documented_cli_commands_run_here():
             assert f"image: {argv[argv.index('--image') + 1]}" in result.stdout
         ran += 1
     assert ran >= 3
+
+
+def _documented_helm_installs() -> list[list[str]]:
+    """``helm install`` commands in the READMEs and the user guide (continuation lines joined)."""
+    import re
+    import shlex
+
+    commands = []
+    for page in (
+        ROOT / "README.md",
+        ROOT / "docs" / "user-guide.md",
+        ROOT / "helm" / "bertserve-operator" / "README.md",
+    ):
+        text = page.read_text().replace("\\\n", " ")
+        for line in re.findall(r"(?m)^helm install .+$", text):
+            commands.append(shlex.split(line.split("#")[0]))
+    return commands
+
+
+@pytest.mark.helm
+def test_documented_helm_install_commands_render(tmp_path):
+    """Each documented install, as `helm template` with the same flags, plus the guide's options."""
+    from operator_harness import localcluster
+
+    binary = pathlib.Path(localcluster().build_binaries(quiet=True)) / "helm"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        **{f"HELM_{k}_HOME": str(tmp_path / k.lower()) for k in ("CACHE", "CONFIG", "DATA")},
+    }
+    options = [
+        [],
+        ["--set", "imagePullSecrets[0].name=regcred"],  # "Private registry"
+        [
+            "--set",
+            "rbac.clusterWide=false",
+            "--set",
+            "watchNamespaces={ml,search}",
+        ],  # "Confined to namespaces"
+    ]
+    commands = _documented_helm_installs()
+    assert len(commands) >= 3
+    for argv in commands:
+        assert argv[:2] == ["helm", "install"]
+        for extra in options:
+            args = [str(binary), "template", *argv[2:], *extra]
+            result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+            assert result.returncode == 0, f"{' '.join(argv + extra)}:\n{result.stderr}"
+            assert "registry.example.com/bertserve-operator:" in result.stdout

@@ -235,7 +235,7 @@ def test_helm_install_test_and_uninstall(cluster: Any) -> None:
     crd = get_json(cluster, "crd", "bertservers.bertserve.io")
     assert crd["spec"]["versions"][0]["name"] == "v1alpha1"
     status = cluster.helm("status", "hc", "-n", ns).stdout
-    assert "STATUS: deployed" in status and "kubectl get bertservers" in status
+    assert "STATUS: deployed" in status and "kubectl -n ml get bertservers" in status  # NOTES rendered
     cluster.helm("uninstall", "hc", "-n", ns, "--wait", "--timeout", "120s")
     # Helm never deletes CRDs from crds/: BertServers survive an uninstall.
     assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None
