@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def reference(model_dir: Path) -> np.ndarray:
     """The numpy reference BERT's REDUCE_MEAN of layer -2, each sentence alone (max_seq_len 25)."""
+    # The independent numpy BERT sits beside the server tests (not on the helpers path).
+    sys.path.insert(0, str(Path(__file__).parents[1] / "server"))
     from numpy_bert import NumpyBert, reference_pool
 
     from bertserve_server.encoder import pad_batch
