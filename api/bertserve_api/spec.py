@@ -22,7 +22,17 @@ from bertserve_api.contract import PoolingStrategy
 MAX_SEQ_LEN_LIMIT = 512
 """Upper bound for ``maxSeqLen``: BERT checkpoints have at most 512 position embeddings."""
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# Patterns the CRD carries verbatim (tests/api/test_crd.py checks each CRD pattern is one of
+# these), so the API server and this parser refuse the same strings.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A BertServer name: an RFC 1035 label (its Service needs a letter first and no dots)."""
+PEER_SUFFIX_PATTERN = r"-peers(-[0-9a-f]{8})?$"
+"""Names the peer Service of another BertServer takes (``names.child_name(x, "peers")``)."""
+
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_PERCENT = re.compile(PERCENT_PATTERN)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _CKPT_FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
@@ -288,9 +298,11 @@ class _Reader:
             if value < 0:
                 raise SpecError(self.at(key), f"{value} must not be negative")
             return value
-        if isinstance(value, str) and re.fullmatch(r"\d{1,3}%", value):
+        if isinstance(value, str) and _PERCENT.match(value):
             return value
-        raise SpecError(self.at(key), f"must be an integer or a percentage like '25%', got {value!r}")
+        raise SpecError(
+            self.at(key), f"must be an integer or a percentage from 0% to 100% like '25%', got {value!r}"
+        )
 
     def quantity(self, key: str) -> str | None:
         value = self.get(key)
@@ -470,9 +482,13 @@ def _parse_tolerations(raw: Any, path: str) -> tuple[Toleration, ...]:
             raise SpecError(
                 r.at("effect"), f"must be NoSchedule, PreferNoSchedule or NoExecute, got {effect!r}"
             )
-        out.append(
-            Toleration(r.string("key"), op, r.string("value"), effect, r.integer("tolerationSeconds", None))
-        )
+        value = r.string("value")
+        if op == "Exists" and value:
+            raise SpecError(r.at("value"), f"must be empty when operator is Exists, got {value!r}")
+        seconds = r.integer("tolerationSeconds", None)
+        if seconds is not None and effect != "NoExecute":
+            raise SpecError(r.at("tolerationSeconds"), f"needs effect NoExecute, got {effect!r}")
+        out.append(Toleration(r.string("key"), op, value, effect, seconds))
         r.done()
     return tuple(out)
 
@@ -492,6 +508,25 @@ def _optional_name(reader: _Reader, key: str) -> str | None:
     if value is not None and not _DNS_SUBDOMAIN.match(value):
         raise SpecError(reader.at(key), f"{value!r} is not a valid object name")
     return value
+
+
+def check_name(name: str) -> None:
+    """Refuse a BertServer name its children cannot carry (the CRD refuses the same names).
+
+    The Service takes the name itself, so it must be an RFC 1035 label (``1bert`` and
+    ``my.bert`` make a Deployment but no Service); ``<name>-peers`` is the name of the peer
+    Service, so a BertServer called ``x-peers`` would fight ``x`` over it.
+    """
+    if not re.match(NAME_PATTERN, name):
+        raise SpecError(
+            "metadata.name",
+            f"{name!r} must start with a lower-case letter and hold only lower-case letters, "
+            "digits and '-' (it becomes a Service name)",
+        )
+    if re.search(PEER_SUFFIX_PATTERN, name):
+        raise SpecError(
+            "metadata.name", f"{name!r} must not end in '-peers' (the peer Service of another BertServer)"
+        )
 
 
 def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerSpec:

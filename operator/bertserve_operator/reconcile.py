@@ -37,7 +37,7 @@ from typing import Any
 
 from bertserve_api import manifests, names
 from bertserve_api.manifests import Owner, RenderOptions
-from bertserve_api.spec import BertServerSpec, SpecError, parse_spec
+from bertserve_api.spec import BertServerSpec, SpecError, check_name, parse_spec
 from bertserve_api.status import Transition, compute_status, transitions
 from bertserve_operator.cache import Cache, Key, controller_owner, key_of
 from bertserve_operator.kube import HANDOVER_MANAGER, Kube, PermanentApiError
@@ -173,6 +173,7 @@ class Reconciler:
         previous = self._previous_status(body)
         dep_name = manifests.deployment_name(owner.name)
         try:
+            check_name(owner.name)  # objects admitted before the CRD refused such names
             spec = parse_spec(body.get("spec"))
         except SpecError as err:
             outcome.spec_error = err

@@ -19,6 +19,7 @@ import yaml
 from operator_harness import CHART, REPO_ROOT, get_json, localcluster
 
 from bertserve_operator.selfcheck import REQUIRED
+from bertserve_operator.settings import from_env
 
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
@@ -45,8 +46,10 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield run
 
 
-def render(helm: Any, *sets: str, release: str = "rel", namespace: str = "ops") -> list[dict[str, Any]]:
-    args = [a for s in sets for a in ("--set", s)]
+def render(
+    helm: Any, *sets: str, release: str = "rel", namespace: str = "ops", json_sets: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    args = [a for s in sets for a in ("--set", s)] + [a for s in json_sets for a in ("--set-json", s)]
     out = helm("template", release, str(CHART), "-n", namespace, *args).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -131,14 +134,42 @@ def test_operator_deployment_is_single_recreate_non_root_with_liveness(helm: Any
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == f"ghcr.io/bertserve/bertserve-operator:{VERSION}"
-    assert container["args"][0] == "--all-namespaces"
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert "args" not in container and "command" not in container  # the image's one entry point
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["BERTSERVE_DEFAULT_IMAGE"] == f"ghcr.io/bertserve/bertserve-server:{VERSION}"
     assert pod["serviceAccountName"] == "rel-bertserve-operator"
+    settings = from_env(env)
+    assert settings.clusterwide and settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    # Read-only root: HOME and every temporary file live on a /tmp emptyDir.
+    assert env["HOME"] == "/tmp"
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+
+@pytest.mark.helm
+def test_extra_env_overrides_every_setting_the_chart_sets(helm: Any) -> None:
+    """extraEnv wins over the chart's own variable of the same name (never a duplicate), and
+    the entry point reads each one: namespaces, log format, liveness endpoint."""
+    extra = {
+        "BERTSERVE_NAMESPACES": "team-x,team-y",
+        "BERTSERVE_LOG_FORMAT": "json",
+        "BERTSERVE_LIVENESS_ENDPOINT": "http://0.0.0.0:9999/healthz",
+        "BERTSERVE_WORKERS": "7",
+    }
+    extra_env = json.dumps([{"name": k, "value": v} for k, v in extra.items()])
+    (dep,) = by_kind(render(helm, json_sets=(f"extraEnv={extra_env}",)), "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    names_ = [e["name"] for e in container["env"]]
+    assert len(names_) == len(set(names_)), names_
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = from_env(env)
+    assert settings.namespaces == ("team-x", "team-y")
+    assert settings.log_format == "json"
+    assert settings.liveness_endpoint == "http://0.0.0.0:9999/healthz"
+    assert settings.workers == 7
 
 
 def _rules_grant(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -187,8 +218,8 @@ def test_namespaced_rbac_is_one_role_per_watched_namespace(helm: Any) -> None:
     assert all(_rules_grant(r["rules"]) == set(REQUIRED) for r in roles)
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     (dep,) = by_kind(docs, "Deployment")
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"] and "--all-namespaces" not in args
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert from_env(env).namespaces == ("team-a", "team-b")
 
 
 @pytest.mark.helm
