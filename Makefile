@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-venv: ## create or reuse the cached virtual environment (.venv)
+venv: ## this checkout's .venv (own editable install) on top of the cached dependency venv
 	@bash hack/bootstrap.sh
 
 lint: venv ## ruff lint + format check, mypy, import-linter contracts

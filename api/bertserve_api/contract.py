@@ -28,6 +28,9 @@ SERVER_VERSION = "1.10.0"
 
 MAX_SEQ_LEN_NONE = "NONE"
 
+API_KEY_ENV = "BERTSERVE_API_KEY"
+"""Environment variable holding the optional HTTP API key (never a flag: args are visible to all)."""
+
 
 class PoolingStrategy(enum.Enum):
     """Pooling strategies with bert-as-service's integer values (sent as ints in SHOW_CONFIG).
@@ -234,6 +237,44 @@ def _flags() -> tuple[Flag, ...]:
             classic=False,
         ),
         f("log_format", "log_format", "str", "text or json", classic=False),
+        f(
+            "min_identity_len",
+            "min_identity_len",
+            "int",
+            "shortest subscription accepted on -port_out, in bytes (1.10.0 clients subscribe to a "
+            "36-byte UUID); shorter ones, the empty topic included, are refused",
+            classic=False,
+        ),
+        f(
+            "max_request_bytes",
+            "max_request_bytes",
+            "int",
+            "largest request accepted, in bytes: ZeroMQ frames (MAXMSGSIZE) and HTTP bodies",
+            classic=False,
+        ),
+        f(
+            "max_response_bytes",
+            "max_response_bytes",
+            "int",
+            "largest result one request may produce, in bytes (sentences x output width x dtype); "
+            "larger requests are refused as too_large before anything is allocated",
+            classic=False,
+        ),
+        f(
+            "heartbeat_timeout",
+            "heartbeat_timeout",
+            "float",
+            "seconds without traffic after which a ZeroMQ connection (client or peer) is dropped "
+            "and its subscription forgotten",
+            classic=False,
+        ),
+        f(
+            "protect_metrics",
+            "protect_metrics",
+            "bool",
+            "require the HTTP API key (env BERTSERVE_API_KEY) on /metrics too",
+            classic=False,
+        ),
     )
 
 
@@ -286,6 +327,11 @@ class ServerConfig:
     peer_service: str | None = None
     peer_port: int = 5557
     log_format: str = "text"
+    min_identity_len: int = 16
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_response_bytes: int = 1024 * 1024 * 1024
+    heartbeat_timeout: float = 30.0
+    protect_metrics: bool = False
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property

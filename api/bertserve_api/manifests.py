@@ -46,6 +46,12 @@ PORT_ZMQ_OUT = "zmq-out"
 PORT_HTTP = "http"
 PORT_PEER = "peer"
 
+METRICS_PATH = "/metrics"
+"""Prometheus endpoint of the server, on the ``http`` port."""
+
+PROMETHEUS_ANNOTATIONS = ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")
+"""Pod annotations that annotation-based Prometheus scrape configs read (``spec.monitoring``)."""
+
 PROBE_PERIOD_SECONDS = 10
 """Startup-probe period; the failure threshold is derived from ``spec.startupTimeoutSeconds``."""
 
@@ -429,6 +435,10 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_USER,
+            # Writable volumes (and a model PVC mounted read-write) become group-owned by the
+            # server's group, so files a copy Job wrote as another user stay readable.
+            "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": spec.termination_grace_period_seconds,
@@ -455,6 +465,15 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
     return pod, args
 
 
+def pod_annotations(spec: BertServerSpec, args: list[str]) -> dict[str, str]:
+    """The pod template's annotations: the config hash, plus scrape hints when asked for."""
+    annotations = {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)}
+    if spec.monitoring.prometheus_annotations:
+        scrape, port, path = PROMETHEUS_ANNOTATIONS
+        annotations.update({scrape: "true", port: str(spec.serving.ports.http), path: METRICS_PATH})
+    return annotations
+
+
 def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> dict[str, Any]:
     """The encoder Deployment; ``replicas`` is left out while an HPA owns scaling."""
     labels = names.common_labels(owner.name)
@@ -477,7 +496,7 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)},
+                    "annotations": pod_annotations(spec, args),
                 },
                 "spec": pod,
             },
@@ -492,14 +511,21 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
 
 
 def service(owner: Owner, spec: BertServerSpec) -> dict[str, Any]:
-    """ClusterIP Service clients connect to (requests on zmq, answers on zmq-out, HTTP)."""
+    """The Service clients connect to (requests on zmq, answers on zmq-out, HTTP).
+
+    ClusterIP unless ``spec.service.type`` says otherwise; ``spec.service.annotations`` go on
+    its metadata (cloud load balancers are configured that way).
+    """
     ports = spec.serving.ports
+    metadata = _metadata(owner, service_name(owner.name), names.common_labels(owner.name))
+    if spec.service.annotations:
+        metadata["annotations"] = dict(spec.service.annotations)
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(owner, service_name(owner.name), names.common_labels(owner.name)),
+        "metadata": metadata,
         "spec": {
-            "type": "ClusterIP",
+            "type": spec.service.type,
             "selector": names.selector_labels(owner.name),
             "ports": [
                 {"name": PORT_ZMQ, "port": ports.zmq, "targetPort": PORT_ZMQ, "protocol": "TCP"},

@@ -185,6 +185,28 @@ class DisruptionBudget:
     max_unavailable: int | str = 1
 
 
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+"""Types ``spec.service.type`` may take; ClusterIP keeps the encoder inside the cluster."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """The client Service: its type and extra annotations (e.g. a cloud load balancer's).
+
+    The peer Service is always headless and cluster-internal; only this one can be exposed.
+    """
+
+    type: str = "ClusterIP"
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """Scrape discovery for the pods' ``/metrics`` (on the HTTP port)."""
+
+    prometheus_annotations: bool = False
+
+
 @dataclass(frozen=True)
 class BertServerSpec:
     model: ModelSpec
@@ -205,6 +227,8 @@ class BertServerSpec:
     disruption_budget: DisruptionBudget = field(default_factory=DisruptionBudget)
     startup_timeout_seconds: int = 900
     termination_grace_period_seconds: int = 60
+    service: ServiceSpec = field(default_factory=ServiceSpec)
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     @property
     def workers(self) -> int:
@@ -529,6 +553,21 @@ def check_name(name: str) -> None:
         )
 
 
+def _parse_service(reader: _Reader) -> ServiceSpec:
+    service_type = reader.string("type", "ClusterIP")
+    if service_type not in SERVICE_TYPES:
+        raise SpecError(reader.at("type"), f"must be one of {', '.join(SERVICE_TYPES)}, got {service_type!r}")
+    annotations = _string_map(reader.get("annotations"), reader.at("annotations"))
+    reader.done()
+    return ServiceSpec(service_type, annotations)
+
+
+def _parse_monitoring(reader: _Reader) -> Monitoring:
+    monitoring = Monitoring(reader.boolean("prometheusAnnotations", False))
+    reader.done()
+    return monitoring
+
+
 def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerSpec:
     """Validate ``raw`` (the ``spec`` object of a BertServer) and apply every default.
 
@@ -615,6 +654,8 @@ def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerS
         termination_grace_period_seconds=top.integer(
             "terminationGracePeriodSeconds", 60, minimum=1, maximum=3600
         ),
+        service=_parse_service(top.child("service")),
+        monitoring=_parse_monitoring(top.child("monitoring")),
     )
     top.done()
     return spec
@@ -634,7 +675,11 @@ def to_dict(value: Any) -> Any:
             item = getattr(value, f.name)
             if item is None:
                 continue
-            if isinstance(value, BertServerSpec) and isinstance(item, tuple | Mapping) and not item:
+            if (
+                isinstance(value, BertServerSpec | ServiceSpec)
+                and isinstance(item, tuple | Mapping)
+                and not item
+            ):
                 continue  # empty optional lists/maps are absent in the API object too
             if isinstance(value, ServingSpec) and f.name == "num_worker":
                 out["numWorker"] = item

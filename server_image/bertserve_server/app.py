@@ -28,7 +28,8 @@ from typing import Any
 from bertserve_api.contract import ServerConfig
 from bertserve_server.batcher import Batcher
 from bertserve_server.encoder import Encoder
-from bertserve_server.http_frontend import HttpFrontend
+from bertserve_server.frontends.http import HttpFrontend
+from bertserve_server.frontends.zmq import ResultRouter, ZmqFrontend
 from bertserve_server.metrics import Metrics
 from bertserve_server.model.config import BertConfig
 from bertserve_server.peering import PeerMesh
@@ -43,7 +44,6 @@ from bertserve_server.worker import (
     visible_gpu_ids,
     warm_up,
 )
-from bertserve_server.zmq_frontend import ResultRouter, ZmqFrontend
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,15 @@ def banner(config: ServerConfig, argv: Sequence[str]) -> str:
 
 
 def _check_numbers(config: ServerConfig) -> None:
-    positive = ("num_worker", "max_batch_size", "max_queue_size", "http_max_connect")
+    positive = (
+        "num_worker",
+        "max_batch_size",
+        "max_queue_size",
+        "http_max_connect",
+        "min_identity_len",
+        "max_request_bytes",
+        "max_response_bytes",
+    )
     for dest in positive:
         if getattr(config, dest) < 1:
             raise ConfigurationError(f"-{dest} must be at least 1, got {getattr(config, dest)}")
@@ -58,6 +66,10 @@ def _check_numbers(config: ServerConfig) -> None:
     for dest in ("max_wait_ms", "drain_timeout"):
         if getattr(config, dest) < 0:
             raise ConfigurationError(f"-{dest} must be >= 0, got {getattr(config, dest)}")
+    if config.heartbeat_timeout < 0.1:
+        raise ConfigurationError(
+            f"-heartbeat_timeout must be at least 0.1 seconds, got {config.heartbeat_timeout}"
+        )
     if config.log_format not in ("text", "json"):
         raise ConfigurationError(f"-log_format must be text or json, got {config.log_format!r}")
     ports = {"port": config.port, "port_out": config.port_out, "http_port": config.http_port}

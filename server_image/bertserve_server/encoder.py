@@ -109,7 +109,7 @@ class Encoder(Protocol):
     """Computes pooled embeddings for padded batches.
 
     Implementations: ``bertserve_server.model.tf_encoder.TFEncoder`` (real) and
-    ``bertserve_server.fake_encoder.FakeEncoder`` (tests, no TensorFlow).
+    ``FakeEncoder`` in ``tests/helpers/fake_encoder.py`` (tests, no TensorFlow).
     """
 
     @property

@@ -48,6 +48,7 @@ import zmq
 from prometheus_client import Counter, Gauge
 
 from bertserve_api.contract import ServerConfig
+from bertserve_server.frontends.zmq import SUBSCRIPTION_WAIT_S, Frame, ResultRouter, ZmqFrontend
 from bertserve_server.metrics import Metrics
 from bertserve_server.peer_discovery import (
     RESOLVE_INTERVAL_S,
@@ -57,7 +58,6 @@ from bertserve_server.peer_discovery import (
     parse_peer_service,
 )
 from bertserve_server.peer_handoff import hand_off_connections
-from bertserve_server.zmq_frontend import SUBSCRIPTION_WAIT_S, Frame, ResultRouter, ZmqFrontend
 
 logger = logging.getLogger(__name__)
 

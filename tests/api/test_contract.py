@@ -80,6 +80,11 @@ NON_DEFAULT = {
     "peer_service": "mrpc-peers.ml.svc",
     "peer_port": 7000,
     "log_format": "json",
+    "min_identity_len": 32,
+    "max_request_bytes": 1048576,
+    "max_response_bytes": 268435456,
+    "heartbeat_timeout": 2.5,
+    "protect_metrics": True,
 }
 
 

@@ -101,8 +101,9 @@ def test_every_spec_field_is_in_the_schema_and_back():
         "affinity": {"nodeAffinity": {}},
         "runtimeClassName": "nvidia",
         "priorityClassName": "high",
+        "service": {"annotations": {"a": "b"}},
     }
-    free_form = ("nodeSelector.", "affinity.")  # maps whose keys are the user's
+    free_form = ("nodeSelector.", "affinity.", "service.annotations.")  # maps whose keys are the user's
     code_paths = {p for p in _paths_of(to_dict(parse_spec(full))) if not p.startswith(free_form)}
     spec_schema = version_schema()["properties"]["spec"]
     schema_only = schema_paths(spec_schema) - code_paths

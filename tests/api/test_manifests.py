@@ -70,6 +70,11 @@ EXTRA_CASES: dict[str, dict[str, Any]] = {
         },
         "startupTimeoutSeconds": 1800,
         "terminationGracePeriodSeconds": 120,
+        "service": {
+            "type": "LoadBalancer",
+            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+        },
+        "monitoring": {"prometheusAnnotations": True},
     },
 }
 
@@ -156,6 +161,8 @@ def test_pod_is_non_root_with_read_only_root_and_a_writable_tmp() -> None:
     pod = dep["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001
+    # Files a copy Job wrote into a writable volume become readable by the server's group.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"] == 10001
     sc = _container(dep)["securityContext"]
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["allowPrivilegeEscalation"] is False
@@ -278,6 +285,33 @@ def test_services_expose_named_ports_and_a_headless_peer_service() -> None:
     assert peers["spec"]["publishNotReadyAddresses"] is True
     assert peers["spec"]["ports"] == [{"name": "peer", "port": 5557, "targetPort": "peer", "protocol": "TCP"}]
     assert svc["spec"]["selector"] == peers["spec"]["selector"] == names.selector_labels("mrpc")
+
+
+def test_service_type_and_annotations_come_from_spec_service() -> None:
+    default = render(OWNER, parse_spec(MRPC), OPTIONS).service
+    assert default["spec"]["type"] == "ClusterIP"
+    assert "annotations" not in default["metadata"]
+    raw = {**MRPC, "service": {"type": "NodePort", "annotations": {"example.com/owner": "search"}}}
+    children = render(OWNER, parse_spec(raw), OPTIONS)
+    assert children.service["spec"]["type"] == "NodePort"
+    assert children.service["metadata"]["annotations"] == {"example.com/owner": "search"}
+    assert [p["name"] for p in children.service["spec"]["ports"]] == ["zmq", "zmq-out", "http"]
+    # The mesh port is never exposed: the peer Service stays headless and unannotated.
+    assert children.peer_service["spec"]["clusterIP"] == "None"
+    assert "type" not in children.peer_service["spec"]
+    assert "annotations" not in children.peer_service["metadata"]
+
+
+def test_prometheus_annotations_point_at_metrics_on_the_http_port() -> None:
+    unmonitored = {**MRPC, "serving": {"ports": {"http": 9000}}}
+    plain = _deployment(unmonitored)["spec"]["template"]["metadata"]["annotations"]
+    assert not any(key.startswith("prometheus.io/") for key in plain)
+    raw = {**unmonitored, "monitoring": {"prometheusAnnotations": True}}
+    annotations = _deployment(raw)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "9000"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert annotations[names.ANNOTATION_CONFIG_HASH] == plain[names.ANNOTATION_CONFIG_HASH]
 
 
 def test_children_are_owned_by_the_bertserver_with_fixed_names() -> None:

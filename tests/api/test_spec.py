@@ -80,6 +80,13 @@ def test_workers_default_to_one_per_gpu():
             "spec.serviceAccountName: 'Bad_Name' is not a valid object name",
         ),
         ({"serving": {"maxQueueSize": 8}}, "spec.serving.maxQueueSize: 8 is smaller than maxBatchSize 256"),
+        (
+            {"service": {"type": "ExternalName"}},
+            "spec.service.type: must be one of ClusterIP, NodePort, LoadBalancer, got 'ExternalName'",
+        ),
+        ({"service": {"annotations": {"a": 1}}}, "spec.service.annotations: must be a map of strings"),
+        ({"monitoring": {"prometheusAnnotations": "yes"}}, "spec.monitoring.prometheusAnnotations: must be"),
+        ({"monitoring": {"scrape": True}}, "spec.monitoring.scrape: unknown field"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(patch, message):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 
+from fake_encoder import FakeEncoder
+
 from bertserve_api.contract import parse_argv
 from bertserve_server.app import serve
 from bertserve_server.cli import setup_logging, validate
-from bertserve_server.fake_encoder import FakeEncoder
 
 
 def main(argv: list[str]) -> int:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from fake_encoder import FakeEncoder
 from ports import free_ports
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.app import BertServer, default_tokenizer
-from bertserve_server.fake_encoder import FakeEncoder
 from bertserve_server.model.config import BertConfig
 from bertserve_server.model.synthetic import DEFAULT_VOCAB, write_vocab
 from bertserve_server.service import Tokenizer

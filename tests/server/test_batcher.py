@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from fake_encoder import FakeEncoder
 
 from bertserve_server.batcher import PRIORITY_HEAD_START_S, Batcher
 from bertserve_server.encoder import TokenizedInput, pad_batch
 from bertserve_server.errors import Busy, EncodeFailed, RequestTooLarge, ShuttingDown
-from bertserve_server.fake_encoder import FakeEncoder
 from bertserve_server.metrics import Metrics
 
 

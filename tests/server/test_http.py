@@ -238,7 +238,7 @@ def test_http_and_zmq_requests_share_the_model(server):
 
 
 def test_oversized_body_is_413(tmp_path, monkeypatch):
-    from bertserve_server import http_frontend
+    from bertserve_server.frontends import http as http_frontend
 
     monkeypatch.setattr(http_frontend, "MAX_PAYLOAD_BYTES", 2048)
     with fake_server(tmp_path, http_port=0) as server:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fake_encoder import FakeEncoder
 
 from bertserve_api.contract import ServerConfig
 from bertserve_server.batcher import Batcher
 from bertserve_server.encoder import TokenizedInput
 from bertserve_server.errors import EncodeFailed
-from bertserve_server.fake_encoder import FakeEncoder
 from bertserve_server.metrics import Metrics
 from bertserve_server.worker import DeviceError, Worker, plan_devices
 

@@ -12,7 +12,7 @@ import zmq
 from server_harness import RawClient, fake_server
 
 from bertserve_server.encoder import pad_batch
-from bertserve_server.zmq_frontend import LocalResultRouter, SubscriptionRegistry
+from bertserve_server.frontends.zmq import LocalResultRouter, SubscriptionRegistry
 
 # §3.6: keys of the 1.10.0 SHOW_CONFIG document besides the CLI dests.
 RUNTIME_KEYS = {
