@@ -236,6 +236,14 @@ def _flags() -> tuple[Flag, ...]:
             "port replicas use to forward answers to each other",
             classic=False,
         ),
+        f(
+            "peer_key_file",
+            "peer_key_file",
+            "opt_str",
+            "file holding the mesh secret (>= 32 random bytes) that replicas authenticate each "
+            "other with; required with -peer_service",
+            classic=False,
+        ),
         f("log_format", "log_format", "str", "text or json", classic=False),
         f(
             "min_identity_len",
@@ -326,6 +334,7 @@ class ServerConfig:
     enable_termination: bool = False
     peer_service: str | None = None
     peer_port: int = 5557
+    peer_key_file: str | None = None
     log_format: str = "text"
     min_identity_len: int = 16
     max_request_bytes: int = 64 * 1024 * 1024

@@ -102,8 +102,29 @@ def test_every_spec_field_is_in_the_schema_and_back():
         "runtimeClassName": "nvidia",
         "priorityClassName": "high",
         "service": {"annotations": {"a": "b"}},
+        "network": {"networkPolicy": False, "allowedClients": [{"podSelector": {}}]},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+        ],
+        "podLabels": {"team": "a"},
+        "podAnnotations": {"note": "x"},
+        "env": [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+        "envFrom": [{"configMapRef": {"name": "cm"}}],
     }
-    free_form = ("nodeSelector.", "affinity.", "service.annotations.")  # maps whose keys are the user's
+    full["serving"]["apiKeySecret"] = {"name": "api", "key": "token"}
+    full["resources"]["gpuResourceName"] = "nvidia.com/mig-1g.10gb"
+    # maps whose keys are the user's, and Kubernetes objects passed through unchanged
+    free_form = (
+        "nodeSelector.",
+        "affinity.",
+        "service.annotations.",
+        "podLabels.",
+        "podAnnotations.",
+        "network.allowedClients[].",
+        "topologySpreadConstraints[].",
+        "envFrom[].",
+        "env[].value",
+    )
     code_paths = {p for p in _paths_of(to_dict(parse_spec(full))) if not p.startswith(free_form)}
     spec_schema = version_schema()["properties"]["spec"]
     schema_only = schema_paths(spec_schema) - code_paths

@@ -9,6 +9,8 @@ unmodified ``bert-serving-client`` 1.10.0. Only the addresses change: free ports
 
 from __future__ import annotations
 
+import os
+
 import signal
 import subprocess
 import sys
@@ -57,13 +59,19 @@ def localize(args: list[str], models: Path, ports: dict[str, int]) -> list[str]:
     """The pod's arguments with /models mapped to ``models`` and addresses made free and local.
 
     In the cluster ``-peer_service`` is the headless Service that resolves to every replica; the
-    single local replica's equivalent is ``localhost``.
+    single local replica's equivalent is ``localhost``. The mesh key the pod reads from its
+    Secret volume is a fresh random file here.
     """
     out = []
     for arg in args:
         flag, sep, value = arg.partition("=")
         if flag == "-peer_service":
             out.append("-peer_service=localhost")
+        elif flag == "-peer_key_file":
+            key = models.parent / manifests.PEER_KEY_FILE
+            key.write_bytes(os.urandom(manifests.PEER_KEY_MIN_BYTES))
+            key.chmod(0o400)
+            out.append(f"-peer_key_file={key}")
         elif sep and value.startswith(manifests.MODEL_MOUNT):
             out.append(f"{flag}={models}{value[len(manifests.MODEL_MOUNT) :]}")
         elif sep and flag.lstrip("-") in ports:
