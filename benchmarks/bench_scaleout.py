@@ -1,7 +1,7 @@
 """Scale-out: sentences/s through a balancer over 1, 2 and 3 peered replicas, and what peering costs.
 
 Why it exists: replicas route each ZeroMQ answer to the replica holding the client's SUB
-connection (``bertserve_server.peering``). That adds one replica-to-replica hop to answers whose
+connection (``bertserve_server.mesh``). That adds one replica-to-replica hop to answers whose
 PUSH and SUB connections landed on different replicas. This measures, in one run, on the same
 processes and weights:
 

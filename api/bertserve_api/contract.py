@@ -240,8 +240,8 @@ def _flags() -> tuple[Flag, ...]:
             "peer_key_file",
             "peer_key_file",
             "opt_str",
-            "file holding the mesh secret (>= 32 random bytes) that replicas authenticate each "
-            "other with; required with -peer_service",
+            "file holding the mesh's shared secret (at least 32 random bytes); required with "
+            "-peer_service: replicas without the same secret cannot join the mesh",
             classic=False,
         ),
         f("log_format", "log_format", "str", "text or json", classic=False),

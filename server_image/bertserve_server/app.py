@@ -30,9 +30,9 @@ from bertserve_server.batcher import Batcher
 from bertserve_server.encoder import Encoder
 from bertserve_server.frontends.http import HttpFrontend
 from bertserve_server.frontends.zmq import ResultRouter, ZmqFrontend
+from bertserve_server.mesh import PeerMesh
 from bertserve_server.metrics import Metrics
 from bertserve_server.model.config import BertConfig
-from bertserve_server.peering import PeerMesh
 from bertserve_server.service import EncodeService, Tokenizer
 from bertserve_server.status import StatusBook
 from bertserve_server.worker import (

@@ -79,7 +79,7 @@ NON_DEFAULT = {
     "enable_termination": True,
     "peer_service": "mrpc-peers.ml.svc",
     "peer_port": 7000,
-    "peer_key_file": "/var/run/secrets/bertserve/peer/peer.key",
+    "peer_key_file": "/var/run/bertserve/peer-key/peer.key",
     "log_format": "json",
     "min_identity_len": 32,
     "max_request_bytes": 1048576,

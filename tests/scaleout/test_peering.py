@@ -23,10 +23,10 @@ import zmq
 from ports import free_port
 from server_harness import fake_server, wait_until
 
-from bertserve_server import peering
 from bertserve_server.app import BertServer
-from bertserve_server.peer_discovery import parse_peer_service, resolve
-from bertserve_server.peer_handoff import hand_off_connections
+from bertserve_server.mesh import node as mesh_node
+from bertserve_server.mesh.discovery import parse_peer_service, resolve
+from bertserve_server.mesh.handoff import hand_off_connections
 
 
 def spec_of(ports: list[int]) -> str:
@@ -83,7 +83,7 @@ def encode_frames(identity: bytes, texts: list[str], req_id: int) -> list[bytes]
 def announced(server: BertServer, identity: bytes) -> bool:
     """Whether ``server`` has learned, through gossip, that some peer holds ``identity``."""
     assert server.peering is not None
-    return any(node.matches(identity) for node in list(server.peering._nodes.values()))
+    return server.peering.peers.announced(identity)
 
 
 def metric(server: BertServer, name: str, **labels: str) -> float:
@@ -123,7 +123,7 @@ def test_a_bad_peer_service_fails_start_up_in_one_line(tmp_path):
 
 
 def test_not_ready_until_the_peer_list_resolves_and_includes_this_replica(tmp_path, monkeypatch):
-    monkeypatch.setattr(peering, "RESOLVE_INTERVAL_S", 0.2)
+    monkeypatch.setattr(mesh_node, "RESOLVE_INTERVAL_S", 0.2)
     with fake_server(tmp_path / "a", peer_service="no-such-host.invalid", http_port=0) as unresolved:
         status, body = readyz(unresolved)
         assert status == 503 and "has not resolved" in body["reason"]
@@ -149,7 +149,7 @@ def test_ready_once_connected_to_every_listed_peer_ignoring_addresses_where_noth
 
 
 def test_a_peer_that_accepts_but_never_handshakes_delays_readiness_for_the_grace_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(peering, "PEER_GRACE_S", 1.5)
+    monkeypatch.setattr(mesh_node, "PEER_GRACE_S", 1.5)
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
     mute.listen(8)  # accepts TCP, never speaks ZMTP: a pod that is there but not (yet) a peer
@@ -209,7 +209,7 @@ def test_an_answer_waits_for_a_subscription_that_appears_later_anywhere(tmp_path
 
 
 def test_an_answer_nobody_subscribes_to_is_dropped_counted_and_logged(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(peering, "SUBSCRIPTION_WAIT_S", 0.5)
+    monkeypatch.setattr(mesh_node, "SUBSCRIPTION_WAIT_S", 0.5)
     with mesh(tmp_path, 2) as (a, _b):
         push(a, *encode_frames(b"nobody", ["hello"], 1))
         wait_until(

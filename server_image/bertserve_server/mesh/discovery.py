@@ -1,6 +1,6 @@
 """Where the other replicas are: ``-peer_service`` parsed, resolved and re-resolved.
 
-Why it exists: replicas route answers to each other (``peering``), so each must know every
+Why it exists: replicas route answers to each other (``mesh``), so each must know every
 replica's address, including ones added or removed a moment ago. In Kubernetes the operator
 passes the headless Service ``<name>-peers.<ns>.svc.<domain>``, whose DNS A records are the pod
 IPs of every replica, ready or not; re-resolving it every few seconds follows scale-up, scale-down
