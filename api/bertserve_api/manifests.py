@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bertserve_api import names
-from bertserve_api.contract import ServerConfig, to_argv
+from bertserve_api.contract import DEFAULTS, ServerConfig, to_argv
 from bertserve_api.spec import BertServerSpec, ModelSpec, to_dict
 
 MODEL_MOUNT = "/models"
@@ -246,7 +246,7 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         peer_port=PEER_PORT,
         peer_key_file=f"{PEER_KEY_MOUNT}/{PEER_KEY_FILE}",
         log_format=options.server_log_format,
-        **({} if response_bytes is None else {"max_response_bytes": response_bytes}),
+        max_response_bytes=DEFAULTS["max_response_bytes"] if response_bytes is None else response_bytes,
     )
 
 

@@ -214,6 +214,11 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class ServiceMonitorSpec:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Monitoring:
     """Scrape discovery for the pods' ``/metrics`` (on the HTTP port).
 
@@ -221,12 +226,7 @@ class Monitoring:
     """
 
     prometheus_annotations: bool = False
-    service_monitor: ServiceMonitorSpec = field(default_factory=lambda: ServiceMonitorSpec())
-
-
-@dataclass(frozen=True)
-class ServiceMonitorSpec:
-    enabled: bool = False
+    service_monitor: ServiceMonitorSpec = field(default_factory=ServiceMonitorSpec)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Event"): "events",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("v1", "Secret"): "secrets",
     (names.API_VERSION, names.KIND): names.PLURAL,
 }
 
@@ -196,6 +198,23 @@ class Kube:
         )
         assert isinstance(result, dict)
         return result
+
+    def create_once(self, obj: Mapping[str, Any]) -> bool:
+        """Create ``obj`` unless an object of its name exists: True when created, False when
+        the API server answered 409 AlreadyExists.
+
+        For objects that must never change once made (the mesh key): no read or update rights
+        are needed, and an existing object is never overwritten.
+        """
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        try:
+            self.request("POST", path, query={"fieldManager": names.FIELD_MANAGER}, body=dict(obj))
+        except TemporaryApiError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         result = self.request("GET", resource_path(api_version, kind, namespace, name), not_found_ok=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -120,8 +121,11 @@ class Reconciler:
         clock: Callable[[], str] = utc_now,
         instance: str | None = None,
         apply_threads: int = 0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.kube = kube
+        self.random_bytes = random_bytes
+        self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
         self._pool = ThreadPoolExecutor(apply_threads, thread_name_prefix="apply") if apply_threads else None
         self.cache = cache
@@ -146,6 +150,7 @@ class Reconciler:
             self._locks.pop(key, None)
             if uid:
                 self._written.pop(uid, None)
+                self._keyed.discard(uid)
 
     def reconcile_key(self, key: Key) -> Outcome | None:
         """A pass over the cached BertServer ``key``; ``None`` when it no longer exists."""
@@ -194,6 +199,7 @@ class Reconciler:
 
         children = manifests.render(owner, spec, self.options)
         try:
+            self._ensure_peer_key(owner, outcome)
             deployment = self._ensure_children(key, children, spec, outcome)
         except PermanentApiError as err:
             status = compute_status(
@@ -237,6 +243,9 @@ class Reconciler:
             lambda: self._ensure(children.peer_service, outcome),
             lambda: self._ensure_optional(key, "HorizontalPodAutoscaler", dep_name, children.hpa, outcome),
             lambda: self._ensure_optional(key, "PodDisruptionBudget", dep_name, children.pdb, outcome),
+            lambda: self._ensure_optional(
+                key, "NetworkPolicy", manifests.network_policy_name(key[1]), children.network_policy, outcome
+            ),
         ]
         if self._pool is None:
             deployment = self._ensure_deployment(children.deployment, spec, outcome)
@@ -252,6 +261,21 @@ class Reconciler:
             if error is not None:
                 raise error
         return deployment
+
+    def _ensure_peer_key(self, owner: Owner, outcome: Outcome) -> None:
+        """Create the mesh key Secret once per BertServer (before its pods need to mount it).
+
+        Create-only: an AlreadyExists answer means the key is there, and it is never read,
+        compared or rewritten, so a running mesh never gets a new key by accident. Known keys
+        are remembered, so a quiet pass costs no request; a restarted operator asks once each.
+        """
+        if not owner.uid or owner.uid in self._keyed:
+            return
+        secret = manifests.peer_key_secret(owner, self.random_bytes(manifests.PEER_KEY_MIN_BYTES))
+        if self.kube.create_once(secret):
+            outcome.applied.append("Secret")
+            log.info("created Secret %s/%s (mesh key)", owner.namespace, secret["metadata"]["name"])
+        self._keyed.add(owner.uid)
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         applied = self.kube.apply(obj)

@@ -29,6 +29,13 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ),
     *(("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     *(("", "pods", v) for v in ("get", "list", "watch")),
+    *(
+        ("networking.k8s.io", "networkpolicies", v)
+        for v in ("get", "list", "watch", "create", "patch", "delete")
+    ),
+    # Create only: the mesh key Secret is made once and never read, listed or changed, so the
+    # operator holds no right to read any Secret (RBAC cannot narrow Secrets by name pattern).
+    ("", "secrets", "create"),
     ("", "events", "create"),
 )
 

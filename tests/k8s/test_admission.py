@@ -65,6 +65,18 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("1bert", GOOD, "metadata.name must start with a lower-case letter"),
     ("my.bert", GOOD, "metadata.name must start with a lower-case letter"),
     ("mrpc-peers", GOOD, "metadata.name must not end in '-peers'"),
+    (
+        "labels",
+        {**GOOD, "podLabels": {"app.kubernetes.io/instance": "other"}},
+        "podLabels keys under app.kubernetes.io/",
+    ),
+    (
+        "env",
+        {**GOOD, "env": [{"name": "BERTSERVE_API_KEY", "value": "x"}]},
+        "env[].name BERTSERVE_* and HOME",
+    ),
+    ("gpu-name", {**GOOD, "resources": {"gpuResourceName": "gpu"}}, "resources.gpuResourceName must be"),
+    ("api-key", {**GOOD, "serving": {"apiKeySecret": {"name": "k"}}}, "spec.serving.apiKeySecret.key"),
 ]
 
 
@@ -107,6 +119,21 @@ def test_the_boundary_cases_are_admitted(cluster: Any, crd: None) -> None:
             {**GOOD, "tolerations": [{"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 9}]},
         ),
         ("x-peersx", GOOD),
+        (
+            "surface",
+            {
+                **GOOD,
+                "resources": {"gpus": 1, "gpuResourceName": "nvidia.com/mig-1g.10gb"},
+                "serving": {"apiKeySecret": {"name": "api", "key": "token"}},
+                "network": {"allowedClients": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]},
+                "podLabels": {"team": "a"},
+                "env": [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+                "envFrom": [{"configMapRef": {"name": "cm"}}],
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway"}
+                ],
+            },
+        ),
     ]
     for name, spec in admitted:
         proc = _dry_run(cluster, name, spec)

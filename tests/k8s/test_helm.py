@@ -194,7 +194,9 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm: Any) -> N
         {"kind": "ServiceAccount", "name": "rel-bertserve-operator", "namespace": "ops"}
     ]
     granted = _rules_grant(operator_role["rules"])
-    assert not any(r == "secrets" or v in ("*", "update", "deletecollection") for _, r, v in granted)
+    assert not any(v in ("*", "update", "deletecollection") for _, r, v in granted)
+    # Secrets: create only (the mesh key, made once); never read, list, watch or change one.
+    assert {v for _, r, v in granted if r == "secrets"} == {"create"}
     # Aggregated roles let namespace users work with BertServers.
     assert roles["rel-bertserve-operator-edit"]["metadata"]["labels"][
         "rbac.authorization.k8s.io/aggregate-to-edit"

@@ -10,7 +10,6 @@ unmodified ``bert-serving-client`` 1.10.0. Only the addresses change: free ports
 from __future__ import annotations
 
 import os
-
 import signal
 import subprocess
 import sys

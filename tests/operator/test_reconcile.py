@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -25,6 +26,7 @@ class FakeKube:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[dict[str, str]] = []
         self.gets: list[str] = []
+        self.creates: list[tuple[str, str, str]] = []
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.reject: str | None = None
 
@@ -42,6 +44,15 @@ class FakeKube:
         ]
         self.objects[key] = merged
         return copy.deepcopy(merged)
+
+    def create_once(self, obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        self.creates.append(key)
+        if key in self.objects:
+            return False  # 409 AlreadyExists: left as it is
+        self.objects[key] = copy.deepcopy(obj)
+        return True
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self.gets.append(kind)
@@ -103,8 +114,9 @@ def kinds(kube: FakeKube) -> list[str]:
 def test_first_pass_applies_children_and_writes_status(world: Any) -> None:
     kube, cache, rec = world
     outcome = rec.reconcile(bertserver())
-    assert kinds(kube) == ["Deployment", "Service", "Service"]
+    assert kinds(kube) == ["Deployment", "Service", "Service", "NetworkPolicy"]
     assert all(manager == names.FIELD_MANAGER for manager, _ in kube.applied)
+    assert kube.creates == [("Secret", "ml", "mrpc-peer-key")]
     assert outcome.status_written
     (status,) = kube.statuses
     assert status["observedGeneration"] == 1
@@ -259,7 +271,9 @@ def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
         assert sorted(outcome.applied) == [
             "Deployment",
             "HorizontalPodAutoscaler",
+            "NetworkPolicy",
             "PodDisruptionBudget",
+            "Secret",
             "Service",
             "Service",
         ]
@@ -270,3 +284,33 @@ def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
             rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
     finally:
         rec.close()
+
+
+def test_the_peer_key_is_created_once_and_never_replaced(world: Any) -> None:
+    """Create-only: a second pass asks nothing, a restarted operator meets AlreadyExists and
+    leaves the running mesh's key as it is."""
+    kube, _cache, rec = world
+    rec.reconcile(bertserver())
+    secret = kube.objects["Secret", "ml", "mrpc-peer-key"]
+    key = secret["data"]["peer.key"]
+    assert len(base64.b64decode(key)) >= 32
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1" and secret["immutable"] is True
+    rec.reconcile(bertserver())
+    assert len(kube.creates) == 1
+    restarted = Reconciler(kube, Cache(), RenderOptions(default_image="img:1"), clock=lambda: NOW)  # type: ignore[arg-type]
+    outcome = restarted.reconcile(bertserver())
+    assert len(kube.creates) == 2 and "Secret" not in outcome.applied
+    assert kube.objects["Secret", "ml", "mrpc-peer-key"]["data"]["peer.key"] == key
+
+
+def test_network_policy_follows_the_spec_and_the_operator_setting(world: Any) -> None:
+    kube, cache, rec = world
+    rec.reconcile(bertserver())
+    assert cache.child("NetworkPolicy", "ml", "mrpc") is not None
+    rec.reconcile(bertserver(network={"networkPolicy": False}))
+    assert ("NetworkPolicy", "ml", "mrpc") in kube.deleted
+    off = Reconciler(
+        kube, Cache(), RenderOptions(default_image="i", network_policies=False), clock=lambda: NOW
+    )  # type: ignore[arg-type]
+    off.reconcile(bertserver())
+    assert ("NetworkPolicy", "ml", "mrpc") not in kube.objects
