@@ -38,6 +38,8 @@ from typing import Any
 
 from bertserve_api import manifests, names
 from bertserve_api.manifests import Owner, RenderOptions
+from bertserve_api.policy import Policy
+from bertserve_api.policy import check as check_policy
 from bertserve_api.spec import BertServerSpec, SpecError, check_name, parse_spec
 from bertserve_api.status import Transition, compute_status, transitions
 from bertserve_operator.cache import Cache, Key, controller_owner, key_of
@@ -122,8 +124,10 @@ class Reconciler:
         instance: str | None = None,
         apply_threads: int = 0,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        policy: Policy | None = None,
     ) -> None:
         self.kube = kube
+        self.policy = policy or Policy()
         self.random_bytes = random_bytes
         self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
@@ -180,6 +184,7 @@ class Reconciler:
         try:
             check_name(owner.name)  # objects admitted before the CRD refused such names
             spec = parse_spec(body.get("spec"))
+            check_policy(spec, self.policy)
         except SpecError as err:
             outcome.spec_error = err
             status = compute_status(

@@ -81,6 +81,7 @@ class Runtime:
             self.cache,
             settings.render_options(),
             apply_threads=settings.workers + settings.handler_threads,
+            policy=settings.policy(),
         )
         self.queue: WorkQueue[Key] = WorkQueue(
             base_delay=settings.retry_delay_seconds, max_delay=settings.max_retry_delay_seconds

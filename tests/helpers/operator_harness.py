@@ -109,12 +109,17 @@ def service_account_kubeconfig(cluster: Any, namespace: str, name: str, path: Pa
 
 
 def operator_as_chart_account(
-    cluster: Any, work: Path, release: str, namespace: str, extra_env: Mapping[str, str] | None = None
+    cluster: Any,
+    work: Path,
+    release: str,
+    namespace: str,
+    extra_env: Mapping[str, str] | None = None,
+    values: Sequence[str] = (),
 ) -> OperatorProcess:
-    """``helm install`` the chart as ``release`` in ``namespace``, then a started local operator
-    that runs with the chart's command line and only a token of the chart's ServiceAccount, so the
-    chart's RBAC is what every test exercises."""
-    install_chart(cluster, release, namespace)
+    """``helm install`` the chart as ``release`` in ``namespace`` (``values``: ``--set`` items),
+    then a started local operator that runs with the chart's command line and environment and only
+    a token of the chart's ServiceAccount, so the chart's RBAC is what every test exercises."""
+    install_chart(cluster, release, namespace, *values)
     fullname = f"{release}-bertserve-operator"
     kubeconfig = service_account_kubeconfig(cluster, namespace, fullname, work / "sa.kubeconfig")
     op = OperatorProcess.like_the_chart(

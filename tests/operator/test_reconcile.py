@@ -10,6 +10,7 @@ import pytest
 
 from bertserve_api import names
 from bertserve_api.manifests import RenderOptions
+from bertserve_api.policy import Policy
 from bertserve_operator.cache import Cache
 from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError
 from bertserve_operator.reconcile import Reconciler, is_subset, manager_owns, needs_apply
@@ -314,3 +315,31 @@ def test_network_policy_follows_the_spec_and_the_operator_setting(world: Any) ->
     )  # type: ignore[arg-type]
     off.reconcile(bertserver())
     assert ("NetworkPolicy", "ml", "mrpc") not in kube.objects
+
+
+def test_a_spec_the_policy_refuses_is_invalid_and_applies_nothing() -> None:
+    kube, cache = FakeKube(), Cache()
+    rec = Reconciler(kube, cache, RenderOptions(default_image="i"), clock=lambda: NOW)  # type: ignore[arg-type]
+    host = {"source": {"hostPath": {"path": "/data"}}, "pretrainedPath": "bert"}
+    outcome = rec.reconcile(bertserver(model=host))
+    assert outcome.spec_error is not None and "allowHostPath=false" in str(outcome.spec_error)
+    assert kube.applied == [] and kube.creates == []
+    ready = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Ready"]
+    assert ready["reason"] == "InvalidSpec" and ready["message"].startswith("spec.model.source.hostPath")
+    allowed = Reconciler(
+        kube,
+        Cache(),
+        RenderOptions(default_image="i"),
+        clock=lambda: NOW,
+        policy=Policy(allow_host_path=True),
+    )  # type: ignore[arg-type]
+    assert allowed.reconcile(bertserver(model=host)).spec_error is None
+
+
+def test_names_a_service_cannot_carry_are_invalid_spec(world: Any) -> None:
+    kube, _cache, rec = world
+    body = bertserver()
+    body["metadata"]["name"] = "x-peers"
+    outcome = rec.reconcile(body)
+    assert outcome.spec_error is not None and outcome.spec_error.path == "metadata.name"
+    assert kube.applied == []
