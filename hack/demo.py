@@ -178,7 +178,11 @@ def install_operator(cluster: Any) -> None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "bertserve_operator", "--default-image", "localhost/bertserve-server:0.1.0",
+            sys.executable,
+            "-m",
+            "bertserve_operator",
+            "--default-image",
+            "localhost/bertserve-server:0.1.0",
             "--allow-host-path",  # the demo's model directory is on this machine
         ],
         stdout=log,

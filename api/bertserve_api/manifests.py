@@ -37,6 +37,9 @@ PEER_KEY_MOUNT = "/var/run/secrets/bertserve/peer"
 PEER_KEY_FILE = "peer.key"
 """The mesh secret's key in the ``<name>-peer-key`` Secret, and its file name in the pod."""
 PEER_KEY_MIN_BYTES = 32
+MODEL_URI_KEY = "url"
+FETCH_URL_ENV = "BERTSERVE_FETCH_URL"
+"""Where ``bertserve-fetch`` reads the model URL from (its ``URL_ENV``)."""
 API_KEY_ENV = "BERTSERVE_API_KEY"
 """The environment variable the server reads its HTTP API key from (never an argument)."""
 RESPONSE_BYTES_PER_MEMORY = 8
@@ -108,6 +111,7 @@ class Children:
     hpa: dict[str, Any] | None
     pdb: dict[str, Any] | None
     network_policy: dict[str, Any] | None = None
+    model_uri_secret: dict[str, Any] | None = None
 
     def all(self) -> list[dict[str, Any]]:
         """The objects to apply, Deployment first (it is what users wait for)."""
@@ -342,12 +346,52 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
-    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir."""
+def model_uri_secret_name(owner: str, url: str) -> str:
+    """The operator's Secret for an inline URL: one per URL (it is created once, never updated,
+    so a changed URL gets a new Secret; the old one goes with the BertServer)."""
+    return names.child_name(owner, f"model-uri-{hashlib.sha256(url.encode()).hexdigest()[:8]}")
+
+
+def _url_source(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """Where the fetch container's ``BERTSERVE_FETCH_URL`` comes from (a Secret key, never args)."""
     uri = spec.model.source.uri
     if uri is None:
         return None
-    command = [FETCH_COMMAND, "--url", uri.url, "--dest", MODEL_MOUNT]
+    if uri.url is None:
+        assert uri.secret_ref is not None  # the parser requires one of them
+        return {"name": uri.secret_ref.name, "key": MODEL_URI_KEY}
+    return {"name": model_uri_secret_name(owner.name, uri.url), "key": MODEL_URI_KEY}
+
+
+def model_uri_secret(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """The Secret holding an inline ``source.uri.url``, or ``None`` when there is none."""
+    uri = spec.model.source.uri
+    if uri is None or uri.url is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            owner, model_uri_secret_name(owner.name, uri.url), names.common_labels(owner.name)
+        ),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {MODEL_URI_KEY: base64.b64encode(uri.url.encode()).decode("ascii")},
+    }
+
+
+def _fetch_container(
+    owner: Owner, spec: BertServerSpec, image: str, options: RenderOptions
+) -> dict[str, Any] | None:
+    """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
+
+    The URL comes from a Secret through the environment: a pod's arguments are readable by
+    anyone who may read pods, and a pre-signed URL is a credential."""
+    uri = spec.model.source.uri
+    url_ref = _url_source(owner, spec)
+    if uri is None or url_ref is None:
+        return None
+    command = [FETCH_COMMAND, "--dest", MODEL_MOUNT]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [
@@ -362,7 +406,10 @@ def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -
         "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": command,
-        "env": [{"name": "HOME", "value": TMP_MOUNT}],
+        "env": [
+            {"name": "HOME", "value": TMP_MOUNT},
+            {"name": FETCH_URL_ENV, "valueFrom": {"secretKeyRef": url_ref}},
+        ],
         "resources": {
             "requests": {"cpu": options.fetch_cpu_request, "memory": options.fetch_memory_request},
             "limits": {"memory": options.fetch_memory_limit},
@@ -506,7 +553,7 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
         "containers": [container],
         "volumes": volumes,
     }
-    fetch = _fetch_container(spec, image, options)
+    fetch = _fetch_container(owner, spec, image, options)
     if fetch is not None:
         pod["initContainers"] = [fetch]
     if spec.service_account_name:
@@ -738,4 +785,5 @@ def render(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> Childr
         hpa=hpa(owner, spec),
         pdb=pdb(owner, spec),
         network_policy=network_policy(owner, spec, options),
+        model_uri_secret=model_uri_secret(owner, spec),
     )

@@ -41,7 +41,11 @@ def check(spec: BertServerSpec, policy: Policy, path: str = "spec") -> None:
             "use a PVC or a uri source, or ask the operator's administrator)",
         )
     account = spec.service_account_name
-    if account and account != DEFAULT_SERVICE_ACCOUNT and not _allowed(account, policy.allowed_service_accounts):
+    if (
+        account
+        and account != DEFAULT_SERVICE_ACCOUNT
+        and not _allowed(account, policy.allowed_service_accounts)
+    ):
         listed = ", ".join(policy.allowed_service_accounts) or "none"
         raise SpecError(
             f"{path}.serviceAccountName",

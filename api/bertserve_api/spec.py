@@ -88,9 +88,13 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class UriSource:
-    """An archive (``.zip``/``.tar.gz``/``.tgz``) or a single file fetched by an init container."""
+    """An archive (``.zip``/``.tar.gz``/``.tgz``) or a single file fetched by an init container.
 
-    url: str
+    ``url`` ``None``: the URL is the ``url`` key of the ``secret_ref`` Secret (a pre-signed URL
+    is a credential and stays out of the spec).
+    """
+
+    url: str | None
     sha256: str | None = None
     secret_ref: SecretRef | None = None
     size_limit: str = "20Gi"
@@ -422,8 +426,8 @@ def _parse_source(reader: _Reader) -> ModelSource:
         r.done()
     if reader.has("uri"):
         r = reader.child("uri")
-        url = r.string("url", required=True)
-        if not re.match(r"^https?://[^/\s]+", url):
+        url = r.string("url", required=not r.has("secretRef"))
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
             raise SpecError(r.at("url"), f"must be an http:// or https:// URL, got {url!r}")
         sha = r.string("sha256")
         if sha is not None and not _SHA256.match(sha.lower()):

@@ -130,6 +130,7 @@ class Reconciler:
         self.policy = policy or Policy()
         self.random_bytes = random_bytes
         self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
+        self._created: set[tuple[str, str]] = set()  # (uid, name) of other create-once Secrets
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
         self._pool = ThreadPoolExecutor(apply_threads, thread_name_prefix="apply") if apply_threads else None
         self.cache = cache
@@ -155,6 +156,7 @@ class Reconciler:
             if uid:
                 self._written.pop(uid, None)
                 self._keyed.discard(uid)
+                self._created = {c for c in self._created if c[0] != uid}
 
     def reconcile_key(self, key: Key) -> Outcome | None:
         """A pass over the cached BertServer ``key``; ``None`` when it no longer exists."""
@@ -205,6 +207,8 @@ class Reconciler:
         children = manifests.render(owner, spec, self.options)
         try:
             self._ensure_peer_key(owner, outcome)
+            if children.model_uri_secret is not None:
+                self._create_once(owner, children.model_uri_secret, outcome)
             deployment = self._ensure_children(key, children, spec, outcome)
         except PermanentApiError as err:
             status = compute_status(
@@ -281,6 +285,16 @@ class Reconciler:
             outcome.applied.append("Secret")
             log.info("created Secret %s/%s (mesh key)", owner.namespace, secret["metadata"]["name"])
         self._keyed.add(owner.uid)
+
+    def _create_once(self, owner: Owner, secret: Mapping[str, Any], outcome: Outcome) -> None:
+        """Create an immutable Secret unless it exists (an inline model URL, one Secret per URL)."""
+        name = str(secret["metadata"]["name"])
+        if not owner.uid or (owner.uid, name) in self._created:
+            return
+        if self.kube.create_once(secret):
+            outcome.applied.append("Secret")
+            log.info("created Secret %s/%s", owner.namespace, name)
+        self._created.add((owner.uid, name))
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         applied = self.kube.apply(obj)

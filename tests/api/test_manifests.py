@@ -6,6 +6,7 @@ tests/api/test_manifests.py`` and review the diff like code.
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import pathlib
@@ -187,19 +188,24 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
     pod = manifests.deployment(owner, parse_spec(raw), OPTIONS)["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["image"] == _container({"spec": {"template": {"spec": pod}}})["image"]
-    assert init["command"][:5] == [
+    url = raw["model"]["source"]["uri"]["url"]
+    assert init["command"] == [
         "bertserve-fetch",
-        "--url",
-        raw["model"]["source"]["uri"]["url"],
         "--dest",
         "/models",
-    ]
-    assert init["command"][5:] == [
         "--sha256",
         raw["model"]["source"]["uri"]["sha256"],
         "--auth-dir",
         manifests.AUTH_MOUNT,
     ]
+    # The URL (possibly pre-signed: a credential) is never an argument: it comes from a Secret
+    # the operator creates, through the environment bertserve-fetch reads.
+    assert not any(url in str(c) for c in (pod["containers"], init["command"], init["env"]))
+    secret = manifests.model_uri_secret(owner, parse_spec(raw))
+    assert secret is not None and secret["immutable"] is True
+    assert base64.b64decode(secret["data"]["url"]).decode() == url
+    ref = next(e for e in init["env"] if e["name"] == manifests.FETCH_URL_ENV)["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": secret["metadata"]["name"], "key": "url"}
     assert {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
     assert any(m["name"] == "model-auth" for m in init["volumeMounts"])
     server = pod["containers"][0]
@@ -479,3 +485,17 @@ def test_the_operators_own_settings_cannot_be_overridden_from_the_spec(
     with pytest.raises(ValueError) as err:
         parse_spec({**MRPC, **change})
     assert str(err.value).startswith(field + ":"), err.value
+
+
+def test_a_uri_may_live_only_in_its_secret() -> None:
+    raw = {
+        "model": {"source": {"uri": {"secretRef": {"name": "signed"}}}, "pretrainedPath": "bert"},
+        "resources": {"gpus": 0},
+    }
+    spec = parse_spec(raw)
+    assert manifests.model_uri_secret(OWNER, spec) is None  # nothing to create
+    (init,) = manifests.deployment(OWNER, spec, OPTIONS)["spec"]["template"]["spec"]["initContainers"]
+    ref = next(e for e in init["env"] if e["name"] == manifests.FETCH_URL_ENV)["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "signed", "key": "url"}
+    with pytest.raises(ValueError, match=r"^spec.model.source.uri.url: is required"):
+        parse_spec({**raw, "model": {"source": {"uri": {}}, "pretrainedPath": "bert"}})

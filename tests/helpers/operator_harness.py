@@ -114,6 +114,7 @@ def operator_as_chart_account(
     release: str,
     namespace: str,
     extra_env: Mapping[str, str] | None = None,
+    *,
     values: Sequence[str] = (),
 ) -> OperatorProcess:
     """``helm install`` the chart as ``release`` in ``namespace`` (``values``: ``--set`` items),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from operator_harness import CHART, REPO_ROOT, get_json, localcluster
+from operator_harness import CHART, REPO_ROOT, get_json, localcluster, wait_for
 
 from bertserve_operator.selfcheck import REQUIRED
 from bertserve_operator.settings import from_env
@@ -265,3 +266,87 @@ def test_helm_install_test_and_uninstall(cluster: Any) -> None:
     cluster.helm("uninstall", "hc", "-n", ns, "--wait", "--timeout", "120s")
     # Helm never deletes CRDs from crds/: BertServers survive an uninstall.
     assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None
+
+
+# --------------------------------------------------------------------------- CRD as a release resource
+
+
+@pytest.mark.helm
+def test_crds_install_renders_the_same_crd_kept_on_uninstall(helm: Any) -> None:
+    assert by_kind(render(helm), "CustomResourceDefinition") == []  # Helm's own crds/ path
+    (crd,) = by_kind(render(helm, "crds.install=true"), "CustomResourceDefinition")
+    source = yaml.safe_load((CHART / "crds" / "bertservers.bertserve.io.yaml").read_text())
+    assert crd["spec"] == source["spec"]  # one source: the byte-identical copy in crds/
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    (dropped,) = by_kind(render(helm, "crds.install=true", "crds.keep=false"), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in dropped["metadata"].get("annotations", {})
+
+
+@pytest.mark.k8s
+@pytest.mark.helm
+def test_helm_upgrade_serves_a_new_crd_field(cluster: Any, tmp_path: Path) -> None:
+    """crds.install: the CRD is a release resource, so `helm upgrade` to a chart whose CRD has a
+    new field makes the API server keep that field (before: pruned as unknown)."""
+    ns, release = "crd-upgrade", "cu"
+    crd_file = REPO_ROOT / "crds" / "bertservers.bertserve.io.yaml"
+    cluster.kubectl("delete", "crd", "bertservers.bertserve.io", "--ignore-not-found", "--wait=true")
+    try:
+        cluster.helm(
+            "install", release, str(CHART), "-n", ns, "--create-namespace", "--skip-crds",
+            "--set", "crds.install=true", "--wait", "--timeout", "120s",
+        )  # fmt: skip
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/bertservers.bertserve.io", "--timeout=60s"
+        )
+
+        def probe() -> dict[str, Any]:
+            obj = {
+                "apiVersion": "bertserve.io/v1alpha1",
+                "kind": "BertServer",
+                "metadata": {"name": "probe", "namespace": ns},
+                "spec": {
+                    "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                    "upgradeProbe": "kept",
+                },
+            }
+            out = cluster.kubectl(
+                "create",
+                "--dry-run=server",
+                "--validate=false",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                input=json.dumps(obj),
+            ).stdout
+            return dict(json.loads(out)["spec"])
+
+        assert "upgradeProbe" not in probe()
+        newer = tmp_path / "chart"
+        shutil.copytree(CHART, newer)
+        doc = yaml.safe_load(crd_file.read_text())
+        spec_props = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+            "properties"
+        ]
+        spec_props["upgradeProbe"] = {"type": "string"}
+        (newer / "crds" / "bertservers.bertserve.io.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        cluster.helm(
+            "upgrade",
+            release,
+            str(newer),
+            "-n",
+            ns,
+            "--set",
+            "crds.install=true",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+        wait_for(
+            lambda: probe().get("upgradeProbe") == "kept", 30, "the upgraded CRD to serve spec.upgradeProbe"
+        )
+        cluster.helm("uninstall", release, "-n", ns, "--wait", "--timeout", "120s")
+        assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None  # crds.keep
+    finally:
+        # The session's other tests get the repository's CRD back.
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))

@@ -469,7 +469,9 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
 
     cond = wait_for(invalid, 30, "Ready=False reason InvalidSpec")
     assert cond["status"] == "False"
-    assert cond["message"].startswith("spec.priorityClassName: 'High_Priority' is not a valid"), cond["message"]
+    assert cond["message"].startswith("spec.priorityClassName: 'High_Priority' is not a valid"), cond[
+        "message"
+    ]
     assert deployment(cluster, ns, "inv") is None, "nothing may be applied from an invalid spec"
     time.sleep(2 * RESYNC_S + 1)  # two resync passes later: still one event, no retry loop
     warnings = [e for e in events_for(cluster, ns, "inv") if e["reason"] == "InvalidSpec"]

@@ -143,6 +143,8 @@ def test_the_rendered_command_runs_the_real_server(
     home = tmp_path / "home"
     home.mkdir()
     env = {**env, "HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # a checkout run from a shared venv: serve this checkout's code
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
