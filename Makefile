@@ -1,13 +1,19 @@
-# Developer entry points. CI runs `bash .ci/run`, which runs `make test` (the README's test command).
+# Developer entry points. CI runs `bash .ci/run`, which is `make test` (the README's test command).
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# test-fast's selection: no TensorFlow, control plane (helm needs its Go build), images or slow tests.
+# tests/test_make.py checks that nothing it selects builds or starts the control plane.
+FAST_MARKERS := not gpu and not tf and not k8s and not helm and not images and not slow
 
-.PHONY: help venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-scaleout bench-operator clean
+.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-scaleout bench-operator clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+system-deps: ## Debian packages the tests need (installs as root; otherwise names them and stops)
+	@bash hack/ci-system-deps.sh
 
 venv: ## this checkout's .venv (own editable install) on top of the cached dependency venv
 	@bash hack/bootstrap.sh
@@ -22,11 +28,13 @@ fmt: venv ## apply ruff format and autofixes
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: venv lint ## everything CI runs: lint, then all tests except GPU ones (builds the local cluster and images)
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+# Everything from nothing, in order: system packages, venv, control plane, images, lint, tests.
+# pytest's own exit status is make's: "no tests collected" (5) fails like a failed test.
+test: system-deps venv cluster-build images lint ## everything CI runs: all set-up, lint, every test except GPU ones
+	$(PY) -m pytest -m "not gpu" --durations=30 $(PYTEST_ARGS)
 
-test-fast: venv ## unit tests only (no TensorFlow, cluster or images)
-	$(PY) -m pytest -m "not gpu and not tf and not k8s and not images and not slow" $(PYTEST_ARGS)
+test-fast: venv ## unit tests only, under a minute (no TensorFlow, control plane, helm or images)
+	$(PY) -m pytest -m "$(FAST_MARKERS)" --durations=10 $(PYTEST_ARGS)
 
 cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm (cached)
 	@bash hack/cluster/build.sh

@@ -61,7 +61,9 @@ class PoolingStrategy(enum.Enum):
         return self.name
 
 
-FlagKind = Literal["str", "opt_str", "int", "opt_int", "float", "bool", "int_list", "seq_len", "pooling"]
+FlagKind = Literal[
+    "str", "opt_str", "int", "opt_int", "float", "bool", "int_list", "str_list", "seq_len", "pooling"
+]
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,22 @@ def _flags() -> tuple[Flag, ...]:
             "require the HTTP API key (env BERTSERVE_API_KEY) on /metrics too",
             classic=False,
         ),
+        f(
+            "classifier",
+            "classifier",
+            "bool",
+            "also load the checkpoint's run_classifier.py head (output_weights, output_bias) and "
+            "serve class probabilities at HTTP POST /predict",
+            classic=False,
+        ),
+        f(
+            "classifier_labels",
+            "classifier_labels",
+            "str_list",
+            "comma-separated names of the head's labels, in output order (default 0,1,...,n-1); "
+            "as many as the head has",
+            classic=False,
+        ),
     )
 
 
@@ -341,6 +359,8 @@ class ServerConfig:
     max_response_bytes: int = 1024 * 1024 * 1024
     heartbeat_timeout: float = 30.0
     protect_metrics: bool = False
+    classifier: bool = False
+    classifier_labels: tuple[str, ...] = ()
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -395,6 +415,11 @@ def _integer(text: str) -> int:
     return value
 
 
+def _str_list(text: str) -> tuple[str, ...]:
+    """``a,b,c`` → ``("a", "b", "c")`` (each stripped); an empty string is the empty list."""
+    return tuple(part.strip() for part in text.split(",")) if text.strip() else ()
+
+
 def _pooling(text: str) -> PoolingStrategy:
     try:
         return PoolingStrategy.from_string(text)
@@ -417,6 +442,8 @@ def build_arg_parser(prog: str = "bert-serving-start") -> argparse.ArgumentParse
             parser.add_argument(*names, action=action, **common)
         elif flag.kind == "int_list":
             parser.add_argument(*names, type=_integer, nargs="*", default=list(default or ()), **common)
+        elif flag.kind == "str_list":
+            parser.add_argument(*names, type=_str_list, default=default, **common)
         elif flag.kind == "seq_len":
             parser.add_argument(*names, type=_check_max_seq_len, default=default, **common)
         elif flag.kind == "pooling":
@@ -467,6 +494,9 @@ def to_argv(config: ServerConfig, *, only_changed: bool = True) -> list[str]:
         if flag.kind == "int_list":
             argv.append(f"-{flag.name}")
             argv.extend(str(v) for v in value)
+            continue
+        if flag.kind == "str_list":
+            argv.append(f"-{flag.name}={','.join(value)}")
             continue
         if value is None:
             if flag.kind == "seq_len":

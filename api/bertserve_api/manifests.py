@@ -154,6 +154,30 @@ def model_summary(model: ModelSpec) -> str:
     return f"{model.pretrained_path}/{model.ckpt_name}"
 
 
+def served_model(args: list[str] | tuple[str, ...]) -> str:
+    """:func:`model_summary` of the model a pod's server arguments load ("" when unknown).
+
+    Status reports what ready pods serve, so it is read back from their arguments (the same
+    ``-model_dir``/``-tuned_model_dir``/``-ckpt_name`` the pod runs with), not from the spec.
+    """
+    values = {}
+    for arg in args:
+        name, sep, value = str(arg).lstrip("-").partition("=")
+        if sep:
+            values[name] = value
+    if "model_dir" not in values:
+        return ""
+
+    def relative(path: str) -> str:
+        return posixpath.relpath(path, MODEL_MOUNT) if path.startswith(MODEL_MOUNT + "/") else path
+
+    ckpt = values.get("ckpt_name", str(DEFAULTS["ckpt_name"]))
+    tuned = values.get("tuned_model_dir")
+    if tuned:
+        return f"{relative(values['model_dir'])} + {relative(tuned)}/{ckpt}"
+    return f"{relative(values['model_dir'])}/{ckpt}"
+
+
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
     """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
     host = f"{service_name(owner.name)}.{owner.namespace}.svc"
@@ -308,6 +332,14 @@ def _common_path(paths: list[str]) -> str:
     return "/".join(common)
 
 
+def _model_paths(spec: BertServerSpec) -> list[str]:
+    """The pretrained dir and, when set, the tuned dir, relative to the model source."""
+    paths = [spec.model.pretrained_path]
+    if spec.model.tuned_model_dir:
+        paths.append(spec.model.tuned_model_dir)
+    return paths
+
+
 def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model volume and the server container's (read-only) mount of it.
 
@@ -319,10 +351,7 @@ def _model_volume(spec: BertServerSpec) -> tuple[dict[str, Any], dict[str, Any]]
     mount: dict[str, Any] = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
     if source.uri is not None:
         return {"name": "model", "emptyDir": {"sizeLimit": source.uri.size_limit}}, mount
-    paths = [spec.model.pretrained_path]
-    if spec.model.tuned_model_dir:
-        paths.append(spec.model.tuned_model_dir)
-    common = _common_path(paths)
+    common = _common_path(_model_paths(spec))
     if common:
         mount["mountPath"] = f"{MODEL_MOUNT}/{common}"
         mount["subPath"] = common
@@ -385,13 +414,21 @@ def _fetch_container(
 ) -> dict[str, Any] | None:
     """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
 
+    ``--dest`` is the deepest directory holding both model paths, by the fetch's layout rule (a
+    folder alone at the archive's top is unwrapped into ``--dest``): Google's
+    ``uncased_L-12_H-768_A-12.zip`` with ``pretrainedPath: uncased_L-12_H-768_A-12`` and a
+    bundle of ``uncased_L-12_H-768_A-12/`` plus ``mrpc_output/`` both land where the paths say.
+
     The URL comes from a Secret through the environment: a pod's arguments are readable by
-    anyone who may read pods, and a pre-signed URL is a credential."""
+    anyone who may read pods, and a pre-signed URL is a credential.
+    """
     uri = spec.model.source.uri
     url_ref = _url_source(owner, spec)
     if uri is None or url_ref is None:
         return None
-    command = [FETCH_COMMAND, "--dest", MODEL_MOUNT]
+    common = _common_path(_model_paths(spec))
+    dest = f"{MODEL_MOUNT}/{common}" if common else MODEL_MOUNT
+    command = [FETCH_COMMAND, "--dest", dest]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [
@@ -723,6 +760,9 @@ def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
         "spec": {
             "maxUnavailable": spec.disruption_budget.max_unavailable,
             "selector": {"matchLabels": names.selector_labels(owner.name)},
+            # A crash-looping (never ready) replica must not block node drains: evicting it
+            # cannot reduce availability.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 

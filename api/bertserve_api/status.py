@@ -7,6 +7,9 @@ previous status (to keep ``lastTransitionTime`` stable), with the clock passed i
 case is testable without a cluster:
 
 * ``Ready`` mirrors the Deployment's ``Available`` (and needs at least one ready pod);
+* ``model`` is what the ready pods serve (read from their arguments), not the spec;
+* while autoscaling is on, the HPA's ``AbleToScale`` and ``ScalingActive`` conditions are
+  mirrored (an HPA that cannot read its metric says so here, not only on the HPA);
 * ``Progressing`` is ``True`` while a rollout or scale-up is under way, ``False`` when done or
   when the Deployment's progress deadline passed;
 * ``Degraded`` carries the *reason* a human needs: the scheduler's message for unschedulable
@@ -41,6 +44,7 @@ ROLLOUT_COMPLETE = "RolloutComplete"
 AS_EXPECTED = "AsExpected"
 INVALID_SPEC = "InvalidSpec"
 APPLY_FAILED = "ApplyFailed"
+CHILD_CONFLICT = "ChildConflict"
 UNSCHEDULABLE = "Unschedulable"
 PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
 REPLICA_FAILURE = "ReplicaFailure"
@@ -51,12 +55,24 @@ BAD_WAITING_REASONS = frozenset(
         "CrashLoopBackOff",
         "ImagePullBackOff",
         "ErrImagePull",
+        "ErrImageNeverPull",
         "InvalidImageName",
         "CreateContainerConfigError",
         "CreateContainerError",
         "RunContainerError",
     }
 )
+
+CRASH_LOOP = "CrashLoopBackOff"
+EVICTED = "Evicted"
+# Warning events of a pod stuck creating its containers that explain why (kubelet, attach/detach).
+STUCK_EVENT_REASONS = ("FailedMount", "FailedAttachVolume")
+CREATING_WAITING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+
+# The HPA's own conditions, mirrored into the BertServer's status while autoscaling is on.
+ABLE_TO_SCALE = "AbleToScale"
+SCALING_ACTIVE = "ScalingActive"
+HPA_CONDITION_TYPES = (ABLE_TO_SCALE, SCALING_ACTIVE)
 
 MAX_MESSAGE = 1024
 
@@ -103,8 +119,85 @@ def scheduler_message(message: str) -> str:
     return head.rstrip(".").strip()
 
 
-def pod_problem(pods: Sequence[Mapping[str, Any]]) -> Problem | None:
-    """The first blocking problem among live pods: unschedulable, then failing containers."""
+def _pod_ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in _get(pod, "status", "conditions", default=[])
+    )
+
+
+def _last_exit(cs: Mapping[str, Any]) -> str:
+    terminated = _get(cs, "lastState", "terminated") or _get(cs, "state", "terminated")
+    if not terminated:
+        return ""
+    code = _get(terminated, "exitCode")
+    return f"last exit {_get(terminated, 'reason', default='Error')}" + (
+        f" (code {code})" if code is not None else ""
+    )
+
+
+def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Problem | None:
+    """A container that will not get better by itself.
+
+    A crash loop cycles through waiting (CrashLoopBackOff), running (not ready) and terminated;
+    reading ``state.waiting`` alone would flip Degraded at every cycle. A container that has
+    restarted, last exited with an error and is not ready is crash-looping in every phase.
+    """
+    name = cs.get("name", "?")
+    waiting = _get(cs, "state", "waiting")
+    reason = _get(waiting, "reason")
+    if reason in BAD_WAITING_REASONS:
+        detail = _get(waiting, "message", default="")
+        last = _last_exit(cs)
+        if last:
+            detail = last + (f": {detail}" if detail else "")
+        return Problem(
+            str(reason), _short(f"pod {pod_name} {what} {name}: {reason}" + (f": {detail}" if detail else ""))
+        )
+    terminated = _get(cs, "lastState", "terminated") or _get(cs, "state", "terminated")
+    restarts = int(cs.get("restartCount") or 0)
+    failed = terminated and int(_get(terminated, "exitCode", default=1)) != 0
+    if failed and not cs.get("ready") and (restarts > 0 or _get(cs, "state", "terminated")):
+        return Problem(
+            CRASH_LOOP,
+            _short(
+                f"pod {pod_name} {what} {name}: {CRASH_LOOP}: restarted {restarts} times, {_last_exit(cs)}"
+            ),
+        )
+    return None
+
+
+def _stuck_creating(pod: Mapping[str, Any]) -> bool:
+    for field in ("initContainerStatuses", "containerStatuses"):
+        for cs in _get(pod, "status", field, default=[]):
+            if _get(cs, "state", "waiting", "reason") in CREATING_WAITING_REASONS:
+                return True
+    return False
+
+
+def pods_stuck_creating(pods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of live pods whose containers wait to be created (a volume that does not mount or
+    attach leaves a pod there, and only the pod's Events say why)."""
+    return [
+        str(_get(p, "metadata", "name"))
+        for p in pods
+        if not _get(p, "metadata", "deletionTimestamp") and _stuck_creating(p)
+    ]
+
+
+def pod_problem(
+    pods: Sequence[Mapping[str, Any]],
+    *,
+    short: bool = True,
+    pod_warnings: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+) -> Problem | None:
+    """The first blocking problem among live pods.
+
+    In order: unschedulable; failing containers (including crash loops between restarts);
+    evicted pods (only while replicas are missing: evicted pods linger after their
+    replacement runs); pods stuck creating containers with a FailedMount/FailedAttachVolume
+    warning (``pod_warnings``: pod name -> (reason, message) of its Warning events).
+    """
     live = [p for p in pods if not _get(p, "metadata", "deletionTimestamp")]
     for pod in live:
         for cond in _get(pod, "status", "conditions", default=[]):
@@ -119,25 +212,51 @@ def pod_problem(pods: Sequence[Mapping[str, Any]]) -> Problem | None:
         pod_name = _get(pod, "metadata", "name", default="?")
         for field, what in (("initContainerStatuses", "init container"), ("containerStatuses", "container")):
             for cs in _get(pod, "status", field, default=[]):
-                waiting = _get(cs, "state", "waiting")
-                reason = _get(waiting, "reason")
-                if reason not in BAD_WAITING_REASONS:
-                    continue
-                detail = _get(waiting, "message", default="")
-                terminated = _get(cs, "lastState", "terminated")
-                if terminated:
-                    last = _get(terminated, "reason", default="Error")
-                    code = _get(terminated, "exitCode")
-                    detail = (
-                        f"last exit {last}"
-                        + (f" (code {code})" if code is not None else "")
-                        + (f": {detail}" if detail else "")
-                    )
-                msg = f"pod {pod_name} {what} {cs.get('name', '?')}: {reason}"
-                if detail:
-                    msg += f": {detail}"
-                return Problem(str(reason), _short(msg))
+                problem = _container_problem(pod_name, what, cs)
+                if problem is not None:
+                    return problem
+    if short:
+        for pod in live:
+            if _get(pod, "status", "phase") == "Failed" and _get(pod, "status", "reason") == EVICTED:
+                pod_name = _get(pod, "metadata", "name", default="?")
+                detail = _get(pod, "status", "message", default="evicted")
+                return Problem(EVICTED, _short(f"pod {pod_name} was evicted: {detail}"))
+    for pod in live:
+        pod_name = str(_get(pod, "metadata", "name", default="?"))
+        if not _stuck_creating(pod):
+            continue
+        for reason, message in (pod_warnings or {}).get(pod_name, ()):
+            if reason in STUCK_EVENT_REASONS:
+                return Problem(reason, _short(f"pod {pod_name}: {message}"))
     return None
+
+
+def served_models(pods: Sequence[Mapping[str, Any]]) -> str:
+    """What ready pods serve (their ``served`` model, see the operator's pod cache), joined."""
+    models = sorted(
+        {
+            str(p["served"])
+            for p in pods
+            if p.get("served") and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
+        }
+    )
+    return ", ".join(models)
+
+
+def hpa_conditions(hpa: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The HPA's AbleToScale/ScalingActive conditions as BertServer conditions."""
+    out = []
+    for cond in _get(hpa, "status", "conditions", default=[]):
+        if cond.get("type") in HPA_CONDITION_TYPES:
+            out.append(
+                _cond(
+                    str(cond["type"]),
+                    str(cond.get("status") or "Unknown"),
+                    str(cond.get("reason") or "Unknown"),
+                    str(cond.get("message") or ""),
+                )
+            )
+    return out
 
 
 def _deployment_condition(deployment: Mapping[str, Any] | None, ctype: str) -> Mapping[str, Any] | None:
@@ -156,8 +275,10 @@ def _conditions(
     spec: BertServerSpec | None,
     spec_error: SpecError | None,
     apply_error: str | None,
+    apply_reason: str,
     deployment: Mapping[str, Any] | None,
     pods: Sequence[Mapping[str, Any]],
+    pod_warnings: Mapping[str, Sequence[tuple[str, str]]] | None,
 ) -> list[dict[str, Any]]:
     if spec_error is not None:
         msg = str(spec_error)
@@ -168,9 +289,9 @@ def _conditions(
         ]
     if apply_error is not None:
         return [
-            _cond(READY, "False", APPLY_FAILED, apply_error),
-            _cond(PROGRESSING, "False", APPLY_FAILED, apply_error),
-            _cond(DEGRADED, "True", APPLY_FAILED, apply_error),
+            _cond(READY, "False", apply_reason, apply_error),
+            _cond(PROGRESSING, "False", apply_reason, apply_error),
+            _cond(DEGRADED, "True", apply_reason, apply_error),
         ]
     if deployment is None:
         return [
@@ -194,7 +315,7 @@ def _conditions(
         and progressing.get("status") == "False"
         and progressing.get("reason") == PROGRESS_DEADLINE_EXCEEDED
     )
-    problem = pod_problem(pods)
+    problem = pod_problem(pods, short=ready < desired, pod_warnings=pod_warnings)
     summary = f"{ready}/{desired} replicas ready"
 
     # Degraded: the most specific explanation first.
@@ -257,9 +378,14 @@ def compute_status(
     previous: Mapping[str, Any] | None = None,
     spec_error: SpecError | None = None,
     apply_error: str | None = None,
+    apply_reason: str = APPLY_FAILED,
+    hpa: Mapping[str, Any] | None = None,
+    pod_warnings: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """The full ``status`` of a BertServer (everything but kopf's own bookkeeping).
 
+    ``apply_error`` is the API server's refusal of a child (reason ``apply_reason``:
+    ``ApplyFailed``, or ``ChildConflict`` for an object of a child's name we do not control).
     ``spec`` is ``None`` exactly when ``spec_error`` is set; ``now`` is an RFC 3339 timestamp
     used only for conditions whose status changed since ``previous``.
     """
@@ -276,9 +402,13 @@ def compute_status(
         spec=spec,
         spec_error=spec_error,
         apply_error=apply_error,
+        apply_reason=apply_reason,
         deployment=deployment,
         pods=pods,
+        pod_warnings=pod_warnings,
     )
+    if spec is not None and spec.autoscaling.enabled and spec_error is None and apply_error is None:
+        conditions += hpa_conditions(hpa)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": int(st.get("replicas") or 0),
@@ -288,7 +418,9 @@ def compute_status(
         "selector": names.selector_string(names.selector_labels(owner.name)),
     }
     if spec is not None:
-        status["model"] = manifests.model_summary(spec.model)
+        # What ready pods serve, not what the spec asks for (a rollout to a new checkpoint
+        # that never becomes ready must not be reported as served).
+        status["model"] = served_models(pods)
         status["endpoints"] = manifests.endpoints(owner, spec)
     else:
         for key in ("model", "endpoints"):

@@ -679,9 +679,12 @@ class LocalCluster:
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                # Adds tolerations for taints named after extended resources a pod requests,
-                # so GPU pods tolerate the nvidia.com/gpu taint without writing it.
-                "--enable-admission-plugins=ExtendedResourceToleration",
+                # ExtendedResourceToleration adds tolerations for taints named after extended
+                # resources a pod requests, so GPU pods tolerate the nvidia.com/gpu taint without
+                # writing it. OwnerReferencesPermissionEnforcement (on by default in OpenShift)
+                # admits an ownerReference with blockOwnerDeletion only from a client that may
+                # update the owner's finalizers: the operator's RBAC is tested under it.
+                "--enable-admission-plugins=ExtendedResourceToleration,OwnerReferencesPermissionEnforcement",
                 # The `kubernetes` Service endpoints would point at 127.0.0.1, which Endpoints
                 # validation rejects (log noise every 10 s); nothing in-cluster can reach it anyway.
                 "--endpoint-reconciler-type=none",

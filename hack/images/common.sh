@@ -52,7 +52,7 @@ images_require() {
     done
     if ((${#missing[@]})); then
         echo "error: missing image tools: ${missing[*]} (install with: apt-get install ${missing[*]};" \
-            "hack/ci-system-deps.sh does it in CI)" >&2
+            "make system-deps does it)" >&2
         exit 2
     fi
 }

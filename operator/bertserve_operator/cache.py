@@ -18,7 +18,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from bertserve_api import names
+from bertserve_api import manifests, names
 
 Key = tuple[str, str]
 """``(namespace, name)`` of a BertServer."""
@@ -59,10 +59,13 @@ def controller_owner(obj: Mapping[str, Any]) -> Key | None:
 
 
 def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a pod the status summary reads."""
+    """The parts of a pod the status summary reads, and the model its server loads (``served``)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
+    containers = (pod.get("spec") or {}).get("containers") or []
+    args = next((c.get("args") or [] for c in containers if c.get("name") == manifests.SERVER_CONTAINER), [])
     return {
+        "served": manifests.served_model(args),
         "metadata": {
             k: copy.deepcopy(meta[k])
             for k in ("name", "namespace", "labels", "deletionTimestamp")

@@ -39,6 +39,7 @@ k8s_config: Any = _config
 
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 HANDOVER_MANAGER = f"{names.FIELD_MANAGER}-handover"
 """Co-owner of ``Deployment.spec.replicas`` during the hand-over to an HPA (see reconcile)."""
@@ -63,6 +64,14 @@ class TemporaryApiError(kopf.TemporaryError):
     def __init__(self, message: str, status: int, delay: float) -> None:
         super().__init__(message, delay=delay)
         self.status = status
+
+
+class RefusedApiError(TemporaryApiError):
+    """The API server refused the request (401/403: RBAC, ResourceQuota, an admission plugin).
+
+    Not permanent — a quota is raised, a role fixed — but not "not yet" either: the user must
+    act, so the reconcile records it in status (``ApplyFailed``) and retries with back-off.
+    """
 
 
 class PermanentApiError(kopf.PermanentError):
@@ -96,8 +105,8 @@ def classify(method: str, path: str, status: int, body: Any, retry_after: float 
     if status == 409:
         return TemporaryApiError(message, status, delay=1.0)
     if status in (401, 403):
-        # Credentials rotate and RBAC gets fixed; a long delay keeps the log quiet meanwhile.
-        return TemporaryApiError(message, status, delay=60.0)
+        # Credentials rotate, RBAC gets fixed, quotas raised: the work queue's back-off decides.
+        return RefusedApiError(message, status, delay=0.0)
     if status == 429:
         return TemporaryApiError(message, status, delay=retry_after or 5.0)
     return TemporaryApiError(message, status, delay=retry_after or 5.0)
@@ -215,6 +224,20 @@ class Kube:
                 return False
             raise
         return True
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """An RFC 6902 patch (used to remove entries other managers added to maps we own)."""
+        result = self.request(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name),
+            query={"fieldManager": names.FIELD_MANAGER},
+            body=ops,
+            content_type=JSON_PATCH,
+        )
+        assert isinstance(result, dict)
+        return result
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         result = self.request("GET", resource_path(api_version, kind, namespace, name), not_found_ok=True)

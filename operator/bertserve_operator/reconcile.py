@@ -27,6 +27,7 @@ also written to status (``ApplyFailed``) so ``kubectl get`` shows it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -36,52 +37,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import kopf
+
 from bertserve_api import manifests, names
 from bertserve_api.manifests import Owner, RenderOptions
 from bertserve_api.policy import Policy
 from bertserve_api.policy import check as check_policy
 from bertserve_api.spec import BertServerSpec, SpecError, check_name, parse_spec
-from bertserve_api.status import Transition, compute_status, transitions
+from bertserve_api.status import APPLY_FAILED, CHILD_CONFLICT, Transition, compute_status, transitions
 from bertserve_operator.cache import Cache, Key, controller_owner, key_of
-from bertserve_operator.kube import HANDOVER_MANAGER, Kube, PermanentApiError
+from bertserve_operator.drift import foreign_entries, is_subset, needs_apply, with_applied_hash
+from bertserve_operator.kube import (
+    HANDOVER_MANAGER,
+    Kube,
+    PermanentApiError,
+    RefusedApiError,
+    TemporaryApiError,
+)
+
+__all__ = ["ChildConflict", "Outcome", "Reconciler", "is_subset", "manager_owns", "needs_apply"]
 
 log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def is_subset(desired: Any, observed: Any) -> bool:
-    """True when every field of ``desired`` is present with the same value in ``observed``.
-
-    Lists must match element by element (same length): the API server keeps list order, and
-    a list we render (containers, ports, tolerations) with an extra element is drift. Fields
-    the API server adds (defaults, status) are ignored, like server-side apply ignores them.
-    """
-    if isinstance(desired, Mapping):
-        if not isinstance(observed, Mapping):
-            return False
-        return all(k in observed and is_subset(v, observed[k]) for k, v in desired.items())
-    if isinstance(desired, list):
-        if not isinstance(observed, list) or len(desired) != len(observed):
-            return False
-        return all(is_subset(d, o) for d, o in zip(desired, observed, strict=True))
-    return bool(desired == observed)
-
-
-def needs_apply(desired: Mapping[str, Any], observed: Mapping[str, Any] | None) -> bool:
-    """Whether ``observed`` lacks anything ``desired`` sets (spec, labels, our ownerReference)."""
-    if observed is None:
-        return True
-    if not is_subset(desired.get("spec", {}), observed.get("spec", {})):
-        return True
-    meta, seen = desired["metadata"], observed.get("metadata") or {}
-    if not is_subset(meta.get("labels", {}), seen.get("labels") or {}):
-        return True
-    wanted = {r["uid"] for r in meta.get("ownerReferences", [])}
-    present = {r.get("uid") for r in seen.get("ownerReferences") or [] if r.get("controller")}
-    return not wanted <= present
 
 
 def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
@@ -97,6 +77,40 @@ def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
         else:
             return True
     return False
+
+
+class ChildConflict(kopf.TemporaryError):
+    """An object of a child's name exists and is not controlled by this BertServer.
+
+    It is never adopted nor modified (adopting a user's Service would merge our selector into
+    it and let the garbage collector delete it with the BertServer). Retried with back-off: the
+    owner of the object may delete or rename it.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=0.0)
+
+
+def controls(obj: Mapping[str, Any], owner: Owner) -> bool:
+    """Whether ``owner`` is ``obj``'s controller (by uid; by name when the uid is unknown)."""
+    refs = [r for r in (obj.get("metadata") or {}).get("ownerReferences") or () if r.get("controller")]
+    if owner.uid:
+        return any(r.get("uid") == owner.uid for r in refs)
+    return controller_owner(obj) == (owner.namespace, owner.name)
+
+
+def conflict_message(obj: Mapping[str, Any], kind: str) -> str:
+    meta = obj.get("metadata") or {}
+    refs = [r for r in meta.get("ownerReferences") or () if r.get("controller")]
+    holder = (
+        f"controlled by {refs[0].get('kind')} {refs[0].get('name')}"
+        if refs
+        else "not controlled by any object"
+    )
+    return (
+        f"{kind} {meta.get('namespace')}/{meta.get('name')} already exists and is {holder}; "
+        "the operator does not adopt it: delete or rename it, or rename the BertServer"
+    )
 
 
 @dataclass
@@ -209,8 +223,8 @@ class Reconciler:
             self._ensure_peer_key(owner, outcome)
             if children.model_uri_secret is not None:
                 self._create_once(owner, children.model_uri_secret, outcome)
-            deployment = self._ensure_children(key, children, spec, outcome)
-        except PermanentApiError as err:
+            deployment = self._ensure_children(owner, children, spec, outcome)
+        except (ChildConflict, RefusedApiError, PermanentApiError) as err:
             status = compute_status(
                 owner=owner,
                 generation=generation,
@@ -220,6 +234,7 @@ class Reconciler:
                 pods=self.cache.pods_of(key),
                 previous=previous,
                 apply_error=str(err),
+                apply_reason=CHILD_CONFLICT if isinstance(err, ChildConflict) else APPLY_FAILED,
             )
             self._publish(body, previous, status, outcome)
             raise
@@ -237,38 +252,59 @@ class Reconciler:
 
     # ------------------------------------------------------------------ children
 
-    def _ensure_children(
-        self, key: Key, children: manifests.Children, spec: BertServerSpec, outcome: Outcome
-    ) -> dict[str, Any]:
-        """Ensure every child; returns the Deployment as observed or applied.
+    def _observe(self, desired: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A child as cached, else as the API server has it (a foreign object is not cached:
+        the child watches only stream objects carrying our managed-by label)."""
+        meta = desired["metadata"]
+        observed = self.cache.child(desired["kind"], meta["namespace"], meta["name"])
+        if observed is None:
+            observed = self.kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+        return observed
 
-        The Deployment is applied in this thread (it is what users wait for); the other children
-        go to the apply pool at the same time, so creating a BertServer costs one round trip of
-        latency instead of three. Errors surface after every job finished, the Deployment's first.
-        """
-        dep_name = manifests.deployment_name(key[1])
-        side: list[Callable[[], object]] = [
-            lambda: self._ensure(children.service, outcome),
-            lambda: self._ensure(children.peer_service, outcome),
-            lambda: self._ensure_optional(key, "HorizontalPodAutoscaler", dep_name, children.hpa, outcome),
-            lambda: self._ensure_optional(key, "PodDisruptionBudget", dep_name, children.pdb, outcome),
-            lambda: self._ensure_optional(
-                key, "NetworkPolicy", manifests.network_policy_name(key[1]), children.network_policy, outcome
-            ),
-        ]
+    def _run(self, jobs: list[Callable[[], Any]]) -> list[Any]:
+        """Run ``jobs`` (concurrently when there is a pool); re-raise the first error."""
         if self._pool is None:
-            deployment = self._ensure_deployment(children.deployment, spec, outcome)
-            for job in side:
-                job()
-            return deployment
-        futures = [self._pool.submit(job) for job in side]
-        try:
-            deployment = self._ensure_deployment(children.deployment, spec, outcome)
-        finally:
-            errors = [f.exception() for f in futures]
+            return [job() for job in jobs]
+        futures = [self._pool.submit(job) for job in jobs]
+        errors = [f.exception() for f in futures]
         for error in errors:
             if error is not None:
                 raise error
+        return [f.result() for f in futures]
+
+    def _ensure_children(
+        self, owner: Owner, children: manifests.Children, spec: BertServerSpec, outcome: Outcome
+    ) -> dict[str, Any]:
+        """Ensure every child, all or nothing as far as the API allows; returns the Deployment.
+
+        1. Every child is observed first; one that exists without us as its controller stops
+           the pass (:class:`ChildConflict`) before anything is written.
+        2. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
+           no Service or HPA is left behind pointing at nothing.
+        3. The other children are applied concurrently.
+        """
+        desired = children.all()
+        observed = self._run([functools.partial(self._observe, d) for d in desired])
+        for want, have in zip(desired, observed, strict=True):
+            if have is not None and not controls(have, owner):
+                raise ChildConflict(conflict_message(have, str(want["kind"])))
+        seen = {(d["kind"], d["metadata"]["name"]): o for d, o in zip(desired, observed, strict=True)}
+        dep_name = manifests.deployment_name(owner.name)
+        deployment = self._ensure_deployment(children.deployment, seen["Deployment", dep_name], spec, outcome)
+        svc, peers = children.service, children.peer_service
+        self._run(
+            [
+                lambda: self._ensure(svc, seen["Service", svc["metadata"]["name"]], outcome),
+                lambda: self._ensure(peers, seen["Service", peers["metadata"]["name"]], outcome),
+                lambda: self._ensure_optional(
+                    owner, children.hpa, seen, outcome, kind="HorizontalPodAutoscaler"
+                ),
+                lambda: self._ensure_optional(owner, children.pdb, seen, outcome, kind="PodDisruptionBudget"),
+                lambda: self._ensure_optional(
+                    owner, children.network_policy, seen, outcome, kind="NetworkPolicy"
+                ),
+            ]
+        )
         return deployment
 
     def _ensure_peer_key(self, owner: Owner, outcome: Outcome) -> None:
@@ -297,30 +333,69 @@ class Reconciler:
         self._created.add((owner.uid, name))
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-        applied = self.kube.apply(obj)
+        applied = self.kube.apply(with_applied_hash(obj))
         self.cache.put_child(applied)
         outcome.applied.append(str(obj["kind"]))
         log.info("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         return applied
 
-    def _ensure(self, desired: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
-        meta = desired["metadata"]
-        observed = self.cache.child(desired["kind"], meta["namespace"], meta["name"])
-        if observed is not None and not needs_apply(desired, observed):
+    def _remove_foreign(
+        self, desired: Mapping[str, Any], observed: dict[str, Any], outcome: Outcome
+    ) -> dict[str, Any]:
+        """Remove keys others added to maps we own whole (see :mod:`drift`)."""
+        pointers = foreign_entries(desired, observed)
+        if not pointers:
             return observed
+        meta = desired["metadata"]
+        ops = [
+            {
+                "op": "test",
+                "path": "/metadata/resourceVersion",
+                "value": observed["metadata"]["resourceVersion"],
+            }
+        ]
+        ops += [{"op": "remove", "path": p} for p in pointers]
+        try:
+            patched = self.kube.json_patch(
+                desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"], ops
+            )
+        except PermanentApiError as err:  # changed meanwhile: the next pass sees the new version
+            raise TemporaryApiError(str(err), err.status, delay=1.0) from err
+        self.cache.put_child(patched)
+        outcome.applied.append(f"{desired['kind']}(removed {', '.join(pointers)})")
+        log.info(
+            "removed foreign entries %s from %s %s/%s",
+            pointers,
+            desired["kind"],
+            meta["namespace"],
+            meta["name"],
+        )
+        return patched
+
+    def _ensure(
+        self, desired: Mapping[str, Any], observed: dict[str, Any] | None, outcome: Outcome
+    ) -> dict[str, Any]:
+        if observed is not None:
+            observed = self._remove_foreign(desired, observed, outcome)
+            if not needs_apply(desired, observed):
+                return observed
         return self._apply(desired, outcome)
 
     def _ensure_deployment(
-        self, desired: Mapping[str, Any], spec: BertServerSpec, outcome: Outcome
+        self,
+        desired: Mapping[str, Any],
+        observed: dict[str, Any] | None,
+        spec: BertServerSpec,
+        outcome: Outcome,
     ) -> dict[str, Any]:
-        if not spec.autoscaling.enabled:
-            return self._ensure(desired, outcome)
-        meta = desired["metadata"]
-        observed = self.cache.child("Deployment", meta["namespace"], meta["name"])
-        if observed is None:
-            # Ownership of replicas must be known before dropping it: ask, do not assume.
-            observed = self.kube.get("apps/v1", "Deployment", meta["namespace"], meta["name"])
-        if observed is not None and manager_owns(observed, names.FIELD_MANAGER, "spec", "replicas"):
+        if (
+            observed is not None
+            and spec.autoscaling.enabled
+            and manager_owns(observed, names.FIELD_MANAGER, "spec", "replicas")
+        ):
+            # Ownership of replicas must be known before dropping it (the cached copy keeps
+            # managedFields, a GET returns them).
+            meta = desired["metadata"]
             replicas = int((observed.get("spec") or {}).get("replicas") or 1)
             self.kube.apply(
                 {
@@ -335,18 +410,25 @@ class Reconciler:
                 "handed spec.replicas=%d of %s/%s over to the HPA", replicas, meta["namespace"], meta["name"]
             )
             return self._apply(desired, outcome)
-        if observed is not None and not needs_apply(desired, observed):
-            return observed
-        return self._apply(desired, outcome)
+        return self._ensure(desired, observed, outcome)
 
     def _ensure_optional(
-        self, key: Key, kind: str, name: str, desired: Mapping[str, Any] | None, outcome: Outcome
+        self,
+        owner: Owner,
+        desired: Mapping[str, Any] | None,
+        seen: Mapping[tuple[str, str], dict[str, Any] | None],
+        outcome: Outcome,
+        *,
+        kind: str,
     ) -> None:
+        """Ensure an HPA/PDB/NetworkPolicy the spec asks for, or delete ours when it no longer does."""
+        name = manifests.deployment_name(owner.name)
         if desired is not None:
-            self._ensure(desired, outcome)
+            self._ensure(desired, seen[kind, name], outcome)
             return
+        key = (owner.namespace, owner.name)
         observed = self.cache.child(kind, key[0], name)
-        if observed is None or controller_owner(observed) != key:
+        if observed is None or not controls(observed, owner):
             return
         api_version = str(observed.get("apiVersion"))
         self.kube.delete(api_version, kind, key[0], name)

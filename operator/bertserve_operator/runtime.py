@@ -22,7 +22,7 @@ import kopf
 
 from bertserve_api import names
 from bertserve_operator.cache import Cache, Key, key_of
-from bertserve_operator.kube import Kube
+from bertserve_operator.kube import Kube, resource_path
 from bertserve_operator.reconcile import Outcome, Reconciler
 from bertserve_operator.settings import Settings
 from bertserve_operator.workqueue import WorkQueue
@@ -39,6 +39,14 @@ CHILD_RESOURCES = (
     ("policy", "v1", "poddisruptionbudgets"),
     ("networking.k8s.io", "v1", "networkpolicies"),
     ("", "v1", "pods"),
+)
+
+PRIMED_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("v1", "Pod"),
 )
 
 
@@ -90,14 +98,49 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.last_resync = time.monotonic()
         self.passes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._executor, self.prime_cache)
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"bertserve-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="bertserve-resync"))
         log.info("started %d workers, resync every %ss", self.settings.workers, self.settings.resync_seconds)
+
+    def prime_cache(self) -> None:
+        """List every child kind and the pods before any pass runs.
+
+        kopf starts the BertServer and child watches together after the startup handler; a
+        resume pass that ran before the pod watch had listed would see no pods and report a
+        Degraded BertServer as healthy (a false transition, and an Event saying so). Listing
+        here, in the startup handler, makes the first pass see what the last one saw.
+        """
+        started = time.monotonic()
+        scopes: tuple[str | None, ...] = self.settings.namespaces or (None,)
+        for namespace in scopes:
+            for api_version, kind in PRIMED_KINDS:
+                for item in self._list(api_version, kind, namespace):
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                    if kind == "Pod":
+                        self.cache.put_pod(item)
+                    else:
+                        self.cache.put_child(item)
+        log.info("cache primed in %.1fs: %s", time.monotonic() - started, self.cache.sizes())
+
+    def _list(self, api_version: str, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        query = {"labelSelector": OWNED_SELECTOR, "limit": "500"}
+        while True:
+            page = self.kube.request("GET", resource_path(api_version, kind, namespace), query=query)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+            query = {**query, "continue": token}
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight passes finish (bounded), release connections."""
@@ -158,12 +201,31 @@ class Runtime:
 
     # ------------------------------------------------------------------ passes
 
-    def reconcile_now(self, body: Mapping[str, Any]) -> Outcome:
-        """A pass for kopf's create/update/resume handlers (in kopf's thread; errors to kopf)."""
-        self.cache.put_owner(body)
-        outcome = self.reconciler.reconcile(body)
+    def reconcile_now(self, body: Mapping[str, Any]) -> Outcome | None:
+        """A pass for kopf's create/update/resume handlers (in one of kopf's threads).
+
+        Failures never go back to kopf: kopf would post an Event per retry and retry on its own
+        schedule. The pass has written what the user must know to status; the key goes to the
+        work queue, whose exponential back-off (``retry_delay_seconds`` doubling up to
+        ``max_retry_delay_seconds``) paces the retries.
+        """
+        key = self.cache.put_owner(body)
+        try:
+            outcome = self.reconciler.reconcile(body)
+        except kopf.PermanentError as exc:
+            log.error("%s/%s: %s (status records it; the next change retries)", key[0], key[1], exc)
+            return None
+        except Exception as exc:
+            delay = float(getattr(exc, "delay", 0.0) or 0.0)
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._retry_later, key, delay, exc)
+            return None
         self.passes += 1
         return outcome
+
+    def _retry_later(self, key: Key, delay: float, exc: BaseException) -> None:
+        wait = self.queue.retry(key, delay)
+        log.warning("%s/%s: %s; retrying in %.2fs", key[0], key[1], exc, wait)
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,11 +239,10 @@ class Runtime:
                 log.error("%s/%s: %s (status records it; next change retries)", key[0], key[1], exc)
                 self.queue.forget(key)
             except kopf.TemporaryError as exc:
-                wait = self.queue.retry(key, exc.delay)
-                log.warning("%s/%s: %s; retrying in %.0fs", key[0], key[1], exc, wait)
+                self._retry_later(key, float(exc.delay or 0.0), exc)
             except Exception:
                 wait = self.queue.retry(key)
-                log.exception("%s/%s: reconcile failed; retrying in %.0fs", key[0], key[1], wait)
+                log.exception("%s/%s: reconcile failed; retrying in %.2fs", key[0], key[1], wait)
             finally:
                 self.queue.done(key)
 

@@ -21,6 +21,8 @@ from bertserve_operator.kube import Kube, TemporaryApiError
 REQUIRED: tuple[tuple[str, str, str], ...] = (
     *((names.GROUP, names.PLURAL, v) for v in ("get", "list", "watch", "patch")),
     *((names.GROUP, f"{names.PLURAL}/status", v) for v in ("get", "patch")),
+    # blockOwnerDeletion on the children's ownerReference (OwnerReferencesPermissionEnforcement).
+    (names.GROUP, f"{names.PLURAL}/finalizers", "update"),
     *(("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")),
     *(("", "services", v) for v in ("get", "list", "watch", "create", "patch")),
     *(

@@ -27,6 +27,7 @@ from typing import Any
 
 from bertserve_api.contract import ServerConfig
 from bertserve_server.batcher import Batcher
+from bertserve_server.classifier import resolve_labels
 from bertserve_server.encoder import Encoder
 from bertserve_server.frontends.http import HttpFrontend
 from bertserve_server.frontends.zmq import ResultRouter, ZmqFrontend
@@ -147,7 +148,11 @@ class BertServer:
         self.encoders = build_encoders(factory, self.devices)
         self._check_abort()
         first = self.encoders[0]
-        self.batcher.set_output(first.hidden_size, first.dtype)
+        if config.classifier:
+            # -classifier_labels must name as many labels as the checkpoint's head has.
+            self.service.labels = resolve_labels(config.classifier_labels, first.num_labels)
+            logger.info("classifier labels: %s", ", ".join(self.service.labels))
+        self.batcher.set_output(first.hidden_size, first.dtype, num_labels=len(self.service.labels))
         warm_up(self.encoders)
         self._check_abort()
         logger.info(
@@ -179,6 +184,11 @@ class BertServer:
             "queue_depth": self.batcher.depth,
             "output_dim": self.batcher.width,
             "output_dtype": str(self.batcher.dtype),
+            **(
+                {"classifier_labels": list(self.service.labels)}
+                if self.service and self.service.labels
+                else {}
+            ),
             **({"peers": self.peering.describe()} if self.peering is not None else {}),
         }
 

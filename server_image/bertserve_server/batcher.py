@@ -19,6 +19,9 @@ frontend meet in one queue, counted in *sentences*:
 * **Reassembly** (:meth:`Batcher.complete`): each row's vector is written back at its original
   index, so a request split over several batches, or merged with others, comes back in request
   order; the request's future resolves when its last row is done.
+* **Tasks**: with ``-classifier`` a request is either for embeddings (``encode``) or for the
+  classifier head's logits (``classify``, ``/predict``). Both share the queue, admission and
+  priorities; a device batch holds rows of one task only, since each runs its own function.
 
 Every wait has a timeout and every loop checks a stop flag, so shutdown never hangs.
 """
@@ -33,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bertserve_server.encoder import Batch, TokenizedInput, pad_batch
+from bertserve_server.encoder import CLASSIFY, ENCODE, Batch, Task, TokenizedInput, pad_batch
 from bertserve_server.errors import Busy, EncodeFailed, RequestTooLarge, ServeError, ShuttingDown
 from bertserve_server.metrics import Metrics
 
@@ -68,6 +71,7 @@ class _Pending:
     output: np.ndarray
     rows: list[int]  # row indices not yet batched, ascending by length
     remaining: int
+    task: Task = ENCODE
     started: bool = False
     done: bool = False
 
@@ -79,6 +83,7 @@ class DeviceBatch:
     batch: Batch
     parts: list[tuple[_Pending, list[int]]]
     formed_at: float
+    task: Task = ENCODE
 
     @property
     def size(self) -> int:
@@ -104,6 +109,7 @@ class Batcher:
             raise ValueError("max_batch_size and max_queue_size must be >= 1")
         self.width = width
         self.dtype = np.dtype(dtype)
+        self.classify_width = 0  # labels of the classifier head; 0 = no head
         self.max_batch_size = max_batch_size
         self.priority_batch_size = priority_batch_size
         self.max_queue_size = max_queue_size
@@ -116,10 +122,11 @@ class Batcher:
         self._closed = False
         self._stopped = False
 
-    def set_output(self, width: int, dtype: str) -> None:
-        """The encoder's vector width and dtype, known once the model is loaded."""
+    def set_output(self, width: int, dtype: str, *, num_labels: int = 0) -> None:
+        """The encoder's vector width and dtype (and head size), known once the model is loaded."""
         self.width = width
         self.dtype = np.dtype(dtype)
+        self.classify_width = num_labels
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -160,16 +167,29 @@ class Batcher:
             reservation.future.set_exception(error)
 
     def enqueue(
-        self, reservation: Reservation, items: list[TokenizedInput], out_seq_len: int | None = None
+        self,
+        reservation: Reservation,
+        items: list[TokenizedInput],
+        out_seq_len: int | None = None,
+        *,
+        task: Task = ENCODE,
     ) -> None:
-        """Queue tokenized rows. ``out_seq_len`` is ``T`` of a ``[n, T, D]`` answer (NONE pooling)."""
+        """Queue tokenized rows. ``out_seq_len`` is ``T`` of a ``[n, T, D]`` answer (NONE pooling).
+
+        ``task=CLASSIFY`` asks for the classifier head's float32 logits ``[n, num_labels]``.
+        """
         if len(items) != reservation.size:
             raise ValueError(f"reserved {reservation.size} rows, got {len(items)}")
         if not items:
             raise ValueError("nothing to enqueue")
         lengths = [len(item) for item in items]
         shape: tuple[int, ...] = (len(items), self.width)
-        if out_seq_len is not None:
+        dtype = self.dtype
+        if task == CLASSIFY:
+            if not self.classify_width:
+                raise ValueError("no classifier head is loaded")
+            shape, dtype = (len(items), self.classify_width), np.dtype(np.float32)
+        elif out_seq_len is not None:
             shape = (len(items), out_seq_len, self.width)
         now = self._clock()
         small = len(items) <= self.priority_batch_size
@@ -179,9 +199,10 @@ class Batcher:
             lengths=lengths,
             key=now - (PRIORITY_HEAD_START_S if small else 0.0),
             arrival=now,
-            output=np.zeros(shape, dtype=self.dtype),
+            output=np.zeros(shape, dtype=dtype),
             rows=sorted(range(len(items)), key=lengths.__getitem__),
             remaining=len(items),
+            task=task,
         )
         with self._cond:
             if self._stopped:
@@ -228,6 +249,8 @@ class Batcher:
         for other in order[1:]:
             if count >= self.max_batch_size or scanned >= budget:
                 break
+            if other.task != head.task:
+                continue
             chosen: list[int] = []
             keep: list[int] = []
             for row in other.rows:
@@ -257,7 +280,7 @@ class Batcher:
                 self.metrics.queue_seconds.observe(max(0.0, now - pending.arrival))
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_padding.observe(1.0 - real / float(len(items) * longest))
-        return DeviceBatch(batch=batch, parts=parts, formed_at=now)
+        return DeviceBatch(batch=batch, parts=parts, formed_at=now, task=head.task)
 
     def complete(self, device_batch: DeviceBatch, embeddings: np.ndarray) -> None:
         """Write a batch's vectors back into their requests; resolve requests that are whole."""

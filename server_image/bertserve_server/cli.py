@@ -10,7 +10,8 @@ line that names the flag and the fix, exit code 2:
 * ``-model_dir`` without ``bert_config.json`` (``-config_name``) or ``vocab.txt``;
 * a ``-ckpt_name`` prefix that is not in the checkpoint directory (the ones that are, listed);
 * ``-max_seq_len`` above the config's ``max_position_embeddings``;
-* a ``-pooling_layer`` outside the model's layers; and a few impossible numbers.
+* a ``-pooling_layer`` outside the model's layers; ``-classifier_labels`` without ``-classifier``,
+  empty or repeated; and a few impossible numbers.
 """
 
 from __future__ import annotations
@@ -85,6 +86,28 @@ def _check_numbers(config: ServerConfig) -> None:
         seen[port] = name
     if any(d < 0 for d in config.device_map):
         raise ConfigurationError("-device_map takes GPU ids (0, 1, …); use -cpu for the CPU")
+    _check_classifier(config)
+
+
+#: Most labels ``-classifier_labels`` takes (the CRD's limit too).
+MAX_CLASSIFIER_LABELS = 64
+
+
+def _check_classifier(config: ServerConfig) -> None:
+    labels = config.classifier_labels
+    if not labels:
+        return
+    if not config.classifier:
+        raise ConfigurationError("-classifier_labels names the head's labels; it needs -classifier")
+    if any(not label for label in labels):
+        raise ConfigurationError(f"-classifier_labels has an empty label in {','.join(labels)!r}")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigurationError(f"-classifier_labels names {', '.join(duplicates)} more than once")
+    if len(labels) > MAX_CLASSIFIER_LABELS:
+        raise ConfigurationError(
+            f"-classifier_labels names {len(labels)} labels; at most {MAX_CLASSIFIER_LABELS}"
+        )
 
 
 def validate(config: ServerConfig) -> BertConfig:

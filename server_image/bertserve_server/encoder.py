@@ -11,9 +11,14 @@ Shapes are documented as ``[batch, seq]`` etc., in the style of the reference BE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 import numpy as np
+
+Task = Literal["encode", "classify"]
+"""What a device batch computes: pooled embeddings, or the classifier head's logits (``-classifier``)."""
+ENCODE: Final = "encode"
+CLASSIFY: Final = "classify"
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def length_groups(extents: np.ndarray, min_tokens: int) -> list[np.ndarray]:
 
 
 class Encoder(Protocol):
-    """Computes pooled embeddings for padded batches.
+    """Computes pooled embeddings (and, with ``-classifier``, class logits) for padded batches.
 
     Implementations: ``bertserve_server.model.tf_encoder.TFEncoder`` (real) and
     ``FakeEncoder`` in ``tests/helpers/fake_encoder.py`` (tests, no TensorFlow).
@@ -132,6 +137,15 @@ class Encoder(Protocol):
         or the amount of padding (so merged batches give the same answer as single requests,
         within float tolerance).
         """
+        ...
+
+    @property
+    def num_labels(self) -> int:
+        """Labels of the classifier head (``-classifier``); 0 when there is none."""
+        ...
+
+    def classify(self, batch: Batch) -> np.ndarray:
+        """The classifier head's logits ``[batch, num_labels]`` in float32 (same row independence)."""
         ...
 
     def warm_up(self) -> None:

@@ -72,6 +72,13 @@ class Unanswerable(InvalidInput):
     zmq_reply = False
 
 
+class NoClassifier(InvalidInput):
+    """``/predict`` on a server started without ``-classifier``: there is no head to answer with."""
+
+    http_status = 404
+    reason = "no_classifier"
+
+
 class Busy(ServeError):  # noqa: N818 - the name is the wire's error type
     """The bounded queue is full: back off and retry."""
 

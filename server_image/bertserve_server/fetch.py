@@ -5,11 +5,21 @@ Why it exists: a ``BertServer`` whose model source is a URI (Google's
 this command into a volume the server container then mounts. It must be safe to run in a pod
 that restarts:
 
-* **Idempotent.** A marker file (:data:`MARKER`) records the URL and checksum of a completed
-  fetch; a restarted pod with the same arguments finds it and downloads nothing. Work happens
-  in a temporary directory inside ``--dest`` and the marker is written last, so an interrupted
-  or failed fetch leaves nothing behind and is simply redone; a fetch of a different URL
-  replaces what the previous one put there.
+* **One layout rule, whatever the archive's top folder.** ``--dest`` is the directory that
+  ends up holding the model's files. A folder that is alone at the top of the archive is
+  unwrapped (repeatedly, and ignoring macOS ``__MACOSX/`` metadata), so Google's
+  ``uncased_L-12_H-768_A-12.zip``, ``tar czf mrpc_output.tar.gz mrpc_output/``,
+  ``tar czf out.tgz -C / home/me/mrpc_output`` and an archive of the bare files all give
+  ``--dest/bert_config.json`` or ``--dest/model.ckpt-343.index``. An archive with several
+  entries at its top (a bundle of ``uncased_L-12_H-768_A-12/`` and ``mrpc_output/``) keeps
+  them as they are, one level below ``--dest``. See :func:`content_root`.
+* **Idempotent, and never touches a sibling.** A marker file (:data:`MARKER`) records the URL,
+  the checksum and the entries a completed fetch put into ``--dest``; a restarted pod with the
+  same arguments finds it and downloads nothing. Work happens in a temporary directory inside
+  ``--dest`` and the marker is written last, so an interrupted or failed fetch leaves nothing
+  behind and is simply redone. A fetch of a different URL into the same ``--dest`` removes only
+  the entries the previous fetch recorded: files another fetch (or a person) put beside them,
+  such as a fine-tuned folder next to a pretrained one, are never deleted.
 * **Verified.** With ``--sha256`` the download is checked before anything is unpacked; a
   mismatch exits non-zero with both digests and leaves nothing in ``--dest``.
 * **Safe to unpack.** ``.zip``, ``.tar.gz``/``.tgz`` (and ``.tar``) are unpacked refusing
@@ -190,12 +200,55 @@ def unpack_tar(archive: Path, into: Path) -> None:
             raise FetchError(f"unsafe archive: {exc}") from None
 
 
-def _marker_matches(dest: Path, url: str, sha256: str | None) -> bool:
+IGNORED_TOP_ENTRIES = frozenset({"__MACOSX"})
+"""Archive metadata folders (macOS Finder zips) that are dropped and never count as content."""
+
+
+def content_root(staging: Path) -> Path:
+    """The folder whose entries become ``--dest``'s entries: the layout rule in one place.
+
+    Starting at the unpacked archive, descend while the level holds exactly one entry and that
+    entry is a folder. A model directory holds files (``bert_config.json``,
+    ``model.ckpt-343.index``), so the descent stops there; a bundle holds several folders, so it
+    stops at the bundle. How the archive was packed (``tar czf x.tgz x/``, ``-C /``, Finder's
+    "Compress") therefore does not change where the files land.
+    """
+    for ignored in IGNORED_TOP_ENTRIES:
+        _remove(staging / ignored)
+    root = staging
+    while True:
+        entries = list(root.iterdir())
+        if len(entries) != 1 or not entries[0].is_dir() or entries[0].is_symlink():
+            return root
+        root = entries[0]
+
+
+def _read_marker(dest: Path) -> dict[str, object] | None:
     try:
         data = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _marker_matches(dest: Path, url: str, sha256: str | None) -> bool:
+    data = _read_marker(dest)
+    if data is None:
         return False
     return bool(data.get("url") == url and (sha256 is None or data.get("sha256") == sha256))
+
+
+def _remove_previous_fetch(dest: Path) -> None:
+    """Remove what the fetch recorded in ``dest``'s marker, and nothing else."""
+    data = _read_marker(dest)
+    (dest / MARKER).unlink(missing_ok=True)
+    entries = data.get("entries") if data else None
+    if not isinstance(entries, list):
+        _log(f"{dest} holds an earlier fetch without a list of its files; keeping them")
+        return
+    for name in entries:
+        if isinstance(name, str) and name and "/" not in name and name not in (".", ".."):
+            _remove(dest / name)
 
 
 def _remove(path: Path) -> None:
@@ -203,12 +256,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
-
-
-def _remove_all(directory: Path, keep: str) -> None:
-    for entry in directory.iterdir():
-        if entry.name != keep:
-            _remove(entry)
 
 
 def fetch(url: str, dest: str | Path, *, sha256: str | None = None, auth_dir: str | None = None) -> bool:
@@ -248,15 +295,19 @@ def fetch(url: str, dest: str | Path, *, sha256: str | None = None, auth_dir: st
                 archive.rename(staging / name)
         except (zipfile.BadZipFile, tarfile.TarError) as exc:
             raise FetchError(f"{name} is not a valid {kind} archive: {exc}") from None
-        if (out / MARKER).exists():  # an earlier fetch of another URL: replace it entirely
-            (out / MARKER).unlink()
-            _remove_all(out, keep=work.name)
-        for entry in staging.iterdir():
-            _remove(out / entry.name)
-            entry.rename(out / entry.name)
+        root = content_root(staging)
+        if root != staging:
+            _log(f"unwrapped the archive's top folder {root.relative_to(staging).as_posix()}/")
+        if (out / MARKER).exists():  # an earlier fetch of another URL into this --dest
+            _remove_previous_fetch(out)
+        entries = sorted(entry.name for entry in root.iterdir())
+        for name in entries:
+            _remove(out / name)
+            (root / name).rename(out / name)
         marker = {
             "url": url,
             "sha256": digest,
+            "entries": entries,
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (out / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
@@ -271,7 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--url", help=f"http(s) URL of a .zip, .tar.gz/.tgz or single file (default: ${URL_ENV})"
     )
-    parser.add_argument("--dest", required=True, help="directory to fill (created if missing)")
+    parser.add_argument(
+        "--dest",
+        required=True,
+        help="directory that will hold the model's files (created if missing); a folder alone at "
+        "the top of the archive is unwrapped into it, entries beside --dest are never touched",
+    )
     parser.add_argument("--sha256", help="expected sha256 of the download (hex); checked before unpacking")
     parser.add_argument(
         "--auth-dir", help="mounted Secret with 'authorization' (header value) or 'token' (bearer token)"

@@ -15,16 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.batcher import Batcher, Reservation
-from bertserve_server.encoder import TokenizedInput
-from bertserve_server.errors import NotReady, ServeError, as_serve_error
+from bertserve_server.encoder import CLASSIFY, ENCODE, Task, TokenizedInput
+from bertserve_server.errors import NoClassifier, NotReady, ServeError, as_serve_error
 from bertserve_server.metrics import Metrics
-from bertserve_server.validation import validate_texts
+from bertserve_server.validation import Example, validate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,10 @@ class Tokenizer(Protocol):
     """Turns validated texts into rows: ``[CLS] a [SEP] (b [SEP])``, truncated, masked."""
 
     def tokenize_batch(self, texts: Sequence[Any], is_tokenized: bool = False) -> list[TokenizedInput]: ...
+
+    def tokenize_examples(self, examples: Sequence[Example]) -> list[TokenizedInput]:
+        """Classifier inputs, as ``run_classifier.py``'s ``convert_single_example``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,18 @@ class EncodeAnswer:
     def num_tokens(self) -> int:
         """Real (unpadded) token positions, ``[CLS]``/``[SEP]`` included: OpenAI ``usage``."""
         return sum(len(t) for t in self.tokens)
+
+
+@dataclass(frozen=True)
+class PredictAnswer:
+    """The classifier head's float32 logits ``[n, num_labels]`` in request order, and the labels."""
+
+    logits: np.ndarray
+    labels: list[str]
+    tokens: list[list[str]]
+
+
+Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
 
 
 class EncodeService:
@@ -69,6 +85,8 @@ class EncodeService:
         self._pool = ThreadPoolExecutor(max_workers=tokenize_threads, thread_name_prefix="tokenize")
         self._ready = threading.Event()
         self._gates: list[Callable[[], str | None]] = []
+        #: Label names of the classifier head (``-classifier``); empty when there is none.
+        self.labels: list[str] = []
 
     # -- readiness -------------------------------------------------------------------------------
 
@@ -113,7 +131,40 @@ class EncodeService:
         rows, tokenized = validate_texts(texts, is_tokenized)
         reservation = self.batcher.reserve(len(rows))
         answer: Future[EncodeAnswer] = Future()
-        self._pool.submit(self._tokenize_and_enqueue, reservation, rows, tokenized, answer)
+        self._pool.submit(
+            self._tokenize_and_enqueue,
+            reservation,
+            lambda: self.tokenizer.tokenize_batch(rows, tokenized),
+            ENCODE,
+            EncodeAnswer,
+            answer,
+        )
+        return answer
+
+    def submit_predict(self, examples: list[Example]) -> Future[PredictAnswer]:
+        """Admit validated classifier inputs now (raising ``ServeError``), run the head in the background.
+
+        Same queue, admission and batching as ``submit``; rows are tokenized as
+        ``run_classifier.py`` does and batched only with other classifier rows.
+        """
+        if not self._ready.is_set() and not self.batcher.closed:
+            raise NotReady("model is still loading or warming up; retry shortly")
+        if not self.labels:
+            raise NoClassifier(
+                "this server has no classifier head: start it with -classifier on a run_classifier.py "
+                "checkpoint (BertServer spec.serving.classifier.enabled: true)"
+            )
+        reservation = self.batcher.reserve(len(examples))
+        answer: Future[PredictAnswer] = Future()
+        labels = list(self.labels)
+        self._pool.submit(
+            self._tokenize_and_enqueue,
+            reservation,
+            lambda: self.tokenizer.tokenize_examples(examples),
+            CLASSIFY,
+            lambda result, tokens: PredictAnswer(result, labels, tokens),
+            answer,
+        )
         return answer
 
     def _out_seq_len(self, items: list[TokenizedInput]) -> int | None:
@@ -127,13 +178,18 @@ class EncodeService:
         return max(len(item) for item in items)
 
     def _tokenize_and_enqueue(
-        self, reservation: Reservation, rows: list[Any], tokenized: bool, answer: Future[EncodeAnswer]
+        self,
+        reservation: Reservation,
+        tokenize: Callable[[], list[TokenizedInput]],
+        task: Task,
+        make_answer: Callable[[np.ndarray, list[list[str]]], Answer],
+        answer: Future[Answer],
     ) -> None:
         started = time.perf_counter()
         try:
-            items = self.tokenizer.tokenize_batch(rows, tokenized)
+            items = tokenize()
         except Exception as exc:  # a tokenizer bug must answer this request, not kill the pool
-            logger.exception("tokenization failed for a request of %d sentences", len(rows))
+            logger.exception("tokenization failed for a request of %d sentences", reservation.size)
             error = as_serve_error(exc)
             self.batcher.cancel(reservation, error)
             answer.set_exception(error)
@@ -146,11 +202,12 @@ class EncodeService:
             if error is not None:
                 answer.set_exception(as_serve_error(error))
             else:
-                answer.set_result(EncodeAnswer(done.result(), tokens))
+                answer.set_result(make_answer(done.result(), tokens))
 
         reservation.future.add_done_callback(finish)
         try:
-            self.batcher.enqueue(reservation, items, self._out_seq_len(items))
+            out_seq_len = self._out_seq_len(items) if task == ENCODE else None
+            self.batcher.enqueue(reservation, items, out_seq_len, task=task)
         except Exception as exc:
             error = exc if isinstance(exc, ServeError) else as_serve_error(exc)
             self.batcher.cancel(reservation, error)

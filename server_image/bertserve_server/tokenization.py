@@ -157,17 +157,45 @@ class BertTokenizer:
             first, second = self._split_pair(text)
             firsts.append(first)
             seconds.append(second)
+        return self._assemble_texts(firsts, seconds, mask_specials=self.mask_cls_sep)
+
+    def _assemble_texts(
+        self, firsts: list[str], seconds: list[str | None], *, mask_specials: bool
+    ) -> list[TokenizedInput]:
         segments = firsts + [s for s in seconds if s is not None]
         pieces = self.wordpiece_ids(segments)
         out = []
         next_b = len(firsts)
         for index, second in enumerate(seconds):
             if second is None:
-                out.append(self._assemble_ids(pieces[index], []))
+                out.append(self._assemble_ids(pieces[index], [], mask_specials=mask_specials))
             else:
-                out.append(self._assemble_ids(pieces[index], pieces[next_b]))
+                out.append(self._assemble_ids(pieces[index], pieces[next_b], mask_specials=mask_specials))
                 next_b += 1
         return out
+
+    def tokenize_examples(self, examples: Sequence[str | tuple[str, str]]) -> list[TokenizedInput]:
+        """Classifier inputs as ``run_classifier.py``'s ``convert_single_example`` builds them.
+
+        Each example is a sentence (``"a ||| b"`` is a pair, as for encoding) or an explicit
+        ``(text_a, text_b)`` pair. Layout, segment ids and the longest-first pair truncation are
+        those of encoding (the same ``_truncate_seq_pair``); unlike encoding, the mask is 1 on every
+        real token whatever ``-mask_cls_sep`` says, because the head was trained that way.
+        """
+        firsts: list[str] = []
+        seconds: list[str | None] = []
+        for i, example in enumerate(examples):
+            if isinstance(example, str):
+                first, second = self._split_pair(example)
+            elif (
+                isinstance(example, tuple) and len(example) == 2 and all(isinstance(t, str) for t in example)
+            ):
+                first, second = example
+            else:
+                raise TypeError(f"example {i} must be a string or a pair of strings, got {example!r:.60}")
+            firsts.append(first)
+            seconds.append(second)
+        return self._assemble_texts(firsts, seconds, mask_specials=False)
 
     def tokenize(self, text: str | Sequence[str], is_tokenized: bool = False) -> TokenizedInput:
         """One sentence; see ``tokenize_batch``."""
@@ -229,10 +257,12 @@ class BertTokenizer:
             return TokenizedInput(ids, (0,) * len(ids), (1,) * len(ids), tuple(a))
         return self._assemble_ids([vocab[t] for t in a], [vocab[t] for t in b])
 
-    def _assemble_ids(self, a_ids: list[int], b_ids: list[int]) -> TokenizedInput:
+    def _assemble_ids(
+        self, a_ids: list[int], b_ids: list[int], *, mask_specials: bool | None = None
+    ) -> TokenizedInput:
         limit = self.limit
         names = self._id_to_token
-        edge = 0 if self.mask_cls_sep else 1
+        edge = 0 if (self.mask_cls_sep if mask_specials is None else mask_specials) else 1
         na, nb = len(a_ids), len(b_ids)
         if nb:
             while na + nb > limit - 3:  # 1.10.0's _truncate_seq_pair, on lengths

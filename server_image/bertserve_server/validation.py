@@ -108,3 +108,44 @@ def validate_texts(texts: Any, is_tokenized: bool | None = None) -> tuple[list[A
                 )
             _check_string(text, f"element {i}")
     return texts, tokenized
+
+
+#: One classifier input: a sentence (``"a ||| b"`` is a pair) or an explicit ``(text_a, text_b)``.
+Example = str | tuple[str, str]
+
+
+def _example(value: Any, where: str) -> Example:
+    if isinstance(value, list):
+        if len(value) == 1:
+            _check_string(value[0], f"{where}[0]")
+            return str(value[0])
+        if len(value) == 2:
+            _check_string(value[0], f"{where}[0]")
+            _check_string(value[1], f"{where}[1]")
+            return (value[0], value[1])
+        raise InvalidInput(
+            f"{where} must be a string or a pair [text_a, text_b], got an array of {len(value)} elements"
+        )
+    _check_string(value, where)
+    return str(value)
+
+
+def validate_examples(inputs: Any) -> tuple[list[Example], bool]:
+    """``/predict``'s ``inputs``: the examples, and whether the request was a batch.
+
+    Accepted, as Text Embeddings Inference's ``/predict``: a string; a pair ``[text_a, text_b]``
+    (an array of exactly two strings is always one pair); or an array of those (a one-element
+    array ``[text]`` is a single sentence, so ``[["a"], ["b"]]`` sends two sentences).
+    """
+    if isinstance(inputs, str):
+        return [_example(inputs, "inputs")], False
+    if not isinstance(inputs, list):
+        raise InvalidInput(
+            'inputs must be a string, a pair ["text_a", "text_b"] or an array of those, '
+            f"got {_type_name(inputs)} {_describe(inputs)}"
+        )
+    if not inputs:
+        raise InvalidInput("inputs must be a non-empty array; got an empty array")
+    if len(inputs) == 2 and all(isinstance(v, str) for v in inputs):
+        return [_example(inputs, "inputs")], False
+    return [_example(value, f"inputs[{i}]") for i, value in enumerate(inputs)], True

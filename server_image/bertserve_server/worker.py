@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 from bertserve_api.contract import ServerConfig
 from bertserve_server.batcher import Batcher
-from bertserve_server.encoder import Encoder
+from bertserve_server.encoder import CLASSIFY, Encoder
 from bertserve_server.errors import EncodeFailed
 from bertserve_server.metrics import Metrics
 
@@ -117,6 +117,7 @@ def tf_encoder_factory(config: ServerConfig, devices: Sequence[str]) -> EncoderF
                 xla=config.xla,
                 device=device,
                 no_position_embeddings=config.no_position_embeddings,
+                classifier=config.classifier,
             )
         return shared[device]
 
@@ -145,7 +146,10 @@ class Worker(threading.Thread):
                 continue
             started = time.perf_counter()
             try:
-                embeddings = self.encoder.encode(device_batch.batch)
+                if device_batch.task == CLASSIFY:
+                    embeddings = self.encoder.classify(device_batch.batch)
+                else:
+                    embeddings = self.encoder.encode(device_batch.batch)
             except Exception as exc:
                 logger.exception(
                     "worker %d (%s) failed on a batch of %d x %d",

@@ -86,6 +86,8 @@ NON_DEFAULT = {
     "max_response_bytes": 268435456,
     "heartbeat_timeout": 2.5,
     "protect_metrics": True,
+    "classifier": True,
+    "classifier_labels": ("not_paraphrase", "paraphrase"),
 }
 
 
@@ -182,3 +184,15 @@ def test_show_config_sends_pooling_strategy_as_int_and_lists():
 def test_config_fields_and_flags_agree():
     field_names = {f.name for f in dataclasses.fields(ServerConfig)} - {"_extra"}
     assert field_names == {flag.dest for flag in FLAGS}
+
+
+def test_classifier_labels_are_comma_separated_and_stripped():
+    config = parse_argv(["-model_dir=/m", "-classifier", "-classifier_labels", "no, yes"])
+    assert config.classifier is True
+    assert config.classifier_labels == ("no", "yes")
+    assert to_argv(config) == ["-model_dir=/m", "-classifier", "-classifier_labels=no,yes"]
+    assert parse_argv(["-model_dir=/m"]).classifier_labels == ()
+    assert ServerConfig(model_dir="/m", classifier_labels=("a", "b")).show_config()["classifier_labels"] == [
+        "a",
+        "b",
+    ]

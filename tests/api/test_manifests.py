@@ -99,16 +99,41 @@ def _render_yaml(owner: Owner, raw: dict[str, Any]) -> str:
     return yaml.safe_dump_all(children.all(), sort_keys=False, width=120)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_rendered_children_match_golden_file(case: str) -> None:
+def _compare_with_golden(case: str, golden_dir: pathlib.Path) -> None:
+    """Compare; with ``BERTSERVE_UPDATE_GOLDEN=1`` a differing golden is rewritten and the test
+    still fails (saying so), so the switch can never turn a wrong rendering into a pass."""
     owner, raw = CASES[case]
     text = _render_yaml(owner, raw)
-    golden = GOLDEN / f"{case}.yaml"
-    if os.environ.get("BERTSERVE_UPDATE_GOLDEN") == "1":
+    golden = golden_dir / f"{case}.yaml"
+    before = golden.read_text() if golden.exists() else None
+    if os.environ.get("BERTSERVE_UPDATE_GOLDEN") == "1" and before != text:
         golden.parent.mkdir(exist_ok=True)
         golden.write_text(text)
-    assert golden.exists(), f"missing {golden}; run with BERTSERVE_UPDATE_GOLDEN=1"
-    assert text == golden.read_text(), f"{golden.name} differs; if intended, regenerate and review"
+        pytest.fail(
+            f"golden {golden} changed: rewritten because BERTSERVE_UPDATE_GOLDEN=1; review the diff "
+            "and rerun without the switch",
+            pytrace=False,
+        )
+    assert before is not None, f"missing {golden}; run with BERTSERVE_UPDATE_GOLDEN=1"
+    assert text == before, f"{golden.name} differs; if intended, regenerate and review"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_children_match_golden_file(case: str) -> None:
+    _compare_with_golden(case, GOLDEN)
+
+
+def test_updating_a_golden_file_rewrites_it_and_still_fails(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = sorted(CASES)[0]
+    stale = tmp_path / f"{case}.yaml"
+    stale.write_text("stale: true\n")
+    monkeypatch.setenv("BERTSERVE_UPDATE_GOLDEN", "1")
+    with pytest.raises(pytest.fail.Exception, match="changed: rewritten because BERTSERVE_UPDATE_GOLDEN=1"):
+        _compare_with_golden(case, tmp_path)
+    assert stale.read_text() == (GOLDEN / f"{case}.yaml").read_text()
+    _compare_with_golden(case, tmp_path)  # once rewritten, the same switch passes: nothing changed
 
 
 def _deployment(raw: dict[str, Any], owner: Owner = OWNER) -> dict[str, Any]:
@@ -192,7 +217,7 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
     assert init["command"] == [
         "bertserve-fetch",
         "--dest",
-        "/models",
+        "/models/uncased_L-12_H-768_A-12",  # the fetch unwraps the zip's top folder into pretrainedPath
         "--sha256",
         raw["model"]["source"]["uri"]["sha256"],
         "--auth-dir",
@@ -211,6 +236,26 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
     server = pod["containers"][0]
     assert all(m["name"] != "model-auth" for m in server["volumeMounts"])
     assert {"name": "model", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+
+
+@pytest.mark.parametrize(
+    ("pretrained", "tuned", "dest"),
+    [
+        ("uncased_L-12_H-768_A-12", None, "/models/uncased_L-12_H-768_A-12"),
+        ("uncased_L-12_H-768_A-12", "mrpc_output", "/models"),
+        ("bundle/uncased", "bundle/mrpc_output", "/models/bundle"),
+        (".", None, "/models"),
+    ],
+)
+def test_uri_fetch_dest_is_the_directory_holding_both_model_paths(
+    pretrained: str, tuned: str | None, dest: str
+) -> None:
+    model: dict[str, Any] = {"source": {"uri": {"url": "https://x/m.tgz"}}, "pretrainedPath": pretrained}
+    if tuned:
+        model["tunedModelDir"] = tuned
+    pod = _deployment({"model": model})["spec"]["template"]["spec"]
+    command = pod["initContainers"][0]["command"]
+    assert command[command.index("--dest") + 1] == dest
 
 
 def test_probes_give_model_loading_the_startup_budget() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bertserve_api import status as st
-from bertserve_api.manifests import Owner
+from bertserve_api.manifests import Owner, RenderOptions, pod_spec, served_model
 from bertserve_api.spec import SpecError, parse_spec
 
 OWNER = Owner("mrpc", "ml", "uid")
@@ -112,8 +112,20 @@ def compute(**kwargs: Any) -> dict[str, Any]:
     return st.compute_status(owner=OWNER, generation=3, now=NOW, **kwargs)
 
 
+def served_pod(name: str, *, ready: bool, spec: Any = SPEC) -> dict[str, Any]:
+    """A pod as the operator caches it: ``served`` read from the rendered arguments."""
+    _, args = pod_spec(OWNER, spec, RenderOptions(default_image="img"))
+    return {
+        "served": served_model(args),
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
 def test_available_deployment_is_ready_and_done() -> None:
-    status = compute(deployment=deployment())
+    other = parse_spec({"model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "base"}})
+    pods = [served_pod("a", ready=True), served_pod("b", ready=False, spec=other)]
+    status = compute(deployment=deployment(), pods=pods)
     assert conditions(status) == {
         "Ready": ("True", "Available", "2/2 replicas ready"),
         "Progressing": ("False", "RolloutComplete", "all 2 replicas run the current template"),
@@ -338,3 +350,111 @@ def test_invalid_spec_on_first_sight_is_a_warning_event() -> None:
     assert events == [
         st.Transition("Warning", "InvalidSpec", "Degraded=True: spec.serving.numWorker: too many")
     ]
+
+
+def test_model_is_what_ready_pods_serve() -> None:
+    other = parse_spec({"model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "base"}})
+    assert compute(deployment=deployment(), pods=[])["model"] == ""
+    assert compute(deployment=deployment(), pods=[served_pod("b", ready=False, spec=other)])["model"] == ""
+    pods = [served_pod("a", ready=True), served_pod("b", ready=True, spec=other)]
+    assert compute(deployment=deployment(), pods=pods)["model"] == (
+        "base/bert_model.ckpt, uncased_L-12_H-768_A-12 + mrpc_output/model.ckpt-343"
+    )
+
+
+def _pod_with(container_status: dict[str, Any], **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p"},
+        "status": {"containerStatuses": [{"name": "bert", **container_status}], **status},
+    }
+
+
+CRASHED = {"terminated": {"reason": "Error", "exitCode": 1}}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+        {"running": {"startedAt": NOW}},  # restarted, loading again, not ready yet
+        {"terminated": {"reason": "Error", "exitCode": 1}},  # just exited again
+    ],
+)
+def test_a_crash_loop_stays_degraded_through_every_phase_of_its_cycle(state: dict[str, Any]) -> None:
+    pod = _pod_with({"state": state, "lastState": CRASHED, "restartCount": 3, "ready": False})
+    c = conditions(compute(deployment=deployment(ready=0, available="False"), pods=[pod]))
+    assert c["Degraded"][:2] == ("True", "CrashLoopBackOff"), c
+    assert "last exit Error (code 1)" in c["Degraded"][2]
+
+
+def test_a_restarted_container_that_is_ready_again_is_fine() -> None:
+    pod = _pod_with({"state": {"running": {}}, "lastState": CRASHED, "restartCount": 1, "ready": True})
+    assert conditions(compute(deployment=deployment(), pods=[pod]))["Degraded"][0] == "False"
+
+
+def test_image_never_pull_is_degraded() -> None:
+    pod = _pod_with({"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}}})
+    c = conditions(compute(deployment=deployment(ready=0, available="False"), pods=[pod]))
+    assert c["Degraded"][:2] == ("True", "ErrImageNeverPull")
+
+
+def test_evicted_pods_are_degraded_only_while_replicas_are_missing() -> None:
+    evicted = {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": "Pod ephemeral local storage usage exceeds",
+        },
+    }
+    c = conditions(compute(deployment=deployment(ready=1, available="False"), pods=[evicted]))
+    assert c["Degraded"] == (
+        "True",
+        "Evicted",
+        "pod p was evicted: Pod ephemeral local storage usage exceeds",
+    )
+    assert conditions(compute(deployment=deployment(), pods=[evicted]))["Degraded"][0] == "False"
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("FailedMount", 'MountVolume.SetUp failed for volume "model" : hostPath type check failed'),
+        ("FailedAttachVolume", 'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) x'),
+    ],
+)
+def test_pods_stuck_creating_report_their_volume_warning(reason: str, message: str) -> None:
+    pod = _pod_with({"state": {"waiting": {"reason": "ContainerCreating"}}})
+    assert st.pods_stuck_creating([pod]) == ["p"]
+    plain = conditions(compute(deployment=deployment(ready=0, available="False"), pods=[pod]))
+    assert plain["Degraded"][0] == "False"
+    warnings = {"p": [("Scheduled", "ok"), (reason, message)]}
+    c = conditions(
+        compute(deployment=deployment(ready=0, available="False"), pods=[pod], pod_warnings=warnings)
+    )
+    assert c["Degraded"] == ("True", reason, f"pod p: {message}")
+
+
+def test_hpa_conditions_are_mirrored_while_autoscaling() -> None:
+    hpa = {
+        "status": {
+            "conditions": [
+                {"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale", "message": "ok"},
+                {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
+                 "message": "missing request for cpu"},
+                {"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange", "message": ""},
+            ]
+        }
+    }  # fmt: skip
+    auto = parse_spec(
+        {
+            "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+            "resources": {"cpu": "1"},
+            "autoscaling": {"enabled": True},
+        }
+    )
+    c = conditions(compute(spec=auto, deployment=deployment(), hpa=hpa))
+    assert c["ScalingActive"] == ("False", "FailedGetResourceMetric", "missing request for cpu")
+    assert c["AbleToScale"][:2] == ("True", "SucceededGetScale")
+    assert "ScalingLimited" not in c
+    assert "ScalingActive" not in conditions(compute(deployment=deployment(), hpa=hpa))

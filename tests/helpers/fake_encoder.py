@@ -35,6 +35,7 @@ class FakeEncoder:
         max_position_embeddings: int = 512,
         delay_s: float = 0.0,
         fail_if: Callable[[Batch], bool] | None = None,
+        num_labels: int = 0,
     ) -> None:
         self.strategy = parse_pooling_strategy(pooling_strategy)
         self._hidden = hidden_size
@@ -47,6 +48,33 @@ class FakeEncoder:
         self.batches: list[tuple[int, int]] = []  # (rows, seq) of every batch seen
         self.warmed_up = False
         self._lock = threading.Lock()
+        self._num_labels = num_labels
+        self._head = np.cos(np.arange(hidden_size)[:, None] * (np.arange(num_labels)[None, :] + 1.3))
+
+    @property
+    def num_labels(self) -> int:
+        return self._num_labels
+
+    def classify(self, batch: Batch) -> np.ndarray:
+        """``[batch, num_labels]`` float32: a fixed matrix on ``tanh`` of the last layer's first token."""
+        if not self._num_labels:
+            raise RuntimeError("this fake encoder has no classifier head")
+        self._before(batch)
+        pooled = np.tanh(self._tokens(batch, self._num_layers - 1)[:, 0])  # [batch, hidden]
+        logits: np.ndarray = (3.0 * pooled @ self._head).astype(np.float32)
+        return logits
+
+    def _before(self, batch: Batch) -> None:
+        with self._lock:
+            self.batches.append((batch.size, batch.seq_len))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_if is not None and self.fail_if(batch):
+            raise RuntimeError("fake encoder failure (fail_if matched this batch)")
+        if batch.seq_len > self._max_pos:
+            raise ValueError(
+                f"sequence length {batch.seq_len} exceeds max_position_embeddings {self._max_pos}"
+            )
 
     @property
     def dtype(self) -> str:
@@ -78,16 +106,7 @@ class FakeEncoder:
 
     def encode(self, batch: Batch) -> np.ndarray:
         """``[batch, D]`` or ``[batch, seq, D]`` (NONE), as ``self.dtype``."""
-        with self._lock:
-            self.batches.append((batch.size, batch.seq_len))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_if is not None and self.fail_if(batch):
-            raise RuntimeError("fake encoder failure (fail_if matched this batch)")
-        if batch.seq_len > self._max_pos:
-            raise ValueError(
-                f"sequence length {batch.seq_len} exceeds max_position_embeddings {self._max_pos}"
-            )
+        self._before(batch)
         mask = batch.input_mask.astype(np.float64)[:, :, None]  # [batch, seq, 1]
         if self.strategy == PoolingStrategy.CLS_POOLED:
             pooled: np.ndarray = np.tanh(self._tokens(batch, self._num_layers - 1)[:, 0])  # [batch, hidden]

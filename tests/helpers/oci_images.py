@@ -49,9 +49,7 @@ def toolchain_problems() -> list[str]:
     problems = []
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        problems.append(
-            f"missing tools {missing}: apt-get install {' '.join(missing)} (hack/ci-system-deps.sh)"
-        )
+        problems.append(f"missing tools {missing}: apt-get install {' '.join(missing)} (make system-deps)")
     if os.geteuid() != 0:
         problems.append("image builds and runc need root on these machines (debootstrap, mounts, cgroups)")
     return problems

@@ -81,6 +81,7 @@ def fake_encoder_for(config: ServerConfig, **kw: Any) -> FakeEncoder:
         pooling_layer=config.pooling_layer,
         fp16=config.fp16,
         max_position_embeddings=MAX_POSITIONS,
+        num_labels=(len(config.classifier_labels) or 2) if config.classifier else 0,
         **kw,
     )
 

@@ -12,6 +12,7 @@ from bertserve_operator.kube import (
     APPLY_PATCH,
     Kube,
     PermanentApiError,
+    RefusedApiError,
     TemporaryApiError,
     classify,
     resource_path,
@@ -34,7 +35,8 @@ def test_paths() -> None:
         (422, PermanentApiError, None),
         (400, PermanentApiError, None),
         (409, TemporaryApiError, 1.0),
-        (403, TemporaryApiError, 60.0),
+        (403, RefusedApiError, 0.0),  # the work queue's back-off paces it
+        (401, RefusedApiError, 0.0),
         (429, TemporaryApiError, 5.0),
         (500, TemporaryApiError, 5.0),
         (503, TemporaryApiError, 5.0),

@@ -12,8 +12,9 @@ from bertserve_api import names
 from bertserve_api.manifests import RenderOptions
 from bertserve_api.policy import Policy
 from bertserve_operator.cache import Cache
-from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError
-from bertserve_operator.reconcile import Reconciler, is_subset, manager_owns, needs_apply
+from bertserve_operator.drift import APPLIED_HASH, applied_hash, foreign_entries, quantity_value
+from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError, RefusedApiError
+from bertserve_operator.reconcile import ChildConflict, Reconciler, is_subset, manager_owns, needs_apply
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -30,10 +31,14 @@ class FakeKube:
         self.creates: list[tuple[str, str, str]] = []
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.reject: str | None = None
+        self.refuse: str | None = None
+        self.patches: list[list[dict[str, Any]]] = []
 
     def apply(self, obj: dict[str, Any], *, field_manager: str = names.FIELD_MANAGER) -> dict[str, Any]:
         if self.reject == obj["kind"]:
             raise PermanentApiError(f"PATCH {obj['kind']}: HTTP 422: denied by policy", 422)
+        if self.refuse == obj["kind"]:
+            raise RefusedApiError(f"PATCH {obj['kind']}: HTTP 403: exceeded quota", 403, 0.0)
         self.applied.append((field_manager, copy.deepcopy(obj)))
         meta = obj["metadata"]
         key = (obj["kind"], meta["namespace"], meta["name"])
@@ -43,6 +48,9 @@ class FakeKube:
         merged["metadata"]["managedFields"] = [
             {"manager": field_manager, "operation": "Apply", "fieldsV1": fields},
         ]
+        merged["metadata"]["resourceVersion"] = str(
+            int(current.get("metadata", {}).get("resourceVersion", 0)) + 1
+        )
         self.objects[key] = merged
         return copy.deepcopy(merged)
 
@@ -54,6 +62,21 @@ class FakeKube:
             return False  # 409 AlreadyExists: left as it is
         self.objects[key] = copy.deepcopy(obj)
         return True
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        self.patches.append(copy.deepcopy(ops))
+        obj = self.objects[kind, namespace, name]
+        for op in ops:
+            if op["op"] != "remove":
+                continue
+            *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+            node: Any = obj
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            del node[last]
+        return copy.deepcopy(obj)
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self.gets.append(kind)
@@ -145,9 +168,10 @@ def test_drift_in_a_child_is_repaired(world: Any) -> None:
 
 
 def test_deleted_child_is_recreated(world: Any) -> None:
-    _kube, cache, rec = world
+    kube, cache, rec = world
     rec.reconcile(bertserver())
     cache.drop_child(cache.child("Service", "ml", "mrpc-peers"))
+    kube.objects.pop(("Service", "ml", "mrpc-peers"))
     assert rec.reconcile(bertserver()).applied == ["Service"]
 
 
@@ -202,7 +226,7 @@ def test_autoscaling_hands_replicas_over_before_dropping_them(world: Any) -> Non
 def test_autoscaling_without_a_cached_deployment_asks_the_api(world: Any) -> None:
     kube, _, rec = world
     rec.reconcile(bertserver(autoscaling={"enabled": True}))
-    assert kube.gets == ["Deployment"]
+    assert "Deployment" in kube.gets
 
 
 def test_disabling_optional_children_deletes_them(world: Any) -> None:
@@ -258,8 +282,15 @@ def test_subset_rules() -> None:
     assert not is_subset({"l": [{"x": 1}]}, {"l": [{"x": 1}, {"x": 2}]})
     assert is_subset({"l": [{"x": 1}]}, {"l": [{"x": 1, "defaulted": True}]})
     desired = {"metadata": {"labels": {"a": "b"}, "ownerReferences": [{"uid": "u"}]}, "spec": {}}
-    observed = {"metadata": {"labels": {"a": "b"}, "ownerReferences": [{"uid": "u", "controller": True}]}}
+    observed = {
+        "metadata": {
+            "labels": {"a": "b"},
+            "ownerReferences": [{"uid": "u", "controller": True}],
+            "annotations": {APPLIED_HASH: applied_hash(desired)},
+        }
+    }
     assert not needs_apply(desired, observed)
+    assert needs_apply(desired, {**observed, "metadata": {**observed["metadata"], "annotations": {}}})
     assert needs_apply(desired, {"metadata": {"labels": {"a": "b"}}})
     assert needs_apply(desired, None)
 
@@ -281,6 +312,7 @@ def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
         assert len(kube.statuses) == 1
         kube.reject = "PodDisruptionBudget"
         cache.drop_child(cache.child("PodDisruptionBudget", "ml", "mrpc"))
+        kube.objects.pop(("PodDisruptionBudget", "ml", "mrpc"))
         with pytest.raises(PermanentApiError, match="denied by policy"):
             rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
     finally:
@@ -343,3 +375,89 @@ def test_names_a_service_cannot_carry_are_invalid_spec(world: Any) -> None:
     outcome = rec.reconcile(body)
     assert outcome.spec_error is not None and outcome.spec_error.path == "metadata.name"
     assert kube.applied == []
+
+
+def test_a_foreign_object_of_a_childs_name_is_never_adopted(world: Any) -> None:
+    kube, _, rec = world
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mrpc", "namespace": "ml"},
+               "spec": {"selector": {"app": "theirs"}}}  # fmt: skip
+    kube.objects["Service", "ml", "mrpc"] = copy.deepcopy(foreign)
+    with pytest.raises(ChildConflict, match="Service ml/mrpc already exists"):
+        rec.reconcile(bertserver())
+    assert kube.applied == [] and kube.objects["Service", "ml", "mrpc"] == foreign
+    conds = {c["type"]: c for c in kube.statuses[-1]["conditions"]}
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "ChildConflict")
+    assert "not controlled by any object" in conds["Ready"]["message"]
+    with pytest.raises(ChildConflict):
+        rec.reconcile(bertserver())  # the retry says nothing new
+    assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "ChildConflict")]
+
+
+def test_a_refused_deployment_leaves_no_other_child(world: Any) -> None:
+    kube, _, rec = world
+    kube.refuse = "Deployment"
+    with pytest.raises(RefusedApiError):
+        rec.reconcile(bertserver())
+    assert kube.applied == []
+    ready = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Ready"]
+    assert (ready["reason"], ready["message"]) == (
+        "ApplyFailed",
+        "PATCH Deployment: HTTP 403: exceeded quota",
+    )
+
+
+def test_hand_added_entries_of_owned_maps_are_removed(world: Any) -> None:
+    kube, cache, rec = world
+    rec.reconcile(bertserver(nodeSelector={"pool": "gpu"}, resources={"gpus": 1, "memory": "2Gi"}))
+    svc = kube.objects["Service", "ml", "mrpc"]
+    svc["spec"]["selector"]["extra"] = "x"
+    cache.put_child(copy.deepcopy(svc))
+    dep = kube.objects["Deployment", "ml", "mrpc"]
+    pod = dep["spec"]["template"]["spec"]
+    pod["nodeSelector"]["zone"] = "a"
+    pod["containers"][0]["resources"]["limits"]["cpu"] = "2"
+    pod["containers"][0]["env"].append({"name": "ADDED_BY_KUBECTL_SET_ENV", "value": "1"})
+    cache.put_child(copy.deepcopy(dep))
+    kube.applied.clear()
+    outcome = rec.reconcile(bertserver(nodeSelector={"pool": "gpu"}, resources={"gpus": 1, "memory": "2Gi"}))
+    removed = sorted(op["path"] for ops in kube.patches for op in ops if op["op"] == "remove")
+    assert removed == [
+        "/spec/selector/extra",
+        "/spec/template/spec/containers/0/resources/limits/cpu",
+        "/spec/template/spec/nodeSelector/zone",
+    ]
+    assert kube.applied == [], outcome  # nothing else differs: the added env entry is not ours
+    assert all(op["op"] in ("test", "remove") for ops in kube.patches for op in ops)
+
+
+def test_quantities_compare_by_value_and_keyed_lists_by_key() -> None:
+    assert quantity_value("0.5") == quantity_value("500m")
+    assert quantity_value("2048Mi") == quantity_value("2Gi")
+    assert quantity_value("1e3") == quantity_value("1k")
+    assert quantity_value("1Gi") != quantity_value("1G")
+    assert quantity_value("fast") is None
+    limits = ("spec", "resources", "limits")
+    assert is_subset({"cpu": "0.5", "memory": "2048Mi"}, {"cpu": "500m", "memory": "2Gi"}, limits)
+    assert not is_subset({"cpu": "0.5"}, {"cpu": "600m"}, limits)
+    assert not is_subset({"value": "0.5"}, {"value": "500m"}, ("env", "0"))  # not a quantity field
+    env = [{"name": "A", "value": "1"}]
+    assert is_subset({"env": env}, {"env": [{"name": "INJECTED", "value": "x"}, *env]})
+    assert not is_subset({"env": env}, {"env": [{"name": "A", "value": "2"}]})
+    assert not is_subset({"args": ["-a"]}, {"args": ["-a", "-b"]})  # atomic list: exact
+
+
+def test_a_field_the_spec_no_longer_sets_is_applied_away(world: Any) -> None:
+    kube, _, rec = world
+    rec.reconcile(bertserver(imagePullSecrets=[{"name": "regcred"}]))
+    kube.applied.clear()
+    assert rec.reconcile(bertserver()).applied == ["Deployment"]  # the applied hash changed
+    ((_, dep),) = kube.applied
+    assert "imagePullSecrets" not in dep["spec"]["template"]["spec"]
+
+
+def test_foreign_entries_of_maps_we_do_not_render_are_all_foreign() -> None:
+    desired = {"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"name": "bert"}]}}}}
+    observed = {
+        "spec": {"template": {"spec": {"nodeSelector": {"a": "b"}, "containers": [{"name": "bert"}]}}}
+    }
+    assert foreign_entries(desired, observed) == ["/spec/template/spec/nodeSelector/a"]

@@ -41,12 +41,18 @@ class NumpyBert:
         return cls(config, load_file(str(model_dir / "model.safetensors")))
 
     @classmethod
-    def from_google_dir(cls, model_dir: str | Path, ckpt: str = "bert_model.ckpt") -> NumpyBert:
-        """A Google checkpoint, renamed to HF names here (independently of the project's table)."""
+    def from_google_dir(
+        cls, model_dir: str | Path, ckpt: str = "bert_model.ckpt", *, config_dir: str | Path | None = None
+    ) -> NumpyBert:
+        """A Google checkpoint, renamed to HF names here (independently of the project's table).
+
+        ``config_dir``: where ``bert_config.json`` is when ``model_dir`` is a fine-tuning output
+        directory (``run_classifier.py`` writes checkpoints only).
+        """
         import tensorflow as tf
 
         model_dir = Path(model_dir)
-        config = json.loads((model_dir / "bert_config.json").read_text())
+        config = json.loads((Path(config_dir or model_dir) / "bert_config.json").read_text())
         reader = tf.train.load_checkpoint(str(model_dir / ckpt))
         tensors = {}
         for name in reader.get_variable_to_shape_map():
@@ -140,3 +146,16 @@ def reference_pool(
     if strategy == "NONE":
         return x * m[:, :, None]
     raise ValueError(strategy)
+
+
+def reference_classifier(
+    pooled: np.ndarray, output_weights: np.ndarray, output_bias: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``run_classifier.py``'s ``create_model`` at inference, in float64: logits and softmax probabilities.
+
+    ``logits = pooled · output_weightsᵀ + output_bias`` (``output_weights`` is ``[num_labels, hidden]``,
+    multiplied with ``transpose_b=True`` there); dropout is off outside training.
+    """
+    logits = pooled @ np.asarray(output_weights, np.float64).T + np.asarray(output_bias, np.float64)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return logits, shifted / shifted.sum(-1, keepdims=True)

@@ -158,6 +158,10 @@ def test_cls_pooled_ignores_pooling_layer_as_1_10_0_did(model_dir):
         (["-gpu_memory_fraction=1.5"], "-gpu_memory_fraction must be in (0, 1]"),
         (["-log_format=xml"], "-log_format must be text or json"),
         (["-device_map", "-1"], "-device_map takes GPU ids"),
+        (["-classifier_labels=a,b"], "-classifier_labels names the head's labels; it needs -classifier"),
+        (["-classifier", "-classifier_labels=a,,b"], "-classifier_labels has an empty label"),
+        (["-classifier", "-classifier_labels=yes,no,yes"], "-classifier_labels names yes more than once"),
+        (["-classifier", "-classifier_labels=" + ",".join(map(str, range(65)))], "at most 64"),
     ],
 )
 def test_impossible_numbers(capsys, model_dir, extra, fragment):

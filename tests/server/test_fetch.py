@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import subprocess
 import sys
-import tarfile
-import threading
-import zipfile
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from model_site import Site, make_tar, make_zip
 
 from bertserve_api import manifests
 from bertserve_server.fetch import MARKER, URL_ENV, FetchError, fetch, main
@@ -24,76 +20,6 @@ FILES = {
     "vocab.txt": b"[PAD]\n[UNK]\n",
     "bert_model.ckpt.index": b"idx",
 }
-
-
-def make_zip(members: dict[str, bytes], top: str = "uncased_L-2_H-8_A-2") -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(f"{top}/{name}" if top else name, data)
-    return buffer.getvalue()
-
-
-def make_tar(members: dict[str, bytes], top: str = "model", symlink: str | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(f"{top}/{name}" if top else name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        if symlink:
-            link = tarfile.TarInfo(f"{top}/link")
-            link.type = tarfile.SYMTYPE
-            link.linkname = symlink
-            tf.addfile(link)
-    return buffer.getvalue()
-
-
-class Site:
-    """Serves ``routes`` (path → bytes); ``/private/*`` needs ``Authorization: Bearer s3cret``."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, bytes] = {}
-        self.hits: dict[str, int] = {}
-        self.auth_seen: list[str | None] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                site.hits[self.path] = site.hits.get(self.path, 0) + 1
-                site.auth_seen.append(self.headers.get("Authorization"))
-                if self.path.startswith("/redirect/"):
-                    self.send_response(302)
-                    self.send_header("Location", self.path.replace("/redirect/", "/", 1))
-                    self.end_headers()
-                    return
-                if self.path.startswith("/private/") and self.headers.get("Authorization") != "Bearer s3cret":
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                body = site.routes.get(self.path)
-                if body is None:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -107,12 +33,13 @@ def listing(directory: Path) -> set[str]:
     return {str(p.relative_to(directory)) for p in directory.rglob("*")}
 
 
-def test_zip_is_unpacked_with_its_top_directory_and_a_marker(site, tmp_path):
+def test_zip_top_folder_is_unwrapped_into_dest_with_a_marker(site, tmp_path):
     data = make_zip(FILES)
     site.routes["/uncased.zip"] = data
-    dest = tmp_path / "models"
+    dest = tmp_path / "models" / "uncased_L-2_H-8_A-2"
     assert fetch(site.url("/uncased.zip"), dest, sha256=hashlib.sha256(data).hexdigest()) is True
-    assert (dest / "uncased_L-2_H-8_A-2" / "vocab.txt").read_bytes() == FILES["vocab.txt"]
+    assert (dest / "vocab.txt").read_bytes() == FILES["vocab.txt"]
+    assert listing(dest) == {*FILES, MARKER}
     marker = json.loads((dest / MARKER).read_text())
     assert marker["url"] == site.url("/uncased.zip") and marker["sha256"] == hashlib.sha256(data).hexdigest()
     assert not [p for p in dest.iterdir() if p.name.startswith(".fetch-")]
@@ -123,7 +50,7 @@ def test_tar_gz_and_tgz(site, tmp_path):
     site.routes["/m.tgz"] = make_tar(FILES, top="")
     fetch(site.url("/m.tar.gz"), tmp_path / "a")
     fetch(site.url("/m.tgz"), tmp_path / "b")
-    assert (tmp_path / "a" / "model" / "bert_config.json").is_file()
+    assert (tmp_path / "a" / "bert_config.json").is_file()
     assert (tmp_path / "b" / "bert_model.ckpt.index").read_bytes() == b"idx"
 
 
@@ -140,12 +67,58 @@ def test_second_run_with_the_same_arguments_downloads_nothing(site, tmp_path):
     assert site.hits["/m.zip"] == 1
 
 
-def test_a_different_url_replaces_the_previous_fetch(site, tmp_path):
-    site.routes["/one.zip"] = make_zip(FILES, top="one")
-    site.routes["/two.zip"] = make_zip(FILES, top="two")
-    fetch(site.url("/one.zip"), tmp_path / "d")
-    fetch(site.url("/two.zip"), tmp_path / "d")
-    assert {p.name for p in (tmp_path / "d").iterdir()} == {"two", MARKER}
+def test_a_different_url_replaces_the_previous_fetch_and_nothing_else(site, tmp_path):
+    site.routes["/one.zip"] = make_zip({"old.index": b"1", "shared.txt": b"1"}, top="one")
+    site.routes["/two.zip"] = make_zip({"new.index": b"2", "shared.txt": b"2"}, top="two")
+    dest = tmp_path / "d"
+    fetch(site.url("/one.zip"), dest)
+    (dest / "notes.txt").write_text("mine")  # put there by a person, not by the fetch
+    fetch(site.url("/two.zip"), dest)
+    assert listing(dest) == {"new.index", "shared.txt", "notes.txt", MARKER}
+    assert (dest / "shared.txt").read_bytes() == b"2"
+
+
+def test_refetching_a_parent_never_deletes_a_sibling_fetch(site, tmp_path):
+    """The issue's case: changing the pretrained URL must keep the fine-tuned folder beside it."""
+    site.routes["/bundle-1.tar.gz"] = make_tar({"a/x": b"1", "b/y": b"1"}, top="")
+    site.routes["/bundle-2.tar.gz"] = make_tar({"a/x": b"2", "c/z": b"2"}, top="")
+    site.routes["/mrpc_output.tar.gz"] = make_tar({"model.ckpt-343.index": b"t"}, top="mrpc_output")
+    models = tmp_path / "models"
+    fetch(site.url("/bundle-1.tar.gz"), models)
+    fetch(site.url("/mrpc_output.tar.gz"), models / "mrpc_output")
+    fetch(site.url("/bundle-2.tar.gz"), models)
+    assert listing(models) == {
+        "a", "a/x", "c", "c/z", MARKER,
+        "mrpc_output", "mrpc_output/model.ckpt-343.index", f"mrpc_output/{MARKER}",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("archive", "payload"),
+    [
+        ("google.zip", make_zip(FILES, top="uncased_L-2_H-8_A-2")),
+        ("bare.tar.gz", make_tar(FILES, top="")),
+        ("other-name.tgz", make_tar(FILES, top="output")),
+        ("deep.tar.gz", make_tar(FILES, top="home/me/runs/mrpc_output")),
+        (
+            "finder.zip",
+            make_zip({**{f"x/{k}": v for k, v in FILES.items()}, "__MACOSX/x/._vocab.txt": b"m"}, top=""),
+        ),
+    ],
+)
+def test_the_layout_does_not_depend_on_the_archives_top_folder(site, tmp_path, archive, payload):
+    site.routes[f"/{archive}"] = payload
+    dest = tmp_path / "models" / "uncased_L-2_H-8_A-2"
+    fetch(site.url(f"/{archive}"), dest)
+    assert listing(dest) == {*FILES, MARKER}
+
+
+def test_a_bundle_of_several_folders_keeps_them(site, tmp_path):
+    bundle = {f"uncased/{k}": v for k, v in FILES.items()} | {"mrpc_output/model.ckpt-343.index": b"t"}
+    site.routes["/bundle.tgz"] = make_tar(bundle, top="bundle")
+    fetch(site.url("/bundle.tgz"), tmp_path / "m")
+    assert (tmp_path / "m" / "uncased" / "vocab.txt").is_file()
+    assert (tmp_path / "m" / "mrpc_output" / "model.ckpt-343.index").is_file()
 
 
 def test_sha256_mismatch_fails_and_leaves_nothing(site, tmp_path, capsys):
@@ -192,7 +165,7 @@ def test_credentials_come_from_the_auth_dir(site, tmp_path):
     header_dir.mkdir()
     (header_dir / "authorization").write_text("Bearer s3cret")
     fetch(site.url("/private/m.zip"), tmp_path / "b", auth_dir=str(header_dir))
-    assert (tmp_path / "b" / "uncased_L-2_H-8_A-2" / "vocab.txt").is_file()
+    assert (tmp_path / "b" / "vocab.txt").is_file()
 
 
 def test_credentials_are_not_forwarded_on_redirect(site, tmp_path):

@@ -87,6 +87,12 @@ expose every Secret of the watched namespaces.
 - apiGroups: [bertserve.io]
   resources: [bertservers/status]
   verbs: [get, patch]
+# Children carry a controller ownerReference with blockOwnerDeletion: true; the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) admits that only
+# from someone who may update the owner's finalizers.
+- apiGroups: [bertserve.io]
+  resources: [bertservers/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]

@@ -10,6 +10,8 @@ clients without timeouts (reference §4). Here aiohttp serves straight from the 
   this frontend's own counters in the shape 1.10.0's pooled client reported.
 * ``POST /v1/embeddings`` — OpenAI-compatible (``input`` string or list, ``model``,
   ``encoding_format`` ``float``/``base64``, ``usage``), OpenAI error bodies.
+* ``POST /predict`` (``-classifier``) — ``{"inputs", "raw_scores"}`` → per input the head's labels
+  with softmax probabilities (or logits), best first; Text Embeddings Inference's request shape.
 * ``GET /healthz`` (the process is alive), ``GET /readyz`` (model loaded and warmed up, not
   draining; 503 otherwise), ``GET /metrics`` (Prometheus).
 
@@ -27,13 +29,15 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
 
 from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
+from bertserve_server.classifier import ranked
 from bertserve_server.errors import (
     Busy,
     InvalidInput,
@@ -45,13 +49,14 @@ from bertserve_server.errors import (
     openai_error_body,
 )
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
-from bertserve_server.service import EncodeAnswer, EncodeService
+from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
-from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_texts
+from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_examples, validate_texts
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -104,6 +109,7 @@ class HttpFrontend:
         app.router.add_get("/status/server", self.status_server)
         app.router.add_get("/status/client", self.status_client)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/predict", self.predict)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)
@@ -228,6 +234,10 @@ class HttpFrontend:
         return data
 
     async def _run_encode(self, texts: Any, is_tokenized: bool | None, client: str) -> EncodeAnswer:
+        return await self._admit(lambda: self.service.submit(texts, is_tokenized=is_tokenized), texts, client)
+
+    async def _admit(self, submit: Callable[[], Future[Answer]], rows: list[Any], client: str) -> Answer:
+        """Run one model request under ``-http_max_connect`` (encode and predict share the slots)."""
         if self._in_flight >= self._slots:
             raise Busy(
                 f"too many concurrent HTTP encode requests ({self._in_flight}, "
@@ -237,8 +247,8 @@ class HttpFrontend:
         self._in_flight += 1
         self._num_request += 1
         try:
-            future = self.service.submit(texts, is_tokenized=is_tokenized)
-            self.status.statistic.record(client, len(texts), system=False)
+            future = submit()
+            self.status.statistic.record(client, len(rows), system=False)
             return await asyncio.wrap_future(future)
         finally:
             self._in_flight -= 1
@@ -252,9 +262,10 @@ class HttpFrontend:
         body = openai_error_body(err) if openai else http_error_body(err)
         return _json(body, status=err.http_status, headers=http_headers(err))
 
-    def _done(self, kind: str, answer: EncodeAnswer, started: float) -> None:
+    def _done(self, kind: str, answer: EncodeAnswer | PredictAnswer, started: float) -> None:
         self._count(kind, "ok")
-        self.metrics.sentences.labels(frontend="http").inc(answer.embeddings.shape[0])
+        rows = answer.embeddings if isinstance(answer, EncodeAnswer) else answer.logits
+        self.metrics.sentences.labels(frontend="http").inc(rows.shape[0])
         self.metrics.request_seconds.labels(frontend="http").observe(time.perf_counter() - started)
 
     # -- bert-as-service API ---------------------------------------------------------------------
@@ -278,6 +289,37 @@ class HttpFrontend:
             return self._error("encode", as_serve_error(exc))
         self._done("encode", answer, started)
         return _json({"id": body.get("id"), "result": answer.embeddings.tolist(), "status": 200})
+
+    # -- classifier head (-classifier) -------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.Response:
+        self._open += 1
+        try:
+            return await self._predict(request)
+        finally:
+            self._open -= 1
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            if "inputs" not in body:
+                raise InvalidInput(
+                    'missing "inputs": send {"inputs": "text"}, {"inputs": ["text_a", "text_b"]} '
+                    "or an array of those"
+                )
+            raw_scores = body.get("raw_scores", False)
+            if not isinstance(raw_scores, bool):
+                raise InvalidInput(f"raw_scores must be true or false, got {raw_scores!r}")
+            examples, batched = validate_examples(body["inputs"])
+            answer = await self._admit(
+                lambda: self.service.submit_predict(examples), examples, f"http:{request.remote}"
+            )
+        except Exception as exc:
+            return self._error("predict", as_serve_error(exc))
+        self._done("predict", answer, started)
+        results = ranked(answer.logits, answer.labels, raw_scores=raw_scores)
+        return _json(results if batched else results[0])
 
     async def status_server(self, request: web.Request) -> web.Response:
         self.status.statistic.record(f"http:{request.remote}", 0, system=True)

@@ -25,8 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from bertserve_server.model.checkpoint_names import (
+    CLASSIFIER_WEIGHTS,
     POSITION_EMBEDDINGS,
+    ResolvedWeight,
     checkpoint_exists,
+    classifier_weights,
     describe_missing_checkpoint,
     encoder_weights,
     ignored_reason,
@@ -53,6 +56,9 @@ class LoadedWeights:
     ignored: dict[str, int] = field(default_factory=dict)
     #: Checkpoint variables neither used nor known extras (sorted names).
     unused: list[str] = field(default_factory=list)
+    #: Labels of the classifier head in ``weights`` (``classifier/weights``, ``classifier/bias``);
+    #: 0 when it was not asked for.
+    num_labels: int = 0
 
 
 def checkpoint_path(
@@ -77,6 +83,7 @@ def load_encoder_weights(
     num_layers: int | None = None,
     use_position_embeddings: bool = True,
     with_pooler: bool = False,
+    with_classifier: bool = False,
     log: logging.Logger | None = None,
 ) -> LoadedWeights:
     """Read the encoder weights for ``config`` from ``(tuned_model_dir or model_dir)/ckpt_name``.
@@ -85,9 +92,11 @@ def load_encoder_weights(
     match its config is refused even when only lower layers are computed); only layers below
     ``num_layers`` are returned. The pooler is required only ``with_pooler`` (``CLS_POOLED``).
     With ``use_position_embeddings=False`` a checkpoint copy of the position table is ignored.
+    ``with_classifier`` (``-classifier``) also reads ``run_classifier.py``'s head,
+    ``output_weights [L, H]`` and ``output_bias [L]``, and the pooler it sits on.
 
     Raises ``CheckpointError`` for a missing checkpoint (listing the prefixes that exist), missing
-    weights (all of them, by Google name) and shape mismatches.
+    weights (all of them, by Google name) and shape mismatches, each in one line.
     """
     log = log or logger
     path = checkpoint_path(model_dir, ckpt_name, tuned_model_dir)
@@ -108,8 +117,12 @@ def load_encoder_weights(
     required = encoder_weights(config, use_position_embeddings=use_position_embeddings, with_pooler=False)
     optional_pooler = encoder_weights(config, num_layers=0, use_position_embeddings=False, with_pooler=True)
     optional_pooler = [w for w in optional_pooler if w.google.startswith("bert/pooler/")]
-    if with_pooler:
+    if with_pooler or with_classifier:
         required += optional_pooler
+    head: list[ResolvedWeight] = []
+    if with_classifier:
+        head = _classifier_head(config, path, available)
+        required += head
 
     missing = [w.google for w in required if w.google not in available]
     if missing:
@@ -119,7 +132,7 @@ def load_encoder_weights(
             f"bert/encoder/layer_0/attention/self/query/kernel; convert Hugging Face weights with "
             f"`bertserve convert-checkpoint`)"
         )
-    wanted = required + [w for w in optional_pooler if not with_pooler and w.google in available]
+    wanted = required + [w for w in optional_pooler if w not in required and w.google in available]
     mismatched = [
         f"{w.google} is {list(available[w.google])} in the checkpoint, the config expects {list(w.shape)}"
         for w in wanted
@@ -158,7 +171,44 @@ def load_encoder_weights(
     if unused:
         log.warning("%d checkpoint variable(s) unused by the encoder: %s", len(unused), _summarise(unused))
     log.info("loaded %d encoder weights from %s", len(used), path)
-    return LoadedWeights(path=path, weights=weights, ignored=dict(ignored), unused=unused)
+    num_labels = head[0].shape[0] if head else 0
+    if head:
+        log.info("classifier head: %d labels (output_weights %s)", num_labels, list(head[0].shape))
+    return LoadedWeights(
+        path=path, weights=weights, ignored=dict(ignored), unused=unused, num_labels=num_labels
+    )
+
+
+def _classifier_head(
+    config: BertConfig, path: str, available: Mapping[str, list[int]]
+) -> list[ResolvedWeight]:
+    """The head's rows with ``L`` taken from the checkpoint, after checking both variables agree.
+
+    One-line ``CheckpointError`` naming the variables when the head is missing or its shapes do
+    not fit ``hidden_size`` (or each other).
+    """
+    names = [row.google for row in CLASSIFIER_WEIGHTS]
+    missing = [name for name in names if name not in available]
+    if missing:
+        raise CheckpointError(
+            f"-classifier: checkpoint {path} has no classifier head (lacks {', '.join(missing)}); "
+            f"serve the run_classifier.py output that holds {' and '.join(names)}, or drop -classifier"
+        )
+    weights_shape = list(available["output_weights"])
+    bias_shape = list(available["output_bias"])
+    hidden = config.hidden_size
+    if (
+        len(weights_shape) != 2
+        or weights_shape[1] != hidden
+        or weights_shape[0] < 1
+        or bias_shape != weights_shape[:1]
+    ):
+        raise CheckpointError(
+            f"-classifier: checkpoint {path} holds a classifier head that does not fit the model: "
+            f"output_weights is {weights_shape} and output_bias is {bias_shape}, expected "
+            f"[num_labels, {hidden}] and [num_labels] (hidden_size {hidden})"
+        )
+    return classifier_weights(config, weights_shape[0])
 
 
 def write_checkpoint(prefix: str | os.PathLike[str], tensors: Mapping[str, np.ndarray]) -> str:

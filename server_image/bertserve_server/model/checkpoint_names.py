@@ -21,8 +21,9 @@ from pathlib import Path
 from bertserve_server.model.config import BertConfig
 
 #: Symbolic dimensions used in ``WeightName.shape``.
-#: V vocab_size, T type_vocab_size, P max_position_embeddings, H hidden_size, I intermediate_size.
-DIMENSIONS = ("V", "T", "P", "H", "I")
+#: V vocab_size, T type_vocab_size, P max_position_embeddings, H hidden_size, I intermediate_size,
+#: L number of labels of a classifier head (from the checkpoint, not the config).
+DIMENSIONS = ("V", "T", "P", "H", "I", "L")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,14 @@ POOLER_WEIGHTS: tuple[WeightName, ...] = (
 
 POSITION_EMBEDDINGS = "bert/embeddings/position_embeddings"
 
+#: The classifier head ``run_classifier.py``'s ``create_model`` puts on the pooled output, by its
+#: original (unscoped) names: ``logits = pooled · output_weightsᵀ + output_bias``. ``L`` is the
+#: number of labels, known only from the checkpoint (``len(processor.get_labels())``).
+CLASSIFIER_WEIGHTS: tuple[WeightName, ...] = (
+    WeightName("output_weights", "classifier/weights", ("L", "H"), "classifier.weight"),
+    WeightName("output_bias", "classifier/bias", ("L",), "classifier.bias"),
+)
+
 #: Variables a checkpoint may carry that the encoder deliberately does not use, with the reason.
 #: Patterns are matched against the whole name, first match wins.
 IGNORED_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -117,13 +126,14 @@ class ResolvedWeight:
     hf_transposed: bool
 
 
-def _dims(config: BertConfig) -> dict[str, int]:
+def _dims(config: BertConfig, num_labels: int = 0) -> dict[str, int]:
     return {
         "V": config.vocab_size,
         "T": config.type_vocab_size,
         "P": config.max_position_embeddings,
         "H": config.hidden_size,
         "I": config.intermediate_size,
+        "L": num_labels,
     }
 
 
@@ -162,6 +172,12 @@ def encoder_weights(
     if with_pooler:
         rows.extend(_resolve(row, dims) for row in POOLER_WEIGHTS)
     return rows
+
+
+def classifier_weights(config: BertConfig, num_labels: int) -> list[ResolvedWeight]:
+    """The two head weights for ``num_labels`` labels on ``config``'s hidden size."""
+    dims = _dims(config, num_labels)
+    return [_resolve(row, dims) for row in CLASSIFIER_WEIGHTS]
 
 
 def ignored_reason(name: str) -> str | None:

@@ -67,6 +67,8 @@ class EncoderSpec:
     ``num_layers`` is the number of transformer layers computed (the deepest pooling layer + 1);
     layers above it are never built. ``with_pooler`` adds Google's ``tanh(dense(first token))``
     pooled output of the *last* layer (``CLS_POOLED``), which then requires all layers.
+    ``num_labels`` > 0 adds ``run_classifier.py``'s head on the pooled output (see
+    ``classifier_logits``), which then requires the pooler.
     """
 
     config: BertConfig
@@ -78,6 +80,8 @@ class EncoderSpec:
     #: Compute the token-wise parts only on the positions that can change a result (see
     #: ``kept_positions``); off under XLA, which needs static shapes.
     skip_padding: bool = False
+    #: Labels of the classifier head (0: no head).
+    num_labels: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_layers <= self.config.num_hidden_layers:
@@ -86,6 +90,8 @@ class EncoderSpec:
             )
         if self.with_pooler and self.num_layers != self.config.num_hidden_layers:
             raise ValueError("the pooler reads the last layer: build all layers when with_pooler is set")
+        if self.num_labels and not self.with_pooler:
+            raise ValueError("the classifier head reads the pooled output: set with_pooler with num_labels")
 
 
 def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,6 +138,10 @@ def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dic
     if spec.with_pooler:
         out["pooler/kernel"] = take("pooler/kernel")
         out["pooler/bias"] = take("pooler/bias")
+    if spec.num_labels:
+        # output_weights is [L, H] (run_classifier.py multiplies with transpose_b); keep [H, L].
+        out["classifier/kernel"] = np.ascontiguousarray(take("classifier/weights").T)
+        out["classifier/bias"] = take("classifier/bias")
     return out
 
 
@@ -310,8 +320,19 @@ def encode(
     return layers, pooled
 
 
-#: Parameters kept in float32 under ``-fp16``: gathers and LayerNorm are cheap and precision-sensitive.
-FLOAT32_PARAMS = ("embeddings/", "_ln/", "/ln/")
+def classifier_logits(pooled: tf.Tensor, params: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """``run_classifier.py``'s ``create_model`` at inference: ``pooled · output_weightsᵀ + output_bias``.
+
+    Dropout is off (``is_training=False``). Computed in float32 whatever the encoder's compute
+    dtype: ``[batch, hidden] x [hidden, num_labels]`` costs nothing next to the encoder, and the
+    logits feed a softmax. ``pooled``: ``[batch, hidden]``; returns ``[batch, num_labels]``.
+    """
+    return dense(tf.cast(pooled, tf.float32), params["classifier/kernel"], params["classifier/bias"])
+
+
+#: Parameters kept in float32 under ``-fp16``: gathers and LayerNorm are cheap and precision-sensitive;
+#: the classifier head is tiny and feeds a softmax.
+FLOAT32_PARAMS = ("embeddings/", "_ln/", "/ln/", "classifier/")
 
 
 def param_dtype(key: str, compute_dtype: tf.DType) -> tf.DType:

@@ -29,7 +29,9 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -38,7 +40,13 @@ from bertserve_server.encoder import Batch, length_groups, row_extents
 from bertserve_server.model import PoolingStrategy, parse_pooling_strategy
 from bertserve_server.model.checkpoint import load_encoder_weights
 from bertserve_server.model.config import BertConfig, resolve_pooling_layers
-from bertserve_server.model.modeling import EncoderSpec, encode, param_dtype, prepare_weights
+from bertserve_server.model.modeling import (
+    EncoderSpec,
+    classifier_logits,
+    encode,
+    param_dtype,
+    prepare_weights,
+)
 from bertserve_server.model.pooling import output_width, pool
 
 logger = logging.getLogger(__name__)
@@ -164,6 +172,12 @@ class TFEncoder:
     last), ``fp16``, ``xla``, ``no_position_embeddings``; ``device`` is a TensorFlow device string
     (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU;
     ``skip_padding`` defaults to on except under ``-xla`` (results are the same either way).
+
+    ``classifier`` (``-classifier``) also loads ``run_classifier.py``'s head and traces a second
+    function, ``classify``: every layer, the pooler, the head; logits in float32. Encoding keeps
+    its own function (built only up to the deepest pooling layer), so ``/encode`` costs the same
+    with or without the head. On CPU, where weights are graph constants, the layers both
+    functions use are held twice.
     """
 
     #: Limits of one device call; larger batches are split (see ``rows_per_call``).
@@ -188,6 +202,7 @@ class TFEncoder:
         no_position_embeddings: bool = False,
         weights_as_constants: bool | None = None,
         skip_padding: bool | None = None,
+        classifier: bool = False,
     ) -> None:
         configure_runtime()
         self._device = device
@@ -216,10 +231,20 @@ class TFEncoder:
             model_dir,
             ckpt_name,
             tuned_model_dir,
-            num_layers=num_layers,
+            num_layers=self.config.num_hidden_layers if classifier else num_layers,
             use_position_embeddings=self.spec.use_position_embeddings,
             with_pooler=self.spec.with_pooler,
+            with_classifier=classifier,
         )
+        self.num_labels = loaded.num_labels
+        self.classifier_spec: EncoderSpec | None = None
+        if classifier:
+            self.classifier_spec = replace(
+                self.spec,
+                num_layers=self.config.num_hidden_layers,
+                with_pooler=True,
+                num_labels=loaded.num_labels,
+            )
         self.checkpoint_path = loaded.path
         on_gpu = _is_gpu(device)
         if on_gpu and not tf.config.list_physical_devices("GPU"):
@@ -235,6 +260,12 @@ class TFEncoder:
         elif self._fp16:
             logger.info("-fp16 on CPU without bfloat16 support: computing in float32, float16 output")
         prepared = prepare_weights(self.spec, loaded.weights)
+        self._encode_keys = frozenset(prepared)
+        self._classify_keys: frozenset[str] = frozenset()
+        if self.classifier_spec is not None:
+            for_head = prepare_weights(self.classifier_spec, loaded.weights)
+            self._classify_keys = frozenset(for_head)
+            prepared = {**for_head, **prepared}
         self._constants = (not on_gpu) if weights_as_constants is None else weights_as_constants
         # Embedding tables are only gathered from: they stay variables in both layouts, which
         # keeps the traced graph (and Grappler's work on it) small.
@@ -257,6 +288,9 @@ class TFEncoder:
         def forward(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
             return self._forward(input_ids, input_mask, type_ids)
 
+        def forward_classifier(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
+            return self._forward_classifier(input_ids, input_mask, type_ids)
+
         # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
         # function object, and each encoder legitimately traces its own.
         function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
@@ -264,6 +298,12 @@ class TFEncoder:
         # copies of the weights embedded as constants are then no longer needed.
         with tf.device(device):
             self._function = function.get_concrete_function()
+            self._classify_function = None
+            if self.classifier_spec is not None:
+                head = tf.function(
+                    forward_classifier, input_signature=signature, jit_compile=self._xla or None
+                )
+                self._classify_function = head.get_concrete_function()
         self._numpy_params.clear()
         logger.info(
             "encoder built: %d of %d layers, pooling %s %s, device %s, %s matmuls%s",
@@ -275,6 +315,12 @@ class TFEncoder:
             self.compute_dtype,
             ", XLA" if self._xla else "",
         )
+        if self.classifier_spec is not None:
+            logger.info(
+                "classifier built: all %d layers, pooler, %d labels",
+                self.config.num_hidden_layers,
+                self.num_labels,
+            )
 
     # -- Encoder protocol ------------------------------------------------------------------------
 
@@ -312,6 +358,42 @@ class TFEncoder:
         (``encoder.length_groups``), each group in calls of at most ``rows_per_call`` rows; the
         result comes back in the original row order and width.
         """
+        return self._grouped(
+            self._function,
+            input_ids,
+            input_mask,
+            type_ids,
+            width=self._width,
+            dtype=self.dtype,
+            per_token=self.strategy == PoolingStrategy.NONE,
+        )
+
+    def classify(self, batch: Batch) -> np.ndarray:
+        """Logits ``[batch, num_labels]`` (float32) of the classifier head (``-classifier``)."""
+        return self.classify_arrays(batch.input_ids, batch.input_mask, batch.type_ids)
+
+    def classify_arrays(
+        self, input_ids: np.ndarray, input_mask: np.ndarray, type_ids: np.ndarray
+    ) -> np.ndarray:
+        """Like ``classify`` on three int ``[batch, seq]`` arrays (grouped and split as ``encode_arrays``)."""
+        if self._classify_function is None:
+            raise RuntimeError("this encoder has no classifier head (built without -classifier)")
+        return self._grouped(
+            self._classify_function, input_ids, input_mask, type_ids, width=self.num_labels, dtype="float32"
+        )
+
+    def _grouped(
+        self,
+        function: Any,
+        input_ids: np.ndarray,
+        input_mask: np.ndarray,
+        type_ids: np.ndarray,
+        *,
+        width: int,
+        dtype: str,
+        per_token: bool = False,
+    ) -> np.ndarray:
+        """Run ``function`` in length groups and calls; ``[rows, width]`` (or ``[rows, seq, width]``)."""
         ids = np.asarray(input_ids, dtype=np.int32)
         mask = np.asarray(input_mask, dtype=np.int32)
         types = np.asarray(type_ids, dtype=np.int32)
@@ -321,7 +403,7 @@ class TFEncoder:
             )
         rows, seq = ids.shape
         if rows == 0:
-            return np.zeros(self._output_shape(0, seq), dtype=self.dtype)
+            return np.zeros((0, seq, width) if per_token else (0, width), dtype=dtype)
         if seq > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq} exceeds max_position_embeddings {self.config.max_position_embeddings}"
@@ -329,27 +411,29 @@ class TFEncoder:
         extents = row_extents(mask)
         groups = length_groups(extents, self.min_tokens_per_group)
         if len(groups) == 1 and int(extents.max()) == seq:
-            return self._run_in_calls(ids, mask, types)  # nothing to cut: no copies
-        result = np.zeros(self._output_shape(rows, seq), dtype=self.dtype)  # NONE: cut-off positions stay 0
+            return self._run_in_calls(function, ids, mask, types, per_token)  # nothing to cut: no copies
+        # Per token (NONE): cut-off positions stay 0.
+        result = np.zeros((rows, seq, width) if per_token else (rows, width), dtype=dtype)
         for group in groups:
-            width = int(extents[group].max())
-            part = self._run_in_calls(ids[group, :width], mask[group, :width], types[group, :width])
-            if self.strategy == PoolingStrategy.NONE:
-                result[group, :width] = part
+            cut = int(extents[group].max())
+            part = self._run_in_calls(
+                function, ids[group, :cut], mask[group, :cut], types[group, :cut], per_token
+            )
+            if per_token:
+                result[group, :cut] = part
             else:
                 result[group] = part
         return result
 
-    def _output_shape(self, rows: int, seq: int) -> tuple[int, ...]:
-        return (rows, seq, self._width) if self.strategy == PoolingStrategy.NONE else (rows, self._width)
-
-    def _run_in_calls(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+    def _run_in_calls(
+        self, function: Any, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, per_token: bool
+    ) -> np.ndarray:
         rows, seq = ids.shape
         step = self.rows_per_call(seq)
         if rows <= step:
-            return self._run(ids, mask, types)
+            return self._run(function, ids, mask, types, per_token)
         parts = [
-            self._run(ids[i : i + step], mask[i : i + step], types[i : i + step])
+            self._run(function, ids[i : i + step], mask[i : i + step], types[i : i + step], per_token)
             for i in range(0, rows, step)
         ]
         return np.concatenate(parts, axis=0)
@@ -370,15 +454,17 @@ class TFEncoder:
             rows = 1 << (rows.bit_length() - 1)
         return rows
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+    def _run(
+        self, function: Any, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, per_token: bool
+    ) -> np.ndarray:
         rows, seq = ids.shape
         if self._xla:
             ids, mask, types = self._pad_to_bucket(ids, mask, types)
         with tf.device(self._device):
-            out = self._function(ids, mask, types)
+            out = function(ids, mask, types)
         result: np.ndarray = out.numpy()
         if self._xla:
-            result = result[:rows, :seq] if self.strategy == PoolingStrategy.NONE else result[:rows]
+            result = result[:rows, :seq] if per_token else result[:rows]
         return result
 
     def warm_up(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
@@ -393,6 +479,8 @@ class TFEncoder:
             ids[:, 0] = 1
             mask = np.ones((rows, seq), np.int32)
             self.encode_arrays(ids, mask, np.zeros_like(ids))
+            if self._classify_function is not None:
+                self.classify_arrays(ids, mask, np.zeros_like(ids))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -407,15 +495,32 @@ class TFEncoder:
         pad = ((0, target_rows - rows), (0, target_seq - seq))
         return np.pad(ids, pad), np.pad(mask, pad), np.pad(types, pad)
 
-    def _params(self) -> dict[str, tf.Tensor]:
-        # Called while tracing: the numpy arrays become Const nodes of the traced graph.
-        params: dict[str, tf.Tensor] = {k: tf.constant(v) for k, v in self._numpy_params.items()}
-        params.update(self._variables)
+    def _params(self, keys: frozenset[str]) -> dict[str, tf.Tensor]:
+        # Called while tracing: the numpy arrays become Const nodes of the traced graph (only the
+        # ones this function reads).
+        params: dict[str, tf.Tensor] = {k: tf.constant(v) for k, v in self._numpy_params.items() if k in keys}
+        params.update({k: v for k, v in self._variables.items() if k in keys})
         return params
 
     def _forward(self, input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
         layers, pooled = encode(
-            self.spec, self._params(), input_ids, input_mask, type_ids, compute_dtype=self._compute_dtype
+            self.spec,
+            self._params(self._encode_keys),
+            input_ids,
+            input_mask,
+            type_ids,
+            compute_dtype=self._compute_dtype,
         )
         result = pool(self.strategy, layers, self.pooling_layers, input_mask, pooled)
         return tf.cast(result, tf.float16) if self._fp16 else result
+
+    def _forward_classifier(
+        self, input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor
+    ) -> tf.Tensor:
+        assert self.classifier_spec is not None
+        params = self._params(self._classify_keys)
+        _, pooled = encode(
+            self.classifier_spec, params, input_ids, input_mask, type_ids, compute_dtype=self._compute_dtype
+        )
+        assert pooled is not None
+        return classifier_logits(pooled, params)  # [batch, num_labels] float32

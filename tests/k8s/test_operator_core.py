@@ -1,0 +1,397 @@
+"""The operator when the cluster is not the happy path: foreign objects, quotas, hand edits, idle, restarts.
+
+Same set-up as test_operator.py (chart installed with helm, operator local with only the chart's
+ServiceAccount token), under its own release. The control plane runs the
+``OwnerReferencesPermissionEnforcement`` admission plugin (hack/cluster/localcluster.py), so
+every child the operator creates here also proves the chart's RBAC grants
+``bertservers/finalizers`` update.
+
+The operator's retry back-off is scaled down (``RETRY_S`` doubling to ``MAX_RETRY_S`` instead of
+the defaults 10 s → 300 s) so that a bounded-retry window of a few seconds shows what five
+minutes show with the defaults; see :func:`test_quota_refusal_is_reported_with_backoff_and_one_event`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from operator_harness import (
+    OperatorProcess,
+    apply_yaml,
+    condition,
+    get_json,
+    operator_as_chart_account,
+    wait_for,
+)
+
+from bertserve_api import names
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(600)]
+
+RELEASE = "bsc"
+OPERATOR_NS = "bertserve-core"
+RESYNC_S = 5
+RETRY_S = 0.25
+MAX_RETRY_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    work = tmp_path_factory.mktemp("operator-core")
+    env = {
+        "BERTSERVE_RESYNC_SECONDS": str(RESYNC_S),
+        "BERTSERVE_RETRY_DELAY_SECONDS": str(RETRY_S),
+        "BERTSERVE_MAX_RETRY_DELAY_SECONDS": str(MAX_RETRY_S),
+    }
+    op = operator_as_chart_account(cluster, work, RELEASE, OPERATOR_NS, env)
+    yield op
+    if op.alive:
+        rc = op.stop()
+        assert rc == 0, f"operator did not stop cleanly (exit {rc}):\n{op.tail()}"
+    assert "Traceback" not in op.log(), op.tail(80)
+
+
+def bertserver(name: str, **spec: Any) -> str:
+    body: dict[str, Any] = {
+        "model": {"source": {"hostPath": {"path": "/data/bert"}}, "pretrainedPath": "base"},
+        "resources": {"gpus": 0},
+    }
+    body.update(spec)
+    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
+    return yaml.safe_dump(obj)
+
+
+def bs(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(get_json(cluster, "bertserver", name, "-n", ns))
+
+
+def ready_reason(cluster: Any, ns: str, name: str) -> tuple[str, str, str]:
+    cond = condition(bs(cluster, ns, name), "Ready")
+    return cond.get("status", ""), cond.get("reason", ""), cond.get("message", "")
+
+
+def wait_ready(cluster: Any, op: OperatorProcess, ns: str, name: str, timeout: int = 90) -> None:
+    def ready() -> bool:
+        return ready_reason(cluster, ns, name)[0] == "True"
+
+    try:
+        wait_for(ready, timeout, f"{ns}/{name} Ready")
+    except AssertionError as exc:
+        describe = cluster.kubectl("describe", "bertserver", name, "-n", ns, check=False).stdout
+        raise AssertionError(f"{exc}\n{describe}\noperator log:\n{op.tail()}") from None
+
+
+def events_for(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    items = get_json(cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e for e in items if e["involvedObject"].get("kind") == names.KIND]
+
+
+def health(op: OperatorProcess) -> dict[str, Any]:
+    with urllib.request.urlopen(op.health_url, timeout=5) as resp:
+        return dict(json.loads(resp.read())["bertserve"])
+
+
+def retry_delays(op: OperatorProcess, ns: str, name: str) -> list[float]:
+    """The back-off delays the operator logged for ``ns/name`` (``...; retrying in 0.5s``)."""
+    pattern = re.compile(rf"{re.escape(ns)}/{re.escape(name)}: .*; retrying in ([0-9.]+)s")
+    return [float(m.group(1)) for m in pattern.finditer(op.log())]
+
+
+# --------------------------------------------------------------------------- foreign objects
+
+
+def test_foreign_objects_of_a_childs_name_are_never_adopted(cluster: Any, operator: OperatorProcess) -> None:
+    """A user's Service/Deployment named like a child: ChildConflict, one event, nothing written."""
+    ns = "foreign"
+    cluster.create_namespace(ns)
+    cluster.kubectl("create", "service", "clusterip", "svc", "--tcp=80:8080", "-n", ns)
+    cluster.kubectl("create", "deployment", "dep", "--image=registry.example/app:1", "-n", ns)
+    svc_before = get_json(cluster, "service", "svc", "-n", ns)
+    dep_before = get_json(cluster, "deployment", "dep", "-n", ns)
+    apply_yaml(cluster, bertserver("svc") + "---\n" + bertserver("dep"), ns)
+
+    for name, kind in (("svc", "Service"), ("dep", "Deployment")):
+        status, _, message = wait_for(
+            lambda n=name: (r := ready_reason(cluster, ns, n))[1] == "ChildConflict" and r,
+            30,
+            f"{name}: Ready=False reason ChildConflict",
+        )
+        assert status == "False"
+        assert f"{kind} {ns}/{name} already exists and is not controlled by any object" in message, message
+    # Retried with back-off (positive marker: several retries logged), still one event each.
+    wait_for(lambda: len(retry_delays(operator, ns, "svc")) >= 4, 30, "four retries of svc")
+    for name in ("svc", "dep"):
+        conflicts = [e for e in events_for(cluster, ns, name) if e["reason"] == "ChildConflict"]
+        assert len(conflicts) == 1 and conflicts[0].get("count", 1) == 1, conflicts
+        assert conflicts[0]["type"] == "Warning"
+
+    # Neither object was touched, and nothing else was made (no half-made set).
+    svc_after = get_json(cluster, "service", "svc", "-n", ns)
+    assert svc_after["metadata"]["resourceVersion"] == svc_before["metadata"]["resourceVersion"]
+    assert not svc_after["metadata"].get("ownerReferences")
+    assert svc_after["spec"]["selector"] == svc_before["spec"]["selector"]
+    dep_after = get_json(cluster, "deployment", "dep", "-n", ns)
+    assert dep_after["metadata"]["generation"] == dep_before["metadata"]["generation"]
+    assert not dep_after["metadata"].get("ownerReferences")
+    for kind, name in (
+        ("deployment", "svc"),
+        ("service", "svc-peers"),
+        ("service", "dep"),
+        ("service", "dep-peers"),
+    ):
+        assert get_json(cluster, kind, name, "-n", ns, check=False) is None, f"{kind}/{name} was created"
+
+    # Once the user removes their object, the BertServer converges (the back-off keeps retrying).
+    cluster.kubectl("delete", "service", "svc", "-n", ns)
+    wait_ready(cluster, operator, ns, "svc")
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_quota_refusal_is_reported_with_backoff_and_one_event(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """403 from a ResourceQuota: ``ApplyFailed`` with the API message, exponential back-off, one event.
+
+    With the defaults (10 s doubling to 300 s) a refusal lasting 5 minutes costs 5 attempts
+    (10+20+40+80+160 s) and a single Event (events are posted per condition *change*). The
+    operator here runs the same policy scaled by 1/40 (0.25 s doubling to 4 s; the 300-s cap
+    scales to 7.5 s and is lowered to 4 s to reach it sooner); the window below must show the
+    logged delays doubling up to the cap and still exactly one ApplyFailed event. Resync passes
+    (every 5 s) also fail and also count as failures, which keeps the doubling going.
+    """
+    ns = "quota"
+    cluster.create_namespace(ns)
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-deployments"},
+        "spec": {"hard": {"count/deployments.apps": "0"}},
+    }
+    apply_yaml(cluster, yaml.safe_dump(quota), ns)
+    services = {**quota, "metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}}
+    apply_yaml(cluster, yaml.safe_dump(services), ns)
+    wait_for(
+        lambda: get_json(cluster, "resourcequota", "no-services", "-n", ns)["status"].get("hard"),
+        30,
+        "the quota controller to compute the quota",
+    )
+    apply_yaml(cluster, bertserver("q"), ns)
+
+    # The Deployment is refused first, so no Service is left behind.
+    _, _, message = wait_for(
+        lambda: (r := ready_reason(cluster, ns, "q"))[1] == "ApplyFailed" and r,
+        30,
+        "Ready reason ApplyFailed",
+    )
+    assert "HTTP 403" in message and "exceeded quota: no-deployments" in message, message
+    assert get_json(cluster, "service", "q", "-n", ns, check=False) is None
+
+    # Back-off: wait until the cap was reached and held twice, then check the whole sequence.
+    wait_for(
+        lambda: retry_delays(operator, ns, "q").count(MAX_RETRY_S) >= 2, 60, "the back-off to reach its cap"
+    )
+    delays = retry_delays(operator, ns, "q")
+    assert delays[0] == RETRY_S, delays
+    assert all(b in (a, 2 * a, MAX_RETRY_S) and b >= a for a, b in itertools.pairwise(delays)), delays
+    failed = [e for e in events_for(cluster, ns, "q") if e["reason"] == "ApplyFailed"]
+    assert len(failed) == 1 and failed[0].get("count", 1) == 1, failed
+
+    # The Deployment allowed, the Services not: ApplyFailed names the Service refusal now.
+    cluster.kubectl("delete", "resourcequota", "no-deployments", "-n", ns)
+    wait_for(
+        lambda: "exceeded quota: no-services" in ready_reason(cluster, ns, "q")[2],
+        30,
+        "ApplyFailed for the Service",
+    )
+    cluster.kubectl("delete", "resourcequota", "no-services", "-n", ns)
+    wait_ready(cluster, operator, ns, "q")
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_owner_reference_permission_enforcement_is_on(cluster: Any, operator: OperatorProcess) -> None:
+    """The admission plugin refuses blockOwnerDeletion to a client without finalizers rights.
+
+    Every other test in this module has the operator create children with blockOwnerDeletion
+    under this plugin, with the chart's RBAC only.
+    """
+    ns = "ownerrefs"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("o"), ns)
+    wait_ready(cluster, operator, ns, "o")
+    uid = bs(cluster, ns, "o")["metadata"]["uid"]
+    cluster.kubectl("create", "serviceaccount", "writer", "-n", ns)
+    cluster.kubectl("create", "role", "cm-writer", "--verb=create", "--resource=configmaps", "-n", ns)
+    cluster.kubectl(
+        "create", "rolebinding", "cm-writer", "--role=cm-writer", f"--serviceaccount={ns}:writer", "-n", ns
+    )
+    owned = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "owned",
+            "ownerReferences": [
+                {"apiVersion": names.API_VERSION, "kind": names.KIND, "name": "o", "uid": uid,
+                 "controller": True, "blockOwnerDeletion": True}
+            ],
+        },
+    }  # fmt: skip
+    proc = cluster.kubectl(
+        "create",
+        "-f",
+        "-",
+        "-n",
+        ns,
+        f"--as=system:serviceaccount:{ns}:writer",
+        input=json.dumps(owned),
+        check=False,
+    )
+    assert proc.returncode != 0 and "cannot set blockOwnerDeletion" in proc.stderr, proc.stderr
+    sa = f"system:serviceaccount:{OPERATOR_NS}:{RELEASE}-bertserve-operator"
+    can = cluster.kubectl(
+        "auth",
+        "can-i",
+        "update",
+        "bertservers",
+        "--subresource=finalizers",
+        "--as",
+        sa,
+        "-n",
+        ns,
+        check=False,
+    )
+    assert can.stdout.strip() == "yes"
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- drift and convergence
+
+CONVERGING_SPEC = {"resources": {"gpus": 0, "cpu": "0.5", "memory": "2048Mi"}}
+
+
+def test_hand_added_fields_are_removed(cluster: Any, operator: OperatorProcess) -> None:
+    """An extra Service selector key, nodeSelector entry and limit are gone within one resync."""
+    ns = "handedits"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("h", **CONVERGING_SPEC), ns)
+    wait_ready(cluster, operator, ns, "h")
+    cluster.kubectl(
+        "patch", "service", "h", "-n", ns, "--type=merge", "-p", '{"spec":{"selector":{"extra":"x"}}}'
+    )
+    pod_patch = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "nodeSelector": {"zone": "a"},
+                    "containers": [{"name": "bert", "resources": {"limits": {"cpu": "2"}}}],
+                }
+            }
+        }
+    }
+    cluster.kubectl("patch", "deployment", "h", "-n", ns, "--type=strategic", "-p", json.dumps(pod_patch))
+
+    def clean() -> bool:
+        svc = get_json(cluster, "service", "h", "-n", ns)
+        pod = get_json(cluster, "deployment", "h", "-n", ns)["spec"]["template"]["spec"]
+        limits = pod["containers"][0]["resources"].get("limits", {})
+        return "extra" not in svc["spec"]["selector"] and "nodeSelector" not in pod and "cpu" not in limits
+
+    wait_for(clean, RESYNC_S + 5, "the hand-added selector key, nodeSelector entry and limit to be removed")
+    pod = get_json(cluster, "deployment", "h", "-n", ns)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "2Gi"}
+    wait_ready(cluster, operator, ns, "h")
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: OperatorProcess) -> None:
+    """``cpu: "0.5"``, ``memory: 2048Mi`` and an env entry added with ``kubectl set env``: no PATCH.
+
+    The API server stores the quantities as ``500m`` and ``2Gi``; a comparison of strings would
+    re-apply the Deployment at every pass. The window is counted in full resync passes over
+    this BertServer (the positive marker: the operator's own pass counter), not in seconds:
+    each pass is exactly the work a 60-s idle period with any resync period would cause.
+    """
+    ns = "idle"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("i", **CONVERGING_SPEC), ns)
+    wait_ready(cluster, operator, ns, "i")
+    cluster.kubectl("set", "env", "deployment/i", "-n", ns, "ADDED_BY_HAND=1")
+    wait_ready(cluster, operator, ns, "i")
+    dep = get_json(cluster, "deployment", "i", "-n", ns)
+    res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "500m", "memory": "2Gi"}, res  # the API server canonicalized them
+
+    def writes() -> int:  # every apply and removal patch is logged, with the object's name
+        return len(re.findall(rf"(applied|from) Deployment {ns}/i\n", operator.log()))
+
+    patches = writes()
+    start = health(operator)["passes"]  # kopf caches probe results for up to 10 s: a lower bound
+    rounds = 4
+    wait_for(
+        lambda: health(operator)["passes"] >= start + (rounds + 2) * len(operator_keys(cluster)),
+        (rounds + 2) * RESYNC_S + 30,
+        f"{rounds} resync rounds",
+    )
+    assert writes() == patches, operator.tail()
+    after = get_json(cluster, "deployment", "i", "-n", ns)
+    assert after["metadata"]["generation"] == dep["metadata"]["generation"]
+    assert after["metadata"]["resourceVersion"] == dep["metadata"]["resourceVersion"]
+    env = {e["name"] for e in after["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "ADDED_BY_HAND" in env  # not ours: tolerated, not fought over
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def operator_keys(cluster: Any) -> list[str]:
+    return [i["metadata"]["name"] for i in get_json(cluster, "bertservers", "-A")["items"]]
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: OperatorProcess) -> None:
+    """After a restart the first passes see the same pods as the last ones: no write, no event.
+
+    ``stuck`` is Degraded (Unschedulable, read from its pods): a pass that ran before the pod
+    watch listed would find no pods, flip it to Degraded=False and post an event.
+    """
+    ns = "restart"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("fine") + "---\n" + bertserver("stuck", resources={"gpus": 9}), ns)
+    wait_ready(cluster, operator, ns, "fine")
+    wait_for(
+        lambda: condition(bs(cluster, ns, "stuck"), "Degraded").get("reason") == "Unschedulable",
+        60,
+        "stuck to be Degraded/Unschedulable",
+    )
+
+    def snapshot() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for kind in ("deployments", "services"):
+            for item in get_json(cluster, kind, "-n", ns)["items"]:
+                meta = item["metadata"]
+                out[f"{kind}/{meta['name']}"] = (
+                    meta.get("generation"),
+                    meta["annotations"].get(f"{names.GROUP}/applied-hash"),
+                )
+        for name in ("fine", "stuck"):
+            out[name] = bs(cluster, ns, name)["status"]["conditions"]
+            out[f"events/{name}"] = len(events_for(cluster, ns, name))
+        return out
+
+    before = snapshot()
+    operator.stop()
+    operator.start()
+    passes = len(operator_keys(cluster))
+    wait_for(lambda: health(operator)["passes"] >= 2 * passes, 60, "two passes over every BertServer")
+    assert snapshot() == before, operator.tail()
+    assert "cache primed" in operator.log()
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
