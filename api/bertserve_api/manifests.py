@@ -112,6 +112,7 @@ class Children:
     pdb: dict[str, Any] | None
     network_policy: dict[str, Any] | None = None
     model_uri_secret: dict[str, Any] | None = None
+    service_monitor: dict[str, Any] | None = None
 
     def all(self) -> list[dict[str, Any]]:
         """The objects to apply, Deployment first (it is what users wait for)."""
@@ -798,6 +799,26 @@ def network_policy(owner: Owner, spec: BertServerSpec, options: RenderOptions) -
     }
 
 
+SERVICE_MONITOR_API_VERSION = "monitoring.coreos.com/v1"
+
+
+def service_monitor(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """A Prometheus-operator ServiceMonitor scraping ``/metrics`` on the client Service's
+    ``http`` port (the peer Service has no such port), or ``None`` unless asked for."""
+    if not spec.monitoring.service_monitor.enabled:
+        return None
+    return {
+        "apiVersion": SERVICE_MONITOR_API_VERSION,
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(owner, service_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "selector": {"matchLabels": names.selector_labels(owner.name)},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [{"port": PORT_HTTP, "path": METRICS_PATH, "interval": "30s"}],
+        },
+    }
+
+
 def peer_key_secret(owner: Owner, key: bytes) -> dict[str, Any]:
     """The Secret holding the mesh key; the caller supplies the random bytes (builders stay pure).
 
@@ -826,4 +847,5 @@ def render(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> Childr
         pdb=pdb(owner, spec),
         network_policy=network_policy(owner, spec, options),
         model_uri_secret=model_uri_secret(owner, spec),
+        service_monitor=service_monitor(owner, spec),
     )

@@ -54,6 +54,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("v1", "Secret"): "secrets",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     (names.API_VERSION, names.KIND): names.PLURAL,
 }
 
@@ -207,6 +208,13 @@ class Kube:
         )
         assert isinstance(result, dict)
         return result
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``api_version`` (discovery, allowed to all)."""
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        found = self.request("GET", base, not_found_ok=True)
+        resources = found.get("resources", []) if isinstance(found, Mapping) else []
+        return any(r.get("name") == plural for r in resources)
 
     def create_once(self, obj: Mapping[str, Any]) -> bool:
         """Create ``obj`` unless an object of its name exists: True when created, False when

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,6 +61,9 @@ from bertserve_operator.kube import (
 __all__ = ["ChildConflict", "Outcome", "Reconciler", "is_subset", "manager_owns", "needs_apply"]
 
 log = logging.getLogger(__name__)
+
+MONITORING_RECHECK_S = 10.0
+"""How long the answer "is the ServiceMonitor API served?" is trusted (a CRD can appear later)."""
 
 
 def utc_now() -> str:
@@ -145,6 +151,8 @@ class Reconciler:
         self.random_bytes = random_bytes
         self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
         self._created: set[tuple[str, str]] = set()  # (uid, name) of other create-once Secrets
+        self._monitors: dict[str, str] = {}  # uid -> hash of the ServiceMonitor applied ("" = none)
+        self._monitoring_served: tuple[float, bool] = (-1e9, False)
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
         self._pool = ThreadPoolExecutor(apply_threads, thread_name_prefix="apply") if apply_threads else None
         self.cache = cache
@@ -171,6 +179,7 @@ class Reconciler:
                 self._written.pop(uid, None)
                 self._keyed.discard(uid)
                 self._created = {c for c in self._created if c[0] != uid}
+                self._monitors.pop(uid, None)
 
     def reconcile_key(self, key: Key) -> Outcome | None:
         """A pass over the cached BertServer ``key``; ``None`` when it no longer exists."""
@@ -224,6 +233,7 @@ class Reconciler:
             if children.model_uri_secret is not None:
                 self._create_once(owner, children.model_uri_secret, outcome)
             deployment = self._ensure_children(owner, children, spec, outcome)
+            self._ensure_service_monitor(owner, children.service_monitor, outcome)
         except (ChildConflict, RefusedApiError, PermanentApiError) as err:
             status = compute_status(
                 owner=owner,
@@ -321,6 +331,56 @@ class Reconciler:
             outcome.applied.append("Secret")
             log.info("created Secret %s/%s (mesh key)", owner.namespace, secret["metadata"]["name"])
         self._keyed.add(owner.uid)
+
+    def _monitoring_api(self) -> bool:
+        """Whether ServiceMonitors are served (asked at most every MONITORING_RECHECK_S)."""
+        checked, served = self._monitoring_served
+        now = time.monotonic()
+        if now - checked >= MONITORING_RECHECK_S:
+            served = self.kube.serves(manifests.SERVICE_MONITOR_API_VERSION, "servicemonitors")
+            self._monitoring_served = (now, served)
+        return served
+
+    def _ensure_service_monitor(
+        self, owner: Owner, desired: Mapping[str, Any] | None, outcome: Outcome
+    ) -> None:
+        """Apply the ServiceMonitor when asked for and its API is served; remove ours otherwise.
+
+        It is not watched (its CRD may not exist), so what was applied is remembered by
+        hash: a quiet pass asks nothing, and a restarted operator re-applies once.
+        """
+        uid = owner.uid
+        if not uid or (desired is None and self._monitors.get(uid) == ""):
+            return
+        if not self._monitoring_api():
+            if desired is not None and uid not in self._monitors:
+                log.warning(
+                    "%s/%s: spec.monitoring.serviceMonitor.enabled, but the ServiceMonitor API "
+                    "(monitoring.coreos.com/v1) is not served; none is made",
+                    owner.namespace,
+                    owner.name,
+                )
+            self._monitors[uid] = ""
+            return
+        name = manifests.service_name(owner.name)
+        if desired is None:
+            observed = self.kube.get(
+                manifests.SERVICE_MONITOR_API_VERSION, "ServiceMonitor", owner.namespace, name
+            )
+            if observed is not None and controls(observed, owner):
+                self.kube.delete(
+                    manifests.SERVICE_MONITOR_API_VERSION, "ServiceMonitor", owner.namespace, name
+                )
+                outcome.deleted.append("ServiceMonitor")
+            self._monitors[uid] = ""
+            return
+        digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
+        if self._monitors.get(uid) == digest:
+            return
+        self.kube.apply(desired)
+        outcome.applied.append("ServiceMonitor")
+        log.info("applied ServiceMonitor %s/%s", owner.namespace, name)
+        self._monitors[uid] = digest
 
     def _create_once(self, owner: Owner, secret: Mapping[str, Any], outcome: Outcome) -> None:
         """Create an immutable Secret unless it exists (an inline model URL, one Secret per URL)."""

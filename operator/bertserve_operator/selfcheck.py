@@ -38,6 +38,8 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     # Create only: the mesh key Secret is made once and never read, listed or changed, so the
     # operator holds no right to read any Secret (RBAC cannot narrow Secrets by name pattern).
     ("", "secrets", "create"),
+    # Optional: only used where the Prometheus operator's CRD is served.
+    *(("monitoring.coreos.com", "servicemonitors", v) for v in ("get", "create", "patch", "delete")),
     ("", "events", "create"),
 )
 

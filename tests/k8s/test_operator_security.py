@@ -219,3 +219,50 @@ def test_mesh_key_secret_network_policy_and_api_key_reach_the_pods(
         "the NetworkPolicy to be deleted",
     )
     cluster.kubectl("delete", "bertserver", "mesh", "-n", WATCHED, "--wait=true", "--timeout=60s")
+
+
+SERVICE_MONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+
+
+def test_a_service_monitor_appears_once_its_crd_is_served(cluster: Any, operator: OperatorProcess) -> None:
+    """Without the Prometheus operator's CRD the BertServer still becomes Ready (no
+    ServiceMonitor, a log line); once a (minimal) ServiceMonitor CRD is served, one appears."""
+    apply_yaml(cluster, bertserver("mon", monitoring={"serviceMonitor": {"enabled": True}}), WATCHED)
+    ready(cluster, WATCHED, "mon", operator)
+    assert "ServiceMonitor API (monitoring.coreos.com/v1) is not served" in operator.log(), operator.tail()
+    try:
+        apply_yaml(cluster, SERVICE_MONITOR_CRD)
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/servicemonitors.monitoring.coreos.com",
+            "--timeout=60s",
+        )
+        monitor = wait_for(
+            lambda: get_json(
+                cluster, "servicemonitors.monitoring.coreos.com", "mon", "-n", WATCHED, check=False
+            ),
+            60,
+            "the operator to create the ServiceMonitor",
+        )
+        assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+        assert monitor["spec"]["selector"] == {"matchLabels": names.selector_labels("mon")}
+        owner_uid = get_json(cluster, "bertserver", "mon", "-n", WATCHED)["metadata"]["uid"]
+        assert monitor["metadata"]["ownerReferences"][0]["uid"] == owner_uid
+    finally:
+        cluster.kubectl("delete", "bertserver", "mon", "-n", WATCHED, "--wait=true", "--timeout=60s")
+        cluster.kubectl("delete", "crd", "servicemonitors.monitoring.coreos.com", "--ignore-not-found")

@@ -29,6 +29,8 @@ class FakeKube:
         self.events: list[dict[str, str]] = []
         self.gets: list[str] = []
         self.creates: list[tuple[str, str, str]] = []
+        self.monitoring = False  # is the ServiceMonitor API served?
+        self.discovery = 0
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.reject: str | None = None
         self.refuse: str | None = None
@@ -53,6 +55,10 @@ class FakeKube:
         )
         self.objects[key] = merged
         return copy.deepcopy(merged)
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        self.discovery += 1
+        return self.monitoring
 
     def create_once(self, obj: dict[str, Any]) -> bool:
         meta = obj["metadata"]
@@ -461,3 +467,19 @@ def test_foreign_entries_of_maps_we_do_not_render_are_all_foreign() -> None:
         "spec": {"template": {"spec": {"nodeSelector": {"a": "b"}, "containers": [{"name": "bert"}]}}}
     }
     assert foreign_entries(desired, observed) == ["/spec/template/spec/nodeSelector/a"]
+
+
+def test_a_service_monitor_is_made_only_where_its_api_is_served(world: Any) -> None:
+    kube, _cache, rec = world
+    wanted = bertserver(monitoring={"serviceMonitor": {"enabled": True}})
+    rec.reconcile(wanted)
+    assert not any(k[0] == "ServiceMonitor" for k in kube.objects)
+    rec._monitoring_served = (-1e9, False)  # the answer is trusted for a while; expire it
+    kube.monitoring = True
+    outcome = rec.reconcile(wanted)
+    assert "ServiceMonitor" in outcome.applied
+    monitor = kube.objects["ServiceMonitor", "ml", "mrpc"]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert "ServiceMonitor" not in rec.reconcile(wanted).applied  # quiet: remembered by hash
+    rec.reconcile(bertserver())
+    assert ("ServiceMonitor", "ml", "mrpc") in kube.deleted

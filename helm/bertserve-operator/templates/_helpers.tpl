@@ -117,4 +117,7 @@ expose every Secret of the watched namespaces.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [create]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [get, create, patch, delete]
 {{- end }}
