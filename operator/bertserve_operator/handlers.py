@@ -1,7 +1,7 @@
 """kopf handler declarations — and nothing else.
 
-Why it exists: ``kopf run -m bertserve_operator.handlers`` (or ``python -m bertserve_operator``)
-imports this module to register what the operator reacts to. Every handler forwards to the
+Why it exists: ``python -m bertserve_operator`` (the image's ``bertserve-operator``) imports
+this module to register what the operator reacts to. Every handler forwards to the
 :class:`~bertserve_operator.runtime.Runtime` created at start-up:
 
 * BertServer create / update / resume → one reconcile pass, errors mapped to kopf retries;
