@@ -179,6 +179,22 @@ def served_model(args: list[str] | tuple[str, ...]) -> str:
     return f"{relative(values['model_dir'])}/{ckpt}"
 
 
+def served_classifier(args: list[str] | tuple[str, ...]) -> str:
+    """The classifier labels a pod's server arguments serve at ``/predict`` ("" without ``-classifier``).
+
+    Read back from the pod like :func:`served_model`: ``"not_paraphrase, paraphrase"``, or
+    ``"0..n-1"`` when the labels are left to the checkpoint's head.
+    """
+    flags = [str(arg).lstrip("-") for arg in args]
+    if "classifier" not in flags:
+        return ""
+    for flag in flags:
+        name, sep, value = flag.partition("=")
+        if name == "classifier_labels" and sep and value:
+            return ", ".join(value.split(","))
+    return "0..n-1"
+
+
 def endpoints(owner: Owner, spec: BertServerSpec) -> dict[str, str]:
     """Client addresses inside the cluster, as ``status.endpoints`` shows them."""
     host = f"{service_name(owner.name)}.{owner.namespace}.svc"
@@ -271,6 +287,9 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         max_wait_ms=serving.max_wait_ms,
         drain_timeout=drain,
         enable_termination=serving.enable_termination,
+        classifier=serving.classifier.enabled,
+        # Labels mean nothing without the head (and the server refuses them alone).
+        classifier_labels=serving.classifier.labels if serving.classifier.enabled else (),
         peer_service=peer_service_host(owner, options.cluster_domain),
         peer_port=PEER_PORT,
         peer_key_file=f"{PEER_KEY_MOUNT}/{PEER_KEY_FILE}",
@@ -717,8 +736,38 @@ def peer_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+QUEUE_METRIC = "bertserve_queue_depth_sentences"
+"""The server's gauge of sentences accepted and not yet answered (bertserve_server.metrics), which
+``autoscaling.metric: queue`` scales on as a per-pod metric (a Prometheus adapter serves it
+through the custom metrics API; docs/user-guide.md has the rule)."""
+
+
+def hpa_metric(spec: BertServerSpec) -> dict[str, Any]:
+    """The HPA's metric: CPU utilization of the request, or queued sentences per pod."""
+    auto = spec.autoscaling
+    if auto.metric == "queue":
+        return {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": str(auto.target_queued_sentences_per_pod)},
+            },
+        }
+    return {
+        "type": "Resource",
+        "resource": {
+            "name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": auto.target_cpu_utilization_percentage},
+        },
+    }
+
+
 def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
-    """autoscaling/v2 HPA on the Deployment (CPU utilisation), or ``None`` when disabled."""
+    """autoscaling/v2 HPA on the Deployment, or ``None`` when disabled.
+
+    CPU scaling needs a CPU request to compute utilization against; the spec parser (and the
+    CRD's CEL rule) insist on ``resources.cpu`` then, which :func:`_resources` renders.
+    """
     auto = spec.autoscaling
     if not auto.enabled:
         return None
@@ -734,18 +783,7 @@ def hpa(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
             },
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [
-                {
-                    "type": "Resource",
-                    "resource": {
-                        "name": "cpu",
-                        "target": {
-                            "type": "Utilization",
-                            "averageUtilization": auto.target_cpu_utilization_percentage,
-                        },
-                    },
-                }
-            ],
+            "metrics": [hpa_metric(spec)],
         },
     }
 

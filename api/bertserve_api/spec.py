@@ -135,6 +135,24 @@ class Ports:
     http: int = 8125
 
 
+#: Most labels ``serving.classifier.labels`` takes (the CRD's ``maxItems`` and the server's limit).
+MAX_CLASSIFIER_LABELS = 64
+#: Longest label name (the CRD's ``maxLength``).
+MAX_LABEL_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """``serving.classifier``: serve the checkpoint's ``run_classifier.py`` head at ``/predict``.
+
+    ``labels`` names the head's outputs in order (``-classifier_labels``); empty means the
+    server's default ``0..n-1``.
+    """
+
+    enabled: bool = False
+    labels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class ServingSpec:
     """Per-pod ``bert-serving-start`` options (camelCase of the flags; same defaults)."""
@@ -164,6 +182,8 @@ class ServingSpec:
     ports: Ports = field(default_factory=Ports)
     api_key_secret: SecretKeyRef | None = None
 
+    classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -182,12 +202,18 @@ class Toleration:
     toleration_seconds: int | None = None
 
 
+AUTOSCALING_METRICS = ("cpu", "queue")
+"""``cpu``: utilization of the CPU request; ``queue``: the server's queued sentences per pod."""
+
+
 @dataclass(frozen=True)
 class Autoscaling:
     enabled: bool = False
     min_replicas: int = 1
     max_replicas: int = 4
     target_cpu_utilization_percentage: int = 80
+    metric: str = "cpu"
+    target_queued_sentences_per_pod: int = 128
 
 
 @dataclass(frozen=True)
@@ -473,6 +499,35 @@ def _parse_model(reader: _Reader) -> ModelSpec:
     return ModelSpec(source, pretrained, tuned, ckpt, config_name, revision)
 
 
+def _parse_classifier(reader: _Reader) -> ClassifierSpec:
+    enabled = reader.boolean("enabled", False)
+    raw = reader.get("labels")
+    labels: tuple[str, ...] = ()
+    if raw is not None:
+        path = reader.at("labels")
+        if not isinstance(raw, list) or not raw:
+            raise SpecError(path, "must be a non-empty list of label names (leave it out for 0..n-1)")
+        if len(raw) > MAX_CLASSIFIER_LABELS:
+            raise SpecError(path, f"has {len(raw)} labels; at most {MAX_CLASSIFIER_LABELS}")
+        for i, label in enumerate(raw):
+            if not isinstance(label, str) or not label.strip():
+                raise SpecError(f"{path}[{i}]", f"must be a non-empty string, got {label!r}")
+            if len(label) > MAX_LABEL_LENGTH:
+                raise SpecError(
+                    f"{path}[{i}]", f"is {len(label)} characters long; at most {MAX_LABEL_LENGTH}"
+                )
+            if "," in label or label != label.strip():
+                raise SpecError(
+                    f"{path}[{i}]", f"{label!r} must not contain commas or start or end with spaces"
+                )
+        duplicates = sorted({label for label in raw if raw.count(label) > 1})
+        if duplicates:
+            raise SpecError(path, f"names {', '.join(duplicates)} more than once; labels must be unique")
+        labels = tuple(raw)
+    reader.done()
+    return ClassifierSpec(enabled=enabled, labels=labels)
+
+
 def _parse_serving(reader: _Reader) -> ServingSpec:
     d = ServingSpec()
     max_seq_len: int | None
@@ -533,6 +588,7 @@ def _parse_serving(reader: _Reader) -> ServingSpec:
         enable_termination=reader.boolean("enableTermination", d.enable_termination),
         ports=ports,
         api_key_secret=_secret_key_ref(reader, "apiKeySecret"),
+        classifier=_parse_classifier(reader.child("classifier")),
     )
     if spec.max_queue_size < spec.max_batch_size:
         raise SpecError(
@@ -711,12 +767,24 @@ def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerS
         auto_reader.integer("minReplicas", 1, minimum=1),
         auto_reader.integer("maxReplicas", 4, minimum=1),
         auto_reader.integer("targetCPUUtilizationPercentage", 80, minimum=1, maximum=100),
+        auto_reader.string("metric", "cpu"),
+        auto_reader.integer("targetQueuedSentencesPerPod", 128, minimum=1),
     )
     auto_reader.done()
+    if autoscaling.metric not in AUTOSCALING_METRICS:
+        raise SpecError(
+            auto_reader.at("metric"),
+            f"expected one of {', '.join(AUTOSCALING_METRICS)}, got {autoscaling.metric!r}",
+        )
     if autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(
             auto_reader.at("minReplicas"),
             f"{autoscaling.min_replicas} is greater than maxReplicas {autoscaling.max_replicas}",
+        )
+    if autoscaling.enabled and autoscaling.metric == "cpu" and resources.cpu is None:
+        raise SpecError(
+            auto_reader.at("metric"),
+            "cpu scaling needs resources.cpu (the HPA measures utilization against the CPU request)",
         )
     roll_reader = top.child("rollout")
     rollout = Rollout(
@@ -802,7 +870,7 @@ def to_dict(value: Any) -> Any:
             if item is None:
                 continue
             if (
-                isinstance(value, BertServerSpec | ServiceSpec | Network)
+                isinstance(value, BertServerSpec | ServiceSpec | Network | ClassifierSpec)
                 and isinstance(item, tuple | Mapping)
                 and not item
             ):

@@ -7,7 +7,8 @@ previous status (to keep ``lastTransitionTime`` stable), with the clock passed i
 case is testable without a cluster:
 
 * ``Ready`` mirrors the Deployment's ``Available`` (and needs at least one ready pod);
-* ``model`` is what the ready pods serve (read from their arguments), not the spec;
+* ``model`` is what the ready pods serve (read from their arguments), not the spec; so is
+  ``classifierLabels``, the labels ``/predict`` answers with (only with ``serving.classifier``);
 * while autoscaling is on, the HPA's ``AbleToScale`` and ``ScalingActive`` conditions are
   mirrored (an HPA that cannot read its metric says so here, not only on the HPA);
 * ``Progressing`` is ``True`` while a rollout or scale-up is under way, ``False`` when done or
@@ -144,6 +145,8 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
     restarted, last exited with an error and is not ready is crash-looping in every phase.
     """
     name = cs.get("name", "?")
+    restarts = int(cs.get("restartCount") or 0)
+    after = f" after {restarts} restarts" if restarts else ""
     waiting = _get(cs, "state", "waiting")
     reason = _get(waiting, "reason")
     if reason in BAD_WAITING_REASONS:
@@ -151,19 +154,13 @@ def _container_problem(pod_name: str, what: str, cs: Mapping[str, Any]) -> Probl
         last = _last_exit(cs)
         if last:
             detail = last + (f": {detail}" if detail else "")
-        return Problem(
-            str(reason), _short(f"pod {pod_name} {what} {name}: {reason}" + (f": {detail}" if detail else ""))
-        )
+        message = f"pod {pod_name} {what} {name}: {reason}{after}" + (f": {detail}" if detail else "")
+        return Problem(str(reason), _short(message))
     terminated = _get(cs, "lastState", "terminated") or _get(cs, "state", "terminated")
-    restarts = int(cs.get("restartCount") or 0)
     failed = terminated and int(_get(terminated, "exitCode", default=1)) != 0
     if failed and not cs.get("ready") and (restarts > 0 or _get(cs, "state", "terminated")):
-        return Problem(
-            CRASH_LOOP,
-            _short(
-                f"pod {pod_name} {what} {name}: {CRASH_LOOP}: restarted {restarts} times, {_last_exit(cs)}"
-            ),
-        )
+        message = f"pod {pod_name} {what} {name}: {CRASH_LOOP}{after}: {_last_exit(cs)}"
+        return Problem(CRASH_LOOP, _short(message))
     return None
 
 
@@ -241,6 +238,18 @@ def served_models(pods: Sequence[Mapping[str, Any]]) -> str:
         }
     )
     return ", ".join(models)
+
+
+def served_classifiers(pods: Sequence[Mapping[str, Any]]) -> str:
+    """The classifier labels ready pods serve at ``/predict`` (their ``classifier``), joined; "" if none."""
+    labels = sorted(
+        {
+            str(p["classifier"])
+            for p in pods
+            if p.get("classifier") and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
+        }
+    )
+    return "; ".join(labels)
 
 
 def hpa_conditions(hpa: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -421,9 +430,12 @@ def compute_status(
         # What ready pods serve, not what the spec asks for (a rollout to a new checkpoint
         # that never becomes ready must not be reported as served).
         status["model"] = served_models(pods)
+        classifier = served_classifiers(pods)
+        if classifier:
+            status["classifierLabels"] = classifier
         status["endpoints"] = manifests.endpoints(owner, spec)
     else:
-        for key in ("model", "endpoints"):
+        for key in ("model", "classifierLabels", "endpoints"):
             if key in previous:
                 status[key] = previous[key]
     status["conditions"] = _stamp(conditions, previous.get("conditions") or [], generation, now)
@@ -443,8 +455,8 @@ def transitions(
 ) -> list[Transition]:
     """Events for conditions whose status or reason changed: at most one Normal, one Warning.
 
-    A condition seen for the first time is announced only when it is news (Ready=True or
-    Degraded=True); the initial "creating" states are not. Changes observed together share an
+    A condition seen for the first time is announced only when it is news (Ready=True,
+    Degraded=True, an HPA that cannot scale); the initial "creating" states are not. Changes observed together share an
     event of their kind (an object that becomes ready changes Ready and Progressing at once:
     one event, not two — events are API writes, and a busy cluster has thousands of them).
     Changes to the same reason (``Ready=False`` and ``Degraded=True`` for an invalid spec) are
@@ -458,7 +470,10 @@ def transitions(
         ctype, status, reason = cond.get("type"), cond.get("status"), str(cond.get("reason"))
         old = before.get(ctype)
         if old is None:
-            if not ((ctype == READY and status == "True") or (ctype == DEGRADED and status == "True")):
+            news = (ctype in (READY, DEGRADED) and status == "True") or (
+                ctype in HPA_CONDITION_TYPES and status == "False"
+            )
+            if not news:
                 continue
         elif (old.get("status"), old.get("reason")) == (status, reason):
             continue

@@ -66,6 +66,7 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     args = next((c.get("args") or [] for c in containers if c.get("name") == manifests.SERVER_CONTAINER), [])
     return {
         "served": manifests.served_model(args),
+        "classifier": manifests.served_classifier(args),
         "metadata": {
             k: copy.deepcopy(meta[k])
             for k in ("name", "namespace", "labels", "deletionTimestamp")

@@ -247,6 +247,18 @@ class Kube:
         assert isinstance(result, dict)
         return result
 
+    def pod_warnings(self, namespace: str, pod: str) -> list[tuple[str, str]]:
+        """``(reason, message)`` of the Warning events about pod ``pod``, oldest first."""
+        selector = f"involvedObject.kind=Pod,involvedObject.name={pod},type=Warning"
+        result = self.request(
+            "GET", resource_path("v1", "Event", namespace), query={"fieldSelector": selector, "limit": "50"}
+        )
+        items = sorted(
+            (result or {}).get("items") or [],
+            key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+        )
+        return [(str(e.get("reason") or ""), str(e.get("message") or "")) for e in items]
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         result = self.request("GET", resource_path(api_version, kind, namespace, name), not_found_ok=True)
         return result if isinstance(result, dict) else None

@@ -47,7 +47,14 @@ from bertserve_api.manifests import Owner, RenderOptions
 from bertserve_api.policy import Policy
 from bertserve_api.policy import check as check_policy
 from bertserve_api.spec import BertServerSpec, SpecError, check_name, parse_spec
-from bertserve_api.status import APPLY_FAILED, CHILD_CONFLICT, Transition, compute_status, transitions
+from bertserve_api.status import (
+    APPLY_FAILED,
+    CHILD_CONFLICT,
+    Transition,
+    compute_status,
+    pods_stuck_creating,
+    transitions,
+)
 from bertserve_operator.cache import Cache, Key, controller_owner, key_of
 from bertserve_operator.drift import foreign_entries, is_subset, needs_apply, with_applied_hash
 from bertserve_operator.kube import (
@@ -129,6 +136,8 @@ class Outcome:
     events: list[Transition] = field(default_factory=list)
     spec_error: SpecError | None = None
     skipped: str = ""
+    recheck_after: float = 0.0
+    """Seconds after which to look again although nothing may change (0: no need)."""
 
 
 class Reconciler:
@@ -145,8 +154,12 @@ class Reconciler:
         apply_threads: int = 0,
         random_bytes: Callable[[int], bytes] = os.urandom,
         policy: Policy | None = None,
+        stuck_recheck_seconds: float = 10.0,
+        max_event_lookups: int = 3,
     ) -> None:
         self.kube = kube
+        self.stuck_recheck_seconds = stuck_recheck_seconds
+        self.max_event_lookups = max_event_lookups
         self.policy = policy or Policy()
         self.random_bytes = random_bytes
         self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
@@ -248,17 +261,43 @@ class Reconciler:
             )
             self._publish(body, previous, status, outcome)
             raise
+        pods = self.cache.pods_of(key)
         status = compute_status(
             owner=owner,
             generation=generation,
             spec=spec,
             now=self.clock(),
             deployment=deployment,
-            pods=self.cache.pods_of(key),
+            pods=pods,
             previous=previous,
+            hpa=self.cache.child("HorizontalPodAutoscaler", owner.namespace, dep_name),
+            pod_warnings=self._pod_warnings(owner.namespace, pods, outcome),
         )
         self._publish(body, previous, status, outcome)
         return outcome
+
+    def _pod_warnings(
+        self, namespace: str, pods: list[dict[str, Any]], outcome: Outcome
+    ) -> dict[str, list[tuple[str, str]]]:
+        """Warning events of pods stuck creating their containers (at most a few per pass).
+
+        A volume that cannot be mounted or attached (FailedMount, a ReadWriteOnce claim on two
+        nodes: FailedAttachVolume "Multi-Attach error") changes nothing in the pod's status but
+        its ``ContainerCreating``; only its Events say why. No watch on Events (all of them, in
+        every namespace, would cost more than the pods); instead a pass that sees such pods reads
+        their Warnings and asks to be repeated soon, since the Events themselves trigger nothing.
+        """
+        stuck = pods_stuck_creating(pods)[: self.max_event_lookups]
+        if not stuck:
+            return {}
+        outcome.recheck_after = self.stuck_recheck_seconds
+        warnings: dict[str, list[tuple[str, str]]] = {}
+        for name in stuck:
+            try:
+                warnings[name] = self.kube.pod_warnings(namespace, name)
+            except TemporaryApiError as exc:  # advice only: the status is still true without it
+                log.warning("%s/%s: could not read the pod's events: %s", namespace, name, exc)
+        return warnings
 
     # ------------------------------------------------------------------ children
 

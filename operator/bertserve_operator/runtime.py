@@ -221,6 +221,8 @@ class Runtime:
                 self._loop.call_soon_threadsafe(self._retry_later, key, delay, exc)
             return None
         self.passes += 1
+        if outcome.recheck_after > 0 and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.queue.add_after, key, outcome.recheck_after)
         return outcome
 
     def _retry_later(self, key: Key, delay: float, exc: BaseException) -> None:
@@ -232,9 +234,11 @@ class Runtime:
         while True:
             key = await self.queue.get()
             try:
-                await loop.run_in_executor(self._executor, self.reconciler.reconcile_key, key)
+                outcome = await loop.run_in_executor(self._executor, self.reconciler.reconcile_key, key)
                 self.passes += 1
                 self.queue.forget(key)
+                if outcome is not None and outcome.recheck_after > 0:
+                    self.queue.add_after(key, outcome.recheck_after)
             except kopf.PermanentError as exc:
                 log.error("%s/%s: %s (status records it; next change retries)", key[0], key[1], exc)
                 self.queue.forget(key)

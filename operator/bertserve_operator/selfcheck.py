@@ -41,6 +41,7 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     # Optional: only used where the Prometheus operator's CRD is served.
     *(("monitoring.coreos.com", "servicemonitors", v) for v in ("get", "create", "patch", "delete")),
     ("", "events", "create"),
+    ("", "events", "list"),  # why a pod is stuck creating (FailedMount, FailedAttachVolume)
 )
 
 

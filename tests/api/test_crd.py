@@ -70,7 +70,11 @@ def test_printer_columns_and_subresources():
     [
         MINIMAL,
         {**MINIMAL, "serving": {"maxSeqLen": None}},
-        {**MINIMAL, "serving": {"ports": {"http": 9000}}, "autoscaling": {"enabled": True}},
+        {
+            **MINIMAL,
+            "serving": {"ports": {"http": 9000}},
+            "autoscaling": {"enabled": True, "metric": "queue"},
+        },
         {**MINIMAL, "resources": {"gpus": 0}, "rollout": {}},
     ],
 )
@@ -89,7 +93,7 @@ def test_every_spec_field_is_in_the_schema_and_back():
             "pretrainedPath": "p",
             "tunedModelDir": "t",
         },
-        "serving": {"numWorker": 1},
+        "serving": {"numWorker": 1, "classifier": {"enabled": True, "labels": ["no", "yes"]}},
         "resources": {"gpus": 1, "cpu": "2", "memory": "8Gi"},
         "image": "img",
         "imagePullSecrets": [{"name": "s"}],
@@ -169,6 +173,15 @@ INVALID = [
     ({**MINIMAL, "replicas": "two"}, "replicas"),
     ({**MINIMAL, "serving": {"maxSeqLenn": 10}}, "maxSeqLenn"),
     ({**MINIMAL, "model": {**MINIMAL["model"], "source": {"uri": {"url": "ftp://x"}}}}, "url"),
+    ({**MINIMAL, "serving": {"classifier": {"enabled": True, "labels": []}}}, "labels"),
+    ({**MINIMAL, "serving": {"classifier": {"enabled": True, "labels": ["yes", "no", "yes"]}}}, "labels"),
+    (
+        {**MINIMAL, "serving": {"classifier": {"enabled": True, "labels": [str(i) for i in range(65)]}}},
+        "labels",
+    ),
+    ({**MINIMAL, "serving": {"classifier": {"enabled": True, "labels": ["a,b"]}}}, "labels"),
+    ({**MINIMAL, "serving": {"classifier": {"enabled": True, "labels": [""]}}}, "labels"),
+    ({**MINIMAL, "serving": {"classifier": {"enabled": "yes"}}}, "enabled"),
 ]
 
 # Cross-field rules the schema's CEL expresses (checked on the API server in tests/k8s) and
@@ -226,6 +239,7 @@ INVALID_CROSS_FIELD = [
         "spec.tolerations[0].tolerationSeconds",
         "NoExecute",
     ),
+    ({**MINIMAL, "autoscaling": {"enabled": True}}, "spec.autoscaling.metric", "needs resources.cpu"),
 ]
 
 

@@ -287,7 +287,12 @@ def test_rollout_defaults_to_no_surge_because_gpus_are_scarce() -> None:
 
 
 def test_autoscaling_leaves_replicas_to_the_hpa() -> None:
-    raw = {**MRPC, "replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5}}
+    raw = {
+        **MRPC,
+        "replicas": 3,
+        "resources": {"gpus": 1, "cpu": "2"},
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 5},
+    }
     children = render(OWNER, parse_spec(raw), OPTIONS)
     assert "replicas" not in children.deployment["spec"]
     assert children.hpa is not None
@@ -544,3 +549,38 @@ def test_a_uri_may_live_only_in_its_secret() -> None:
     assert ref == {"name": "signed", "key": "url"}
     with pytest.raises(ValueError, match=r"^spec.model.source.uri.url: is required"):
         parse_spec({**raw, "model": {"source": {"uri": {}}, "pretrainedPath": "bert"}})
+
+
+def test_queue_autoscaling_scales_on_the_servers_queue_gauge() -> None:
+    from prometheus_client import generate_latest
+
+    from bertserve_server.metrics import Metrics
+
+    exposed = generate_latest(Metrics().registry).decode()
+    assert f"# TYPE {manifests.QUEUE_METRIC} gauge" in exposed
+    raw = {**MRPC, "autoscaling": {"enabled": True, "metric": "queue", "targetQueuedSentencesPerPod": 32}}
+    hpa = render(OWNER, parse_spec(raw), OPTIONS).hpa
+    assert hpa is not None
+    assert hpa["spec"]["metrics"] == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": manifests.QUEUE_METRIC},
+                "target": {"type": "AverageValue", "averageValue": "32"},
+            },
+        }
+    ]
+
+
+def test_classifier_renders_its_flags_and_labels_only_when_enabled() -> None:
+    labels = ["not_paraphrase", "paraphrase"]
+    args = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": True, "labels": labels}}}))[
+        "args"
+    ]
+    assert "-classifier" in args and "-classifier_labels=not_paraphrase,paraphrase" in args
+    assert parse_argv(args).classifier_labels == tuple(labels)
+    off = _container(_deployment({**MRPC, "serving": {"classifier": {"enabled": False, "labels": labels}}}))[
+        "args"
+    ]
+    assert not any(a.startswith("-classifier") for a in off)
+    assert not any(a.startswith("-classifier") for a in _container(_deployment(MRPC))["args"])

@@ -87,6 +87,19 @@ def test_workers_default_to_one_per_gpu():
         ({"service": {"annotations": {"a": 1}}}, "spec.service.annotations: must be a map of strings"),
         ({"monitoring": {"prometheusAnnotations": "yes"}}, "spec.monitoring.prometheusAnnotations: must be"),
         ({"monitoring": {"scrape": True}}, "spec.monitoring.scrape: unknown field"),
+        (
+            {"serving": {"classifier": {"enabled": True, "labels": ["yes", "no", "yes"]}}},
+            "spec.serving.classifier.labels: names yes more than once",
+        ),
+        (
+            {"serving": {"classifier": {"enabled": True, "labels": ["a", "b,c"]}}},
+            "spec.serving.classifier.labels[1]: 'b,c' must not contain commas",
+        ),
+        (
+            {"serving": {"classifier": {"labels": []}}},
+            "spec.serving.classifier.labels: must be a non-empty list",
+        ),
+        ({"serving": {"classifier": {"on": True}}}, "spec.serving.classifier.on: unknown field"),
     ],
 )
 def test_errors_name_the_field_and_the_fix(patch, message):

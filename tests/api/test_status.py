@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bertserve_api import status as st
-from bertserve_api.manifests import Owner, RenderOptions, pod_spec, served_model
+from bertserve_api.manifests import Owner, RenderOptions, pod_spec, served_classifier, served_model
 from bertserve_api.spec import SpecError, parse_spec
 
 OWNER = Owner("mrpc", "ml", "uid")
@@ -117,6 +117,7 @@ def served_pod(name: str, *, ready: bool, spec: Any = SPEC) -> dict[str, Any]:
     _, args = pod_spec(OWNER, spec, RenderOptions(default_image="img"))
     return {
         "served": served_model(args),
+        "classifier": served_classifier(args),
         "metadata": {"name": name},
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
@@ -266,7 +267,7 @@ def test_autoscaled_summary_uses_the_deployments_replicas() -> None:
         {
             "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
             "replicas": 1,
-            "autoscaling": {"enabled": True, "maxReplicas": 8},
+            "autoscaling": {"enabled": True, "maxReplicas": 8, "metric": "queue"},
         }
     )
     status = compute(spec=spec, deployment=deployment(replicas=5, ready=5))
@@ -458,3 +459,17 @@ def test_hpa_conditions_are_mirrored_while_autoscaling() -> None:
     assert c["AbleToScale"][:2] == ("True", "SucceededGetScale")
     assert "ScalingLimited" not in c
     assert "ScalingActive" not in conditions(compute(deployment=deployment(), hpa=hpa))
+
+
+def test_classifier_labels_are_what_ready_pods_serve() -> None:
+    raw = {"model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "base"}}
+    named = parse_spec({**raw, "serving": {"classifier": {"enabled": True, "labels": ["no", "yes"]}}})
+    default = parse_spec({**raw, "serving": {"classifier": {"enabled": True}}})
+    assert "classifierLabels" not in compute(deployment=deployment(), pods=[served_pod("a", ready=True)])
+    status = compute(deployment=deployment(), pods=[served_pod("a", ready=True, spec=named)])
+    assert status["classifierLabels"] == "no, yes"
+    status = compute(deployment=deployment(), pods=[served_pod("a", ready=True, spec=default)])
+    assert status["classifierLabels"] == "0..n-1"
+    # A pod that is not ready yet does not serve its labels.
+    status = compute(deployment=deployment(), pods=[served_pod("a", ready=False, spec=named)])
+    assert "classifierLabels" not in status

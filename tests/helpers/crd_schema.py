@@ -56,6 +56,8 @@ def to_jsonschema(schema: dict[str, Any]) -> dict[str, Any]:
     if schema.get("x-kubernetes-int-or-string"):
         pattern = out.pop("pattern", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string", **({"pattern": pattern} if pattern else {})}]
+    if schema.get("x-kubernetes-list-type") == "set":
+        out["uniqueItems"] = True  # the API server refuses duplicates in a set-typed list
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     if "properties" in out and not schema.get("x-kubernetes-preserve-unknown-fields"):

@@ -3,11 +3,17 @@
 For lifecycle tests that need work to stay in flight (each device batch sleeps ``DELAY_S``)
 while exercising the real process: argument parsing, validation, signal handling and drain of
 ``bertserve_server.app.serve``. Everything but the model is the production code path.
+
+``FAKE_SERVE_LOAD_S`` (environment): the model takes that long to load, after logging
+``fake model: loading`` (so a test can act while the server is loading, on an observed event).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import time
 
 from fake_encoder import FakeEncoder
 
@@ -27,7 +33,15 @@ def main(argv: list[str]) -> int:
         max_position_embeddings=bert.max_position_embeddings,
         delay_s=delay,
     )
-    return serve(config, encoder_factory=lambda device: encoder)
+    load_s = float(os.environ.get("FAKE_SERVE_LOAD_S", "0"))
+
+    def load(device: str) -> FakeEncoder:
+        if load_s:
+            logging.getLogger("fake_serve").info("fake model: loading for %.1fs", load_s)
+            time.sleep(load_s)
+        return encoder
+
+    return serve(config, encoder_factory=load)
 
 
 if __name__ == "__main__":

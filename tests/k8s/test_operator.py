@@ -307,7 +307,12 @@ def test_autoscaling_leaves_replicas_to_the_hpa(cluster: Any, operator: Operator
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("a", replicas=3), ns)
     wait_ready(cluster, operator, ns, "a")
-    patch = {"spec": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5}}}
+    patch = {
+        "spec": {
+            "resources": {"gpus": 0, "cpu": "1"},
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5},
+        }
+    }
     cluster.kubectl("patch", "bertserver", "a", "-n", ns, "--type=merge", "-p", json.dumps(patch))
     hpa = wait_for(lambda: get_json(cluster, "hpa", "a", "-n", ns, check=False), 30, "the HPA")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
@@ -381,7 +386,9 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
     ns = "deletion"
     cluster.create_namespace(ns)
     apply_yaml(
-        cluster, bertserver("g", autoscaling={"enabled": True}, disruptionBudget={"enabled": True}), ns
+        cluster,
+        bertserver("g", autoscaling={"enabled": True, "metric": "queue"}, disruptionBudget={"enabled": True}),
+        ns,
     )
     wait_ready(cluster, operator, ns, "g")
     obj = bs(cluster, ns, "g")

@@ -395,3 +395,195 @@ def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: O
     assert snapshot() == before, operator.tail()
     assert "cache primed" in operator.log()
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- autoscaling
+
+
+def test_autoscaling_renders_what_its_metric_needs_and_reports_the_hpas_conditions(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """CPU scaling without a CPU request is refused; CPU and queue HPAs; their conditions in status.
+
+    The local control plane serves neither the resource nor the custom metrics API, so the
+    real HPA controller reports ``ScalingActive=False`` — which the BertServer must show, instead
+    of a Ready BertServer that silently never scales.
+    """
+    ns = "autoscale"
+    cluster.create_namespace(ns)
+    refused = apply_yaml(cluster, bertserver("nocpu", autoscaling={"enabled": True}), ns, check=False)
+    assert refused.returncode != 0
+    assert "autoscaling.metric cpu needs resources.cpu" in refused.stderr, refused.stderr
+
+    cpu = {"resources": {"gpus": 0, "cpu": "0.5"}, "autoscaling": {"enabled": True, "maxReplicas": 3}}
+    queue = {"autoscaling": {"enabled": True, "metric": "queue", "targetQueuedSentencesPerPod": 64}}
+    apply_yaml(cluster, bertserver("cpu", **cpu) + "---\n" + bertserver("queue", **queue), ns)
+
+    def scaling_active(name: str) -> dict[str, Any]:
+        cond = condition(bs(cluster, ns, name), "ScalingActive")
+        return cond if cond.get("status") == "False" else {}
+
+    cond = wait_for(lambda: scaling_active("cpu"), 60, "cpu: ScalingActive=False mirrored from the HPA")
+    assert cond["reason"] == "FailedGetResourceMetric", cond
+    hpa = get_json(cluster, "hpa", "cpu", "-n", ns)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    dep = get_json(cluster, "deployment", "cpu", "-n", ns)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "500m"
+    assert condition(bs(cluster, ns, "cpu"), "AbleToScale").get("status") == "True"
+
+    cond = wait_for(lambda: scaling_active("queue"), 60, "queue: ScalingActive=False mirrored from the HPA")
+    assert cond["reason"] == "FailedGetPodsMetric", cond
+    (metric,) = get_json(cluster, "hpa", "queue", "-n", ns)["spec"]["metrics"]
+    assert metric == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "bertserve_queue_depth_sentences"},
+            "target": {"type": "AverageValue", "averageValue": "64"},
+        },
+    }
+    warnings = [e for e in events_for(cluster, ns, "queue") if e["type"] == "Warning"]
+    assert any("ScalingActive=False" in e["message"] for e in warnings), warnings
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- status truth
+
+
+def only_pod(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    (pod,) = get_json(cluster, "pods", "-n", ns, "-l", f"{names.LABEL_INSTANCE}={name}")["items"]
+    return dict(pod)
+
+
+def set_pod_status(cluster: Any, ns: str, pod: str, status: dict[str, Any]) -> None:
+    """Write a pod's status as a kubelet would (kwok leaves a Running pod's status alone)."""
+    cluster.kubectl(
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": status}),
+    )
+
+
+def container_status(state: dict[str, Any], restarts: int) -> dict[str, Any]:
+    return {
+        "phase": "Running",
+        "conditions": [
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "ContainersReady", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ],
+        "containerStatuses": [
+            {
+                "name": "bert",
+                "image": "img",
+                "imageID": "",
+                "ready": False,
+                "started": "running" in state,
+                "restartCount": restarts,
+                "state": state,
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "startedAt": "2026-01-01T00:00:00Z",
+                        "finishedAt": "2026-01-01T00:00:01Z",
+                    }
+                },
+            }
+        ],
+    }
+
+
+def test_a_crash_loop_stays_degraded_through_its_restarts(cluster: Any, operator: OperatorProcess) -> None:
+    """Waiting (back-off) → running (not ready) → waiting: Degraded stays True, one event.
+
+    The pod status is written as the kubelet writes it during a crash loop (kwok runs nothing).
+    Before the fix the running phase read as healthy: Degraded flipped False and True again,
+    with a pair of events per restart.
+    """
+    ns = "crashloop"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("c"), ns)
+    wait_ready(cluster, operator, ns, "c")
+    assert bs(cluster, ns, "c")["status"]["model"] == "base/bert_model.ckpt"  # what the ready pod serves
+    pod = only_pod(cluster, ns, "c")["metadata"]["name"]
+    back_off = {
+        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}
+    }
+    running = {"running": {"startedAt": "2026-01-01T00:00:02Z"}}
+    for restarts, state in enumerate([back_off, running, back_off, running, back_off], start=1):
+        set_pod_status(cluster, ns, pod, container_status(state, restarts))
+        cond = wait_for(
+            lambda r=restarts: (
+                (c := condition(bs(cluster, ns, "c"), "Degraded"))
+                and f"after {r} restarts" in c["message"]
+                and c
+            ),
+            30,
+            f"Degraded after restart {restarts}",
+        )
+        assert (cond["status"], cond["reason"]) == ("True", "CrashLoopBackOff"), cond
+    assert bs(cluster, ns, "c")["status"]["model"] == ""  # no ready pod serves anything
+    events = [e for e in events_for(cluster, ns, "c") if e["type"] == "Warning"]
+    assert [e["reason"] for e in events] == ["CrashLoopBackOff"], events
+    assert not any("Degraded=False" in e["message"] for e in events_for(cluster, ns, "c"))
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        (
+            "FailedMount",
+            'MountVolume.SetUp failed for volume "model" : hostPath type check failed: /data/bert',
+        ),
+        (
+            "FailedAttachVolume",
+            'Multi-Attach error for volume "pvc-1" Volume is already used by pod(s) other-0',
+        ),
+    ],
+)
+def test_a_pod_stuck_creating_reports_its_volume_warning(
+    cluster: Any, operator: OperatorProcess, reason: str, message: str
+) -> None:
+    """A pod in ContainerCreating plus the kubelet's (or attach controller's) Warning event.
+
+    The event is created as the kubelet/attach-detach controller would post it; it changes
+    nothing in the pod, so the operator must look it up (and look again) by itself.
+    """
+    ns = f"stuck-{reason.lower()}"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("v"), ns)
+    wait_ready(cluster, operator, ns, "v")
+    pod = only_pod(cluster, ns, "v")
+    name = pod["metadata"]["name"]
+    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0)
+    creating["containerStatuses"][0]["lastState"] = {}
+    set_pod_status(cluster, ns, name, creating)
+    wait_for(lambda: ready_reason(cluster, ns, "v")[1] == "Starting", 30, "Ready=False Starting")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{name}."},
+        "involvedObject": {"kind": "Pod", "name": name, "namespace": ns, "uid": pod["metadata"]["uid"]},
+        "type": "Warning",
+        "reason": reason,
+        "message": message,
+        "source": {"component": "kubelet"},
+        "firstTimestamp": "2026-01-01T00:00:00Z",
+        "lastTimestamp": "2026-01-01T00:00:00Z",
+        "count": 1,
+    }
+    cluster.kubectl("create", "-f", "-", "-n", ns, input=json.dumps(event))
+    cond = wait_for(
+        lambda: (c := condition(bs(cluster, ns, "v"), "Degraded")).get("reason") == reason and c,
+        30,
+        f"Degraded reason {reason}",
+    )
+    assert cond["status"] == "True" and cond["message"] == f"pod {name}: {message}"
+    assert ready_reason(cluster, ns, "v")[1] == reason
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")

@@ -35,6 +35,7 @@ class FakeKube:
         self.reject: str | None = None
         self.refuse: str | None = None
         self.patches: list[list[dict[str, Any]]] = []
+        self.warnings: dict[str, list[tuple[str, str]]] = {}
 
     def apply(self, obj: dict[str, Any], *, field_manager: str = names.FIELD_MANAGER) -> dict[str, Any]:
         if self.reject == obj["kind"]:
@@ -84,6 +85,10 @@ class FakeKube:
             del node[last]
         return copy.deepcopy(obj)
 
+    def pod_warnings(self, namespace: str, pod: str) -> list[tuple[str, str]]:
+        self.gets.append(f"events of {pod}")
+        return list(self.warnings.get(pod, []))
+
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         self.gets.append(kind)
         obj = self.objects.get((kind, namespace, name))
@@ -117,7 +122,7 @@ def bertserver(**spec_changes: Any) -> dict[str, Any]:
             "tunedModelDir": "mrpc_output",
             "ckptName": "model.ckpt-343",
         },
-        "resources": {"gpus": 1},
+        "resources": {"gpus": 1, "cpu": "1"},
     }
     spec.update(spec_changes)
     return {
@@ -483,3 +488,22 @@ def test_a_service_monitor_is_made_only_where_its_api_is_served(world: Any) -> N
     assert "ServiceMonitor" not in rec.reconcile(wanted).applied  # quiet: remembered by hash
     rec.reconcile(bertserver())
     assert ("ServiceMonitor", "ml", "mrpc") in kube.deleted
+
+
+def test_pods_stuck_creating_are_explained_by_their_warning_events(world: Any) -> None:
+    kube, cache, rec = world
+    assert rec.reconcile(bertserver()).recheck_after == 0
+    pod = {
+        "metadata": {"name": "mrpc-1", "namespace": "ml", "labels": {names.LABEL_INSTANCE: "mrpc"}},
+        "spec": {"containers": [{"name": "bert", "args": ["-model_dir=/models/base"]}]},
+        "status": {"phase": "Pending", "containerStatuses": [{"name": "bert", "state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }  # fmt: skip
+    cache.put_owner(bertserver())
+    cache.put_pod(pod)
+    kube.warnings["mrpc-1"] = [("FailedMount", 'MountVolume.SetUp failed for volume "model"')]
+    outcome = rec.reconcile(bertserver())
+    assert "events of mrpc-1" in kube.gets
+    assert outcome.recheck_after > 0  # the events trigger nothing: look again
+    degraded = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "FailedMount")
+    assert degraded["message"] == 'pod mrpc-1: MountVolume.SetUp failed for volume "model"'

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 import zmq
-from ports import free_port
+from ports import free_port, free_ports
 from server_harness import fake_server, wait_until
 
 from bertserve_server.app import BertServer
@@ -36,7 +36,7 @@ def spec_of(ports: list[int]) -> str:
 @contextlib.contextmanager
 def mesh(tmp_path: Path, count: int, *, extra_slots: int = 0, **flags) -> Iterator[list[BertServer]]:
     """``count`` started replicas sharing one peer list (plus ``extra_slots`` unused addresses)."""
-    ports = [free_port() for _ in range(count + extra_slots)]
+    ports = free_ports(count + extra_slots)
     with contextlib.ExitStack() as stack:
         servers = [
             stack.enter_context(
@@ -128,10 +128,8 @@ def test_not_ready_until_the_peer_list_resolves_and_includes_this_replica(tmp_pa
         status, body = readyz(unresolved)
         assert status == 503 and "has not resolved" in body["reason"]
         assert unresolved.service.unready_reason() is not None
-    other = free_port()
-    with fake_server(
-        tmp_path / "b", peer_service=f"127.0.0.1:{other}", peer_port=free_port(), http_port=0
-    ) as alone:
+    other, own = free_ports(2)
+    with fake_server(tmp_path / "b", peer_service=f"127.0.0.1:{other}", peer_port=own, http_port=0) as alone:
         wait_until(lambda: "not (yet) among" in readyz(alone)[1].get("reason", ""), 10, "self-check")
 
 
@@ -240,7 +238,7 @@ def test_a_subscriber_that_moves_gets_its_answers_at_the_new_replica(tmp_path):
 
 
 def test_a_replica_restarted_at_the_same_address_is_recognised(tmp_path):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = spec_of(ports)
     with fake_server(tmp_path / "a", peer_service=spec, peer_port=ports[0], http_port=0) as a:
         with fake_server(tmp_path / "b1", peer_service=spec, peer_port=ports[1], http_port=0) as b1:

@@ -15,6 +15,7 @@ mesh ignores slots where nothing listens yet.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -37,6 +38,7 @@ ZMQ_CLIENTS = 6
 HTTP_CLIENTS = 2
 PRESTOP_S = 0.3
 CLIENT_TIMEOUT_MS = 20000
+HANDED_OFF = re.compile(r"handed off (\d+) request connection")
 
 
 def test_rolling_update_under_load_loses_no_request(scaleout_model_dir, tmp_path):
@@ -116,10 +118,12 @@ def test_rolling_update_under_load_loses_no_request(scaleout_model_dir, tmp_path
             assert "server stopped" in replica.log and "drain incomplete" not in replica.log
         # The new set served requests.
         assert sum(r.encoded_ok() for r in c.live) > 0
-        print(
-            f"rolling update: {len(outcomes)} requests, none lost; "
-            f"hand-offs: {sum('handed off' in r.log for r in old)} of {len(old)} old replicas"
-        )
+        # Hand-off: each long-lived client's request connection sits on an old replica until one
+        # hands it off, so the old replicas together hand off at least one per ZMQ client, and
+        # none leaves a connection open.
+        handed = [sum(map(int, HANDED_OFF.findall(r.log))) for r in old]
+        assert sum(handed) >= ZMQ_CLIENTS, handed
+        assert not any("still open after" in r.log for r in old), [r.log[-2000:] for r in old]
 
 
 def _wait(condition, timeout: float, what: str) -> None:

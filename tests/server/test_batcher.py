@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -155,22 +154,39 @@ def test_a_request_bigger_than_the_whole_queue_is_too_large_not_busy():
 
 
 def test_partial_batch_waits_for_company_at_most_max_wait():
-    batcher, _ = make(max_wait_ms=50.0, max_batch_size=8)
+    """On the batcher's own clock: no batch before max_wait, late company joins, then it goes."""
+    clock = Clock()
+    batcher, _ = make(max_wait_ms=50.0, max_batch_size=8, clock=clock)
+    first_arrival = clock.now
     submit(batcher, rows([5]))
-    started = time.monotonic()
-    threading.Timer(0.01, lambda: submit(batcher, rows([5, 5]))).start()
-    db = batcher.next_batch(timeout=1.0)
-    waited = time.monotonic() - started
+    assert batcher.next_batch(timeout=0.0) is None  # alone, within max_wait: waits for company
+    clock.now = first_arrival + batcher.max_wait_s / 2
+    submit(batcher, rows([5, 5]))
+    assert batcher.next_batch(timeout=0.0) is None  # still within the first request's max_wait
+    clock.now = first_arrival + batcher.max_wait_s
+    db = batcher.next_batch(timeout=0.0)
     assert db is not None and db.size == 3  # the late request made it into the same batch
-    assert waited < 0.5
+
+
+def test_a_waiting_worker_takes_the_partial_batch_once_max_wait_has_passed():
+    clock = Clock()
+    batcher, _ = make(max_wait_ms=50.0, max_batch_size=8, clock=clock)
+    submit(batcher, rows([5]))
+    got: list[object] = []
+    worker = threading.Thread(target=lambda: got.append(batcher.next_batch(timeout=30.0)))
+    worker.start()
+    clock.now += batcher.max_wait_s
+    worker.join(30.0)
+    assert not worker.is_alive()
+    assert got[0] is not None and got[0].size == 1  # type: ignore[attr-defined]
 
 
 def test_full_batch_does_not_wait():
-    batcher, _ = make(max_wait_ms=5000.0, max_batch_size=4)
+    clock = Clock()
+    batcher, _ = make(max_wait_ms=5000.0, max_batch_size=4, clock=clock)
     submit(batcher, rows([5] * 4))
-    started = time.monotonic()
-    db = batcher.next_batch(timeout=10.0)
-    assert db is not None and time.monotonic() - started < 1.0
+    db = batcher.next_batch(timeout=0.0)  # no time passes on the batcher's clock
+    assert db is not None and db.size == 4
 
 
 def test_none_pooling_rows_are_padded_to_the_answer_length():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from ports import free_port
+from ports import free_ports
 from server_harness import client_for
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
@@ -33,12 +33,13 @@ TEXTS = [
 
 
 def start_server(model_dir: Path, **flags) -> BertServer:
+    port, port_out, http_port = free_ports(3)
     config = ServerConfig(
         model_dir=str(model_dir),
         bind_host="127.0.0.1",
-        port=free_port(),
-        port_out=free_port(),
-        http_port=free_port(),
+        port=port,
+        port_out=port_out,
+        http_port=http_port,
         cpu=True,
         **flags,
     )

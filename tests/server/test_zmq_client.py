@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 
 import numpy as np
 import pytest
 from bert_serving.client import BertClient, ConcurrentBertClient
-from server_harness import client_for, fake_server
+from server_harness import client_for, fake_server, wait_until
 
 from bertserve_server.encoder import pad_batch
 
@@ -161,6 +162,16 @@ def test_the_first_reply_of_a_fresh_client_is_never_lost(server):
             assert bc.encode(["hi"]).shape == (1, 8)
 
 
+def _waiting_in(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside the 1.10.0 client's ``function`` right now (its own stack)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function and "bert_serving" in frame.f_code.co_filename:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def test_a_client_constructed_before_the_server_binds_waits_and_then_works(tmp_path):
     with fake_server(tmp_path, start=False) as server:
         box: dict[str, object] = {}
@@ -173,7 +184,9 @@ def test_a_client_constructed_before_the_server_binds_waits_and_then_works(tmp_p
 
         thread = threading.Thread(target=connect)
         thread.start()
-        thread.join(0.3)  # let the client connect (and send SHOW_CONFIG) before the ports exist
+        # The client sent SHOW_CONFIG and waits for its answer while nothing listens yet.
+        wait_until(lambda: _waiting_in(thread, "_recv"), timeout=15, what="the client waiting for an answer")
+        assert "vec" not in box
         server.start()
         thread.join(20)
         assert box["vec"].shape == (1, 8)  # type: ignore[union-attr]

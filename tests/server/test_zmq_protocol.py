@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from server_harness import RawClient, fake_server
+from server_harness import RawClient, fake_server, wait_until
 
 from bertserve_server.encoder import pad_batch
 from bertserve_server.frontends.zmq import LocalResultRouter, SubscriptionRegistry
@@ -213,11 +213,16 @@ def test_clients_sharing_an_identity_all_receive_the_answer(tmp_path):
         RawClient(server, b"shared") as one,
         RawClient(server, b"shared") as two,
     ):
-        time.sleep(0)  # both subscriptions are in flight; the server holds until at least one is seen
-        deadline = time.monotonic() + 5
-        while server.zmq.subscriptions.topics().count(b"shared") == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # XPUB reports a topic once, so the second b"shared" is invisible; each SUB then subscribes
+        # a probe topic of its own. A pipe's subscriptions are applied in order, so once the server
+        # has seen both probes, both b"shared" subscriptions are in place.
+        one.sub.setsockopt(zmq.SUBSCRIBE, b"probe-one")
+        two.sub.setsockopt(zmq.SUBSCRIBE, b"probe-two")
+        wait_until(
+            lambda: {b"probe-one", b"probe-two"} <= set(server.zmq.subscriptions.topics()),
+            timeout=5,
+            what="both probe subscriptions",
+        )
         one.send(b"shared", b'["hello"]', b"1", b"1")
         assert one.recv() is not None
         assert two.recv() is not None

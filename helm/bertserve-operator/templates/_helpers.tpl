@@ -74,11 +74,11 @@ Watching all namespaces needs cluster-wide permissions: refuse a combination tha
 {{/*
 The operator's permissions, shared by the ClusterRole and the per-namespace Roles.
 Only what it uses: SSA (create+patch) of its children, delete only for the optional
-HPA/PDB/NetworkPolicy, read-only pods (scheduler messages for status), events create, its own
-resource and status. Secrets: create and nothing else. The operator makes each BertServer's
-mesh key Secret once (an AlreadyExists answer means it is there) and never reads, lists,
-watches or updates any Secret; RBAC cannot narrow Secrets by name, so get/list/watch would
-expose every Secret of the watched namespaces.
+HPA/PDB/NetworkPolicy/ServiceMonitor, read-only pods (scheduler messages for status), events
+create and list (why a pod is stuck creating), its own resource and status. Secrets: create and
+nothing else. The operator makes each BertServer's mesh key Secret once (an AlreadyExists answer
+means it is there) and never reads, lists, watches or updates any Secret; RBAC cannot narrow
+Secrets by name, so get/list/watch would expose every Secret of the watched namespaces.
 */}}
 {{- define "bertserve-operator.rules" -}}
 - apiGroups: [bertserve.io]
@@ -110,7 +110,7 @@ expose every Secret of the watched namespaces.
   verbs: [get, list, watch]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [get, list, watch, create, patch, delete]
