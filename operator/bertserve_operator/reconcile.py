@@ -242,9 +242,6 @@ class Reconciler:
 
         children = manifests.render(owner, spec, self.options)
         try:
-            self._ensure_peer_key(owner, outcome)
-            if children.model_uri_secret is not None:
-                self._create_once(owner, children.model_uri_secret, outcome)
             deployment = self._ensure_children(owner, children, spec, outcome)
             self._ensure_service_monitor(owner, children.service_monitor, outcome)
         except (ChildConflict, RefusedApiError, PermanentApiError) as err:
@@ -328,15 +325,20 @@ class Reconciler:
 
         1. Every child is observed first; one that exists without us as its controller stops
            the pass (:class:`ChildConflict`) before anything is written.
-        2. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
+        2. The Secrets the pods mount are created (once; see :meth:`_ensure_peer_key`).
+        3. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
            no Service or HPA is left behind pointing at nothing.
-        3. The other children are applied concurrently.
+        4. The other children are applied concurrently.
         """
         desired = children.all()
         observed = self._run([functools.partial(self._observe, d) for d in desired])
         for want, have in zip(desired, observed, strict=True):
             if have is not None and not controls(have, owner):
                 raise ChildConflict(conflict_message(have, str(want["kind"])))
+        # The Secrets the pods mount exist before the Deployment that mounts them.
+        self._ensure_peer_key(owner, outcome)
+        if children.model_uri_secret is not None:
+            self._create_once(owner, children.model_uri_secret, outcome)
         seen = {(d["kind"], d["metadata"]["name"]): o for d, o in zip(desired, observed, strict=True)}
         dep_name = manifests.deployment_name(owner.name)
         deployment = self._ensure_deployment(children.deployment, seen["Deployment", dep_name], spec, outcome)
