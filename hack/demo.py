@@ -19,7 +19,10 @@ Steps (each prints progress; every process started here is stopped on Ctrl-C, on
 6. read the reconciled Deployment's command and arguments back from the API server, start that
    command locally (model paths mapped from ``/models`` to the demo's folder, loopback ports,
    ``-cpu`` because this machine has no GPU) and encode sentences with ``bert-serving-client``,
-   printing a cosine-similarity table.
+   printing a cosine-similarity table;
+7. ask ``POST /predict`` for the fine-tuned classifier head's probabilities on the paraphrase
+   pairs (the BertServer has ``serving.classifier.enabled``; the look-alike's head is random, so
+   the numbers show the mechanics, not MRPC accuracy).
 
 Usage: ``python hack/demo.py [up|down]`` (``up`` is the default).
 """
@@ -60,6 +63,10 @@ SENTENCES = [
     "Share prices dropped steeply this afternoon.",
     "A cat sleeps on the windowsill.",
 ]
+#: MRPC's processor labels, in the order of the head's outputs (0 = not a paraphrase).
+LABELS = ["not_paraphrase", "paraphrase"]
+#: Sentence pairs (indices into SENTENCES) sent to /predict: two paraphrases, two unrelated.
+PAIRS = [(0, 1), (2, 3), (0, 2), (1, 4)]
 
 
 def step(message: str) -> None:
@@ -253,6 +260,7 @@ spec:
     maxSeqLen: 64
     poolingStrategy: REDUCE_MEAN
     poolingLayer: [-1]
+    classifier: {{enabled: true, labels: [{", ".join(LABELS)}]}}
   resources: {{gpus: 1, memory: 2Gi}}
   tolerations:
     - {{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}}
@@ -287,6 +295,10 @@ def wait_ready(cluster: Any) -> None:
         "jsonpath={.spec.template.spec.containers[0].resources.limits}",
     ).stdout
     info(f"container limits: {limits}")
+    served = cluster.kubectl(
+        "get", "bertserver", NAME, "-n", NAMESPACE, "-o", "jsonpath={.status.classifierLabels}"
+    ).stdout
+    info(f"classifier labels served (status.classifierLabels): {served}")
 
 
 def rendered_command(cluster: Any) -> list[str]:
@@ -369,6 +381,30 @@ def encode(ports: dict[str, int]) -> None:
         raise SystemExit("similarities do not make sense")
 
 
+def predict(ports: dict[str, int]) -> None:
+    step("Class probabilities from the fine-tuned head: POST /predict with sentence pairs")
+    pairs = [[SENTENCES[a], SENTENCES[b]] for a, b in PAIRS]
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{ports['http_port']}/predict",
+        data=json.dumps({"inputs": pairs}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        answers = json.load(resp)
+    print(f"\n    {'pair':<8} " + " ".join(f"{label:>15}" for label in LABELS))
+    for (a, b), answer in zip(PAIRS, answers, strict=True):
+        scores = {entry["label"]: entry["score"] for entry in answer}
+        print(f"    S{a + 1}/S{b + 1}    " + " ".join(f"{scores[label]:15.3f}" for label in LABELS))
+        if abs(sum(scores.values()) - 1.0) > 1e-4:
+            raise SystemExit(f"probabilities do not sum to 1: {answer}")
+    print(
+        "\n    The look-alike's head (output_weights, output_bias of model.ckpt-343) is random, not"
+        "\n    trained on MRPC: these probabilities show the mechanics (head loaded by name, pairs with"
+        "\n    segment ids 0/1, softmax), not paraphrase accuracy. A real run_classifier.py"
+        "\n    checkpoint gives real ones."
+    )
+
+
 def down(lc: ModuleType) -> None:
     step("Stopping the demo")
     _stop_recorded()
@@ -389,6 +425,7 @@ def up(lc: ModuleType) -> None:
     wait_ready(cluster)
     with run_rendered_server(lc, rendered_command(cluster)) as ports:
         encode(ports)
+        predict(ports)
     step(f"Done in {time.monotonic() - started:.0f}s")
     info(f"the cluster is still up: export KUBECONFIG={cluster.kubeconfig}; kubectl get bertservers -A")
     info("stop everything with: make demo-down")

@@ -31,8 +31,9 @@ def run(settings: Settings) -> None:
         standalone=True,
         clusterwide=settings.clusterwide,
         namespaces=settings.namespaces,
-        liveness_endpoint=settings.liveness_endpoint or None,
-        memo=kopf.Memo(settings=settings),
+        # The runtime serves the liveness endpoint itself, with /metrics next to it.
+        liveness_endpoint=None,
+        memo=kopf.Memo(settings=settings, serve_health=bool(settings.liveness_endpoint)),
     )
 
 

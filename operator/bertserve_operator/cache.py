@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bertserve_api import manifests, names
@@ -148,6 +148,11 @@ class Cache:
         with self._lock:
             self._children[kind].pop(key_of(obj), None)
         return controller_owner(obj)
+
+    def count_children(self, kind: str, predicate: Callable[[Mapping[str, Any]], bool]) -> int:
+        """How many cached children of ``kind`` satisfy ``predicate`` (no copies are made)."""
+        with self._lock:
+            return sum(1 for obj in self._children[kind].values() if predicate(obj))
 
     def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

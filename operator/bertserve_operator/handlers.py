@@ -53,7 +53,10 @@ async def start(
     kube = Kube.from_environment(
         request_timeout=ours.request_timeout_seconds, pool_size=2 * (ours.workers + ours.handler_threads) + 2
     )
-    runtime = Runtime(ours, kube)
+    # Under `python -m bertserve_operator` the runtime serves /healthz and /metrics on the
+    # liveness endpoint (kopf is told not to); under plain `kopf run --liveness` kopf serves it.
+    serve = ours.liveness_endpoint if memo.get("serve_health") else ""
+    runtime = Runtime(ours, kube, serve_endpoint=serve)
     await runtime.start()
     memo["runtime"] = runtime
     logger.info("bertserve operator started: %s", ours)

@@ -26,6 +26,8 @@ also written to status (``ApplyFailed``) so ``kubectl get`` shows it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -92,6 +94,36 @@ def manager_owns(obj: Mapping[str, Any], manager: str, *path: str) -> bool:
     return False
 
 
+def server_image(deployment: Mapping[str, Any] | None) -> str | None:
+    """The image of the server container of a Deployment (``None`` without one)."""
+    pod = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        if container.get("name") == manifests.SERVER_CONTAINER:
+            return str(container.get("image") or "")
+    return None
+
+
+def rolling_out(deployment: Mapping[str, Any]) -> bool:
+    """Whether a Deployment's rollout is unfinished (not observed, not updated or not available)."""
+    meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
+    replicas = int((deployment.get("spec") or {}).get("replicas", 1) or 0)
+    return (
+        int(status.get("observedGeneration") or 0) < int(meta.get("generation") or 0)
+        or int(status.get("updatedReplicas") or 0) < replicas
+        or int(status.get("availableReplicas") or 0) < replicas
+    )
+
+
+class _Held(contextlib.AbstractContextManager[None]):
+    """Releases an already acquired lock on exit."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class ChildConflict(kopf.TemporaryError):
     """An object of a child's name exists and is not controlled by this BertServer.
 
@@ -156,8 +188,13 @@ class Reconciler:
         policy: Policy | None = None,
         stuck_recheck_seconds: float = 10.0,
         max_event_lookups: int = 3,
+        observe_apply: Callable[[str, float], None] | None = None,
+        max_image_rollouts: int = 1,
     ) -> None:
         self.kube = kube
+        self.max_image_rollouts = max_image_rollouts
+        self._image_lock = threading.Lock()
+        self.observe_apply = observe_apply  # (kind, seconds) of each apply, for the metrics
         self.stuck_recheck_seconds = stuck_recheck_seconds
         self.max_event_lookups = max_event_lookups
         self.policy = policy or Policy()
@@ -240,9 +277,11 @@ class Reconciler:
                 log.warning("%s/%s: invalid spec, nothing applied: %s", key[0], key[1], err)
             return outcome
 
-        children = manifests.render(owner, spec, self.options)
+        options, image_lock = self._render_options(owner, spec, outcome)
         try:
-            deployment = self._ensure_children(owner, children, spec, outcome)
+            with image_lock:
+                children = manifests.render(owner, spec, options)
+                deployment = self._ensure_children(owner, children, spec, outcome)
             self._ensure_service_monitor(owner, children.service_monitor, outcome)
         except (ChildConflict, RefusedApiError, PermanentApiError) as err:
             status = compute_status(
@@ -295,6 +334,51 @@ class Reconciler:
             except TemporaryApiError as exc:  # advice only: the status is still true without it
                 log.warning("%s/%s: could not read the pod's events: %s", namespace, name, exc)
         return warnings
+
+    def _render_options(
+        self, owner: Owner, spec: BertServerSpec, outcome: Outcome
+    ) -> tuple[RenderOptions, contextlib.AbstractContextManager[Any]]:
+        """Options for this BertServer, pacing moves onto a new default server image.
+
+        A new chart ``serverImage`` (the operator's ``default_image``) would otherwise roll every
+        BertServer without ``spec.image`` at once: all their pods restart and reload their models
+        together. Instead an existing Deployment keeps the image it runs until fewer than
+        ``max_image_rollouts`` Deployments are still rolling onto the new image; a new image that
+        never becomes ready so stops after the first few BertServers. The decision and the apply
+        happen under one lock, so concurrent passes cannot both take the last slot. New
+        BertServers and ``spec.image`` changes are never held back.
+        """
+        new = self.options.default_image
+        if spec.image is not None:
+            return self.options, contextlib.nullcontext()
+        observed = self.cache.child("Deployment", owner.namespace, manifests.deployment_name(owner.name))
+        current = server_image(observed)
+        if current is None or current == new:
+            return self.options, contextlib.nullcontext()
+        self._image_lock.acquire()
+        try:
+            rolling = self.cache.count_children(
+                "Deployment", lambda d: server_image(d) == new and rolling_out(d)
+            )
+        except BaseException:
+            self._image_lock.release()
+            raise
+        if rolling < self.max_image_rollouts:
+            log.info(
+                "%s/%s: moving from %s to the new default image %s", owner.namespace, owner.name, current, new
+            )
+            return self.options, _Held(self._image_lock)
+        self._image_lock.release()
+        outcome.recheck_after = self.stuck_recheck_seconds
+        log.debug(
+            "%s/%s: stays on %s while %d BertServers roll onto %s",
+            owner.namespace,
+            owner.name,
+            current,
+            rolling,
+            new,
+        )
+        return dataclasses.replace(self.options, default_image=current), contextlib.nullcontext()
 
     # ------------------------------------------------------------------ children
 
@@ -434,7 +518,10 @@ class Reconciler:
         self._created.add((owner.uid, name))
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
+        started = time.monotonic()
         applied = self.kube.apply(with_applied_hash(obj))
+        if self.observe_apply is not None:
+            self.observe_apply(str(obj["kind"]), time.monotonic() - started)
         self.cache.put_child(applied)
         outcome.applied.append(str(obj["kind"]))
         log.info("applied %s %s/%s", obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])

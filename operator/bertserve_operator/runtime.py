@@ -14,16 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
+from aiohttp import web
 
 from bertserve_api import names
 from bertserve_operator.cache import Cache, Key, key_of
-from bertserve_operator.kube import Kube, resource_path
-from bertserve_operator.reconcile import Outcome, Reconciler
+from bertserve_operator.kube import PLURALS, Kube, RefusedApiError, resource_path
+from bertserve_operator.metrics import CONTENT_TYPE, OperatorMetrics
+from bertserve_operator.reconcile import ChildConflict, Outcome, Reconciler
 from bertserve_operator.settings import Settings
 from bertserve_operator.workqueue import WorkQueue
 
@@ -41,13 +44,15 @@ CHILD_RESOURCES = (
     ("", "v1", "pods"),
 )
 
-PRIMED_KINDS = (
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("v1", "Pod"),
-)
+
+def primed_kinds() -> list[tuple[str, str]]:
+    """``(apiVersion, kind)`` of every watched child resource and pods (listed at start-up)."""
+    kinds = {(av, plural): kind for (av, kind), plural in PLURALS.items()}
+    out = []
+    for group, version, plural in CHILD_RESOURCES:
+        api_version = f"{group}/{version}" if group else version
+        out.append((api_version, kinds[api_version, plural]))
+    return out
 
 
 def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> None:
@@ -80,20 +85,28 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: Settings) -> 
 class Runtime:
     """Process-wide state of one operator (one instance, stored in kopf's memo)."""
 
-    def __init__(self, settings: Settings, kube: Kube) -> None:
+    def __init__(self, settings: Settings, kube: Kube, *, serve_endpoint: str = "") -> None:
         self.settings = settings
         self.kube = kube
         self.cache = Cache()
+        self.queue: WorkQueue[Key] = WorkQueue(
+            base_delay=settings.retry_delay_seconds, max_delay=settings.max_retry_delay_seconds
+        )
+        self.metrics = OperatorMetrics(
+            queue_depth=lambda: len(self.queue), request_counts=kube.request_counts
+        )
         self.reconciler = Reconciler(
             kube,
             self.cache,
             settings.render_options(),
             apply_threads=settings.workers + settings.handler_threads,
             policy=settings.policy(),
+            observe_apply=lambda kind, seconds: self.metrics.apply_seconds.labels(kind).observe(seconds),
+            max_image_rollouts=settings.max_image_rollouts,
         )
-        self.queue: WorkQueue[Key] = WorkQueue(
-            base_delay=settings.retry_delay_seconds, max_delay=settings.max_retry_delay_seconds
-        )
+        # Where to serve /healthz and /metrics ("" when kopf serves the liveness endpoint itself).
+        self.serve_endpoint = serve_endpoint
+        self._http: web.AppRunner | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
         self._tasks: list[asyncio.Task[None]] = []
         self.last_resync = time.monotonic()
@@ -105,6 +118,8 @@ class Runtime:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._loop.run_in_executor(self._executor, self.prime_cache)
+        if self.serve_endpoint:
+            await self._serve_http(self.serve_endpoint)
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"bertserve-worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="bertserve-resync"))
@@ -121,7 +136,7 @@ class Runtime:
         started = time.monotonic()
         scopes: tuple[str | None, ...] = self.settings.namespaces or (None,)
         for namespace in scopes:
-            for api_version, kind in PRIMED_KINDS:
+            for api_version, kind in primed_kinds():
                 for item in self._list(api_version, kind, namespace):
                     item.setdefault("apiVersion", api_version)
                     item.setdefault("kind", kind)
@@ -142,8 +157,34 @@ class Runtime:
                 return items
             query = {**query, "continue": token}
 
+    async def _serve_http(self, endpoint: str) -> None:
+        """``/healthz`` (what kopf's liveness endpoint answered) and ``/metrics`` on one port.
+
+        Served from the event loop like kopf's endpoint, so a stuck loop fails the probe too.
+        """
+        parts = urllib.parse.urlsplit(endpoint)
+        health_path = parts.path or "/healthz"
+
+        async def healthz(_: web.Request) -> web.Response:
+            try:
+                return web.json_response({"bertserve": self.health()})
+            except Exception as exc:
+                return web.json_response({"error": str(exc)}, status=500)
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+        app = web.Application()
+        app.add_routes([web.get(health_path, healthz), web.get("/metrics", metrics)])
+        self._http = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._http.setup()
+        await web.TCPSite(self._http, parts.hostname or "0.0.0.0", parts.port or 8080).start()
+        log.info("serving %s and /metrics on %s", health_path, parts.netloc)
+
     async def stop(self) -> None:
         """Stop taking work, let in-flight passes finish (bounded), release connections."""
+        if self._http is not None:
+            await self._http.cleanup()
         self.queue.close()
         for task in self._tasks:
             task.cancel()
@@ -210,20 +251,40 @@ class Runtime:
         ``max_retry_delay_seconds``) paces the retries.
         """
         key = self.cache.put_owner(body)
+        started = time.monotonic()
         try:
             outcome = self.reconciler.reconcile(body)
         except kopf.PermanentError as exc:
+            self._count(exc, started)
             log.error("%s/%s: %s (status records it; the next change retries)", key[0], key[1], exc)
             return None
         except Exception as exc:
+            self._count(exc, started)
             delay = float(getattr(exc, "delay", 0.0) or 0.0)
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._retry_later, key, delay, exc)
             return None
+        self._count(None, started)
         self.passes += 1
         if outcome.recheck_after > 0 and self._loop is not None:
             self._loop.call_soon_threadsafe(self.queue.add_after, key, outcome.recheck_after)
         return outcome
+
+    def _count(self, error: BaseException | None, started: float) -> None:
+        """Record a finished pass in the metrics."""
+        self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+        self.metrics.reconciles.inc()
+        if error is None:
+            return
+        if isinstance(error, ChildConflict):
+            reason = "ChildConflict"
+        elif isinstance(error, (RefusedApiError, kopf.PermanentError)):
+            reason = "ApplyFailed"
+        elif isinstance(error, kopf.TemporaryError):
+            reason = "Retry"
+        else:
+            reason = "Unexpected"
+        self.metrics.errors.labels(reason).inc()
 
     def _retry_later(self, key: Key, delay: float, exc: BaseException) -> None:
         wait = self.queue.retry(key, delay)
@@ -233,18 +294,23 @@ class Runtime:
         loop = asyncio.get_running_loop()
         while True:
             key = await self.queue.get()
+            started = time.monotonic()
             try:
                 outcome = await loop.run_in_executor(self._executor, self.reconciler.reconcile_key, key)
+                self._count(None, started)
                 self.passes += 1
                 self.queue.forget(key)
                 if outcome is not None and outcome.recheck_after > 0:
                     self.queue.add_after(key, outcome.recheck_after)
             except kopf.PermanentError as exc:
+                self._count(exc, started)
                 log.error("%s/%s: %s (status records it; next change retries)", key[0], key[1], exc)
                 self.queue.forget(key)
             except kopf.TemporaryError as exc:
+                self._count(exc, started)
                 self._retry_later(key, float(exc.delay or 0.0), exc)
-            except Exception:
+            except Exception as exc:
+                self._count(exc, started)
                 wait = self.queue.retry(key)
                 log.exception("%s/%s: reconcile failed; retrying in %.2fs", key[0], key[1], wait)
             finally:

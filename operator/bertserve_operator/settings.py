@@ -57,6 +57,9 @@ class Settings:
         (), "runtimeClassNames pods may use (comma-separated; * = any); empty = only the cluster default"
     )
     network_policies: bool = _opt(True, "render a NetworkPolicy per BertServer (spec.network can opt out)")
+    max_image_rollouts: int = _opt(
+        1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
+    )
 
     def render_options(self) -> RenderOptions:
         """The subset of settings the pure manifest builders take."""
@@ -115,6 +118,8 @@ def _validate(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name}: must be positive")
+    if settings.max_image_rollouts < 1:
+        raise ValueError("max_image_rollouts: must be at least 1")
     if settings.workers < 1 or settings.handler_threads < 1:
         raise ValueError("workers and handler_threads must be at least 1")
     if not settings.default_image:

@@ -110,6 +110,27 @@ class EncodeFailed(ServeError):  # noqa: N818 - the name is the wire's error typ
     reason = "encode_failed"
 
 
+class InternalError(ServeError):
+    """Handling the request raised something unexpected; the request is answered, the server goes on."""
+
+    http_status = 500
+    reason = "internal"
+
+
+def as_request_error(exc: BaseException) -> ServeError:
+    """``exc`` itself if it is a :class:`ServeError`, else an :class:`InternalError` naming it.
+
+    For failures while *handling* a request (parsing, admission, building the answer), as
+    opposed to :func:`as_serve_error`, which blames the model.
+    """
+    if isinstance(exc, ServeError):
+        return exc
+    text = str(exc)
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return InternalError(f"could not handle the request ({type(exc).__name__}: {text})")
+
+
 def as_serve_error(exc: BaseException) -> ServeError:
     """``exc`` itself if it is a :class:`ServeError`, else an :class:`EncodeFailed` describing it."""
     if isinstance(exc, ServeError):

@@ -71,11 +71,35 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("bertserve_ready", "1 once the model is loaded and warmed up", registry=r)
-        self.undeliverable = Counter(
-            "bertserve_zmq_undeliverable_replies",
-            "ZeroMQ answers dropped because no subscriber for the client identity appeared in time",
+        self.answers_dropped = Counter(
+            "bertserve_answers_dropped",
+            "Answers (encode results, error replies, status documents) that never reached their "
+            "client, by reason: no_subscriber (no subscription for the identity appeared in time), "
+            "hold_full (the bounded hold was full; oldest dropped), no_route, shutdown, "
+            "and the mesh's own reasons",
+            ["reason"],
             registry=r,
         )
+        # Every frontend and mesh path that drops an answer counts it here; ``undeliverable`` is the
+        # most common reason, kept as a name for callers.
+        self.undeliverable = self.answers_dropped.labels(reason="no_subscriber")
+        self.subscriptions_refused = Counter(
+            "bertserve_subscriptions_refused",
+            "Subscriptions on -port_out refused because they are shorter than -min_identity_len "
+            "(the empty topic or a short prefix would receive other clients' answers)",
+            registry=r,
+        )
+
+        self.subscribed = Gauge(
+            "bertserve_zmq_subscribed_identities",
+            "Client identities subscribed on this replica's -port_out now",
+            registry=r,
+        )
+
+    def answer_dropped(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` answers lost for ``reason`` (one metric for every loss path)."""
+        if count:
+            self.answers_dropped.labels(reason=reason).inc(count)
 
     def count(self, frontend: str, kind: str, outcome: str) -> None:
         self.requests.labels(frontend=frontend, kind=kind, outcome=outcome).inc()

@@ -22,7 +22,7 @@ import numpy as np
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.batcher import Batcher, Reservation
 from bertserve_server.encoder import CLASSIFY, ENCODE, Task, TokenizedInput
-from bertserve_server.errors import NoClassifier, NotReady, ServeError, as_serve_error
+from bertserve_server.errors import NoClassifier, NotReady, RequestTooLarge, ServeError, as_serve_error
 from bertserve_server.metrics import Metrics
 from bertserve_server.validation import Example, validate_texts
 
@@ -129,6 +129,7 @@ class EncodeService:
         if not self._ready.is_set() and not self.batcher.closed:
             raise NotReady("model is still loading or warming up; retry shortly")
         rows, tokenized = validate_texts(texts, is_tokenized)
+        self.check_output_bytes(len(rows), self._known_seq_len())
         reservation = self.batcher.reserve(len(rows))
         answer: Future[EncodeAnswer] = Future()
         self._pool.submit(
@@ -166,6 +167,33 @@ class EncodeService:
             answer,
         )
         return answer
+
+    def _known_seq_len(self) -> int | None:
+        """``T`` of a NONE-pooling answer when it is known before tokenizing (1 otherwise)."""
+        if self.config.pooling_strategy != PoolingStrategy.NONE:
+            return 1
+        if self.config.max_seq_len is not None:
+            return self.config.max_seq_len
+        if self.config.fixed_embed_length:
+            return self.max_position_embeddings
+        return None  # per request: checked again once the request is tokenized
+
+    def check_output_bytes(self, rows: int, seq_len: int | None) -> None:
+        """Refuse (``too_large``) a result larger than ``-max_response_bytes``, before it is allocated.
+
+        ``seq_len`` is ``T`` for NONE pooling (1 for pooled vectors); ``None`` means "not known
+        yet": the check then assumes one position per row, the least the answer can take.
+        """
+        width = self.batcher.width
+        if not width:
+            return
+        size = rows * (seq_len or 1) * width * self.batcher.dtype.itemsize
+        if size > self.config.max_response_bytes:
+            shape = f"{rows} x {seq_len} x {width}" if seq_len and seq_len > 1 else f"{rows} x {width}"
+            raise RequestTooLarge(
+                f"the result ({shape} {self.batcher.dtype.name} = {size} bytes) would exceed "
+                f"-max_response_bytes={self.config.max_response_bytes}; split the request"
+            )
 
     def _out_seq_len(self, items: list[TokenizedInput]) -> int | None:
         """``T`` of a NONE-pooling answer: ``-max_seq_len``, or per request when it is NONE."""
@@ -207,6 +235,8 @@ class EncodeService:
         reservation.future.add_done_callback(finish)
         try:
             out_seq_len = self._out_seq_len(items) if task == ENCODE else None
+            if task == ENCODE:
+                self.check_output_bytes(len(items), out_seq_len)
             self.batcher.enqueue(reservation, items, out_seq_len, task=task)
         except Exception as exc:
             error = exc if isinstance(exc, ServeError) else as_serve_error(exc)

@@ -64,13 +64,87 @@ def _min_max_avg(name: str, values: list[float]) -> dict[str, float]:
     }
 
 
+class _CappedCounts:
+    """Request counts per client, the last :data:`MAX_TRACKED_CLIENTS` kept by name.
+
+    Like 1.10.0's ``CappedHistogram``: a client pushed out (least recently seen first) still
+    counts in the totals, minimum and maximum, so ``num_total_client`` and the
+    ``request_per_client`` statistics cover every client ever seen, in bounded memory.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.cache: OrderedDict[str, int] = OrderedDict()
+        self.evicted = 0
+        self.evicted_sum = 0
+        self.evicted_min = float("inf")
+        self.evicted_min_count = 0
+        self.evicted_max = 0
+        self.evicted_max_count = 0
+
+    def increment(self, key: str) -> str | None:
+        """Count one request of ``key``; the client pushed out, if any."""
+        self.cache[key] = self.cache.pop(key, 0) + 1
+        if len(self.cache) <= self.capacity:
+            return None
+        old, value = self.cache.popitem(last=False)
+        self.evicted += 1
+        self.evicted_sum += value
+        if value < self.evicted_min:
+            self.evicted_min, self.evicted_min_count = value, 1
+        elif value == self.evicted_min:
+            self.evicted_min_count += 1
+        if value > self.evicted_max:
+            self.evicted_max, self.evicted_max_count = value, 1
+        elif value == self.evicted_max:
+            self.evicted_max_count += 1
+        return old
+
+    def total_size(self) -> int:
+        return self.evicted + len(self.cache)
+
+    def stat_map(self, name: str) -> dict[str, float]:
+        """1.10.0's ``CappedHistogram.get_stat_map``, evicted clients included."""
+        counts = list(self.cache.values())
+        if not counts:
+            return _min_max_avg(name, [])
+        avg = (self.evicted_sum + sum(counts)) / (self.evicted + len(counts))
+        low, high = min(counts), max(counts)
+        num_min = num_max = 0
+        low_f: float = low
+        if self.evicted_min <= low:
+            low_f = self.evicted_min
+            num_min += self.evicted_min_count
+        if self.evicted_min >= low_f:
+            num_min += sum(1 for v in counts if v == low_f)
+        high_f: float = high
+        if self.evicted_max >= high:
+            high_f = self.evicted_max
+            num_max += self.evicted_max_count
+        if self.evicted_max <= high_f:
+            num_max += sum(1 for v in counts if v == high_f)
+        return {
+            f"avg_{name}": avg,
+            f"min_{name}": low_f,
+            f"max_{name}": high_f,
+            f"num_min_{name}": num_min,
+            f"num_max_{name}": num_max,
+        }
+
+
 class ServerStatistic:
-    """Request counters behind SHOW_STATUS's ``statistic`` object (1.10.0 key names)."""
+    """Request counters behind SHOW_STATUS's ``statistic`` object (1.10.0 key names and formulas).
+
+    As in 1.10.0: ``num_total_client`` counts every client ever seen (not only the last
+    :data:`MAX_TRACKED_CLIENTS`), ``avg_size_per_request`` is the mean request size weighted by
+    how often each size occurred (``num_total_seq / num_data_request``), while ``min``/``max``/
+    ``num_min``/``num_max`` of ``size_per_request`` range over the distinct sizes seen.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._requests_per_client: OrderedDict[str, int] = OrderedDict()
+        self._requests_per_client = _CappedCounts(MAX_TRACKED_CLIENTS)
         self._last_active: dict[str, float] = {}
         self._sizes: dict[int, int] = {}
         self._intervals: list[float] = []
@@ -82,10 +156,9 @@ class ServerStatistic:
     def record(self, client: str, size: int, *, system: bool) -> None:
         """Count one request; ``system`` for SHOW_CONFIG/SHOW_STATUS (not counted as data)."""
         with self._lock:
-            self._requests_per_client[client] = self._requests_per_client.pop(client, 0) + 1
-            while len(self._requests_per_client) > MAX_TRACKED_CLIENTS:
-                old, _ = self._requests_per_client.popitem(last=False)
-                self._last_active.pop(old, None)
+            evicted = self._requests_per_client.increment(client)
+            if evicted is not None:
+                self._last_active.pop(evicted, None)
             if system:
                 self._num_sys += 1
                 return
@@ -109,13 +182,16 @@ class ServerStatistic:
                 "num_total_seq": self._num_seq,
                 "num_sys_request": self._num_sys,
                 "num_total_request": self._num_data + self._num_sys,
-                "num_total_client": len(self._requests_per_client),
+                "num_total_client": self._requests_per_client.total_size(),
                 "num_active_client": active,
             }
-            out.update(
-                _min_max_avg("request_per_client", [float(v) for v in self._requests_per_client.values()])
-            )
-            out.update(_min_max_avg("size_per_request", [float(v) for v in self._sizes]))
+            out.update(self._requests_per_client.stat_map("request_per_client"))
+            sizes = _min_max_avg("size_per_request", [float(v) for v in self._sizes])
+            if self._sizes:
+                sizes["avg_size_per_request"] = sum(k * n for k, n in self._sizes.items()) / sum(
+                    self._sizes.values()
+                )
+            out.update(sizes)
             out.update(_min_max_avg("last_two_interval", intervals))
             out.update(_min_max_avg("request_per_second", [1.0 / v for v in intervals if v > 0]))
             return out

@@ -17,6 +17,12 @@ WordPiece) built from ``vocab.txt``; everything around it follows 1.10.0's
 - ``mask_cls_sep`` sets the mask to 0 at ``[CLS]`` and every ``[SEP]``;
 - ``max_seq_len=None`` means "as long as needed": items are only cut at
   ``max_position_embeddings`` and the caller pads each batch to its longest item.
+- before WordPiece, each sentence (each side of a pair) is cut to :attr:`BertTokenizer.max_chars`
+  characters: ``limit × (MAX_INPUT_CHARS_PER_WORD + 1)``, room for ``limit`` tokens of the longest
+  word WordPiece splits plus a separator each. A 64 MiB sentence therefore costs no more than
+  a long one; only text with runs of whitespace or words over 100 characters before its
+  ``limit``-th token can tokenize differently from 1.10.0 (which tokenized everything and then
+  truncated).
 
 Two details make the Rust tokenizer agree with Google's ``BasicTokenizer`` character for
 character: lower-casing is done here with Python's ``str.lower()`` *before* accent stripping (the
@@ -140,6 +146,11 @@ class BertTokenizer:
         """Longest item produced (special tokens included)."""
         return self.max_seq_len if self.max_seq_len is not None else self.max_position_embeddings
 
+    @property
+    def max_chars(self) -> int:
+        """Characters of one sentence (or pair side) kept before tokenizing (see the module doc)."""
+        return self.limit * (MAX_INPUT_CHARS_PER_WORD + 1)
+
     # -- public API -------------------------------------------------------------------------------
 
     def tokenize_batch(
@@ -162,6 +173,9 @@ class BertTokenizer:
     def _assemble_texts(
         self, firsts: list[str], seconds: list[str | None], *, mask_specials: bool
     ) -> list[TokenizedInput]:
+        cut = self.max_chars  # a 64 MiB sentence costs WordPiece no more than a long one
+        firsts = [first[:cut] for first in firsts]
+        seconds = [None if second is None else second[:cut] for second in seconds]
         segments = firsts + [s for s in seconds if s is not None]
         pieces = self.wordpiece_ids(segments)
         out = []

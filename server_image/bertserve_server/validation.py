@@ -14,14 +14,20 @@ strings.
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 from bertserve_server.errors import InvalidInput, RequestTooLarge
 
-#: Largest request body either frontend parses (bytes). Checked before JSON decoding, so a huge
-#: payload costs a length comparison, not a parse.
+#: Largest request body either frontend parses (bytes), the default of ``-max_request_bytes``.
+#: Checked before JSON decoding, so a huge payload costs a length comparison, not a parse.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: Longest decimal count accepted in a wire field such as ``msg_len`` (Python's ``int`` refuses
+#: more than 4300 digits with a ValueError; no honest count has more than a handful).
+MAX_COUNT_DIGITS = 18
 
 
 def _describe(value: Any) -> str:
@@ -37,6 +43,91 @@ def _type_name(value: Any) -> str:
     )
 
 
+#: Bodies above this are decoded and parsed in slices (see :func:`loads_in_slices`).
+SLICED_PARSE_BYTES = 1024 * 1024
+#: Deepest nesting the sliced parser follows (texts are at depth 2, tokens at depth 3).
+MAX_JSON_DEPTH = 32
+_SLICE_CHARS = 1 << 20
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+class _TooDeepError(Exception):
+    pass
+
+
+def decode_utf8_in_slices(data: bytes) -> str:
+    """Strict UTF-8 decoding, one MiB at a time (each slice is short work under the GIL)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    view = memoryview(data)
+    parts = [decoder.decode(view[i : i + _SLICE_CHARS]) for i in range(0, len(view), _SLICE_CHARS)]
+    parts.append(decoder.decode(b"", final=True))
+    return "".join(parts)
+
+
+def loads_in_slices(text: str) -> Any:
+    """``json.loads`` for big documents that never holds the GIL for long.
+
+    ``json.loads`` is one C call: on a 64 MiB body it keeps every other thread of the process —
+    the aiohttp loop answering ``/healthz``, the ZeroMQ I/O thread — waiting for hundreds of
+    milliseconds. Here containers are walked in Python and only their scalar elements go to the
+    C scanner, so the interpreter can switch threads between elements. Same results and the same
+    ``json.JSONDecodeError`` as ``json.loads``; nesting deeper than :data:`MAX_JSON_DEPTH` is an
+    :class:`InvalidInput`.
+    """
+    try:
+        value, end = _parse_value(text, _WHITESPACE.match(text, 0).end(), 0)  # type: ignore[union-attr]
+    except _TooDeepError:
+        raise InvalidInput(f"request JSON is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    end = _WHITESPACE.match(text, end).end()  # type: ignore[union-attr]
+    if end != len(text):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _parse_value(text: str, index: int, depth: int) -> tuple[Any, int]:
+    if index >= len(text):
+        raise json.JSONDecodeError("Expecting value", text, index)
+    char = text[index]
+    if char in "[{":
+        if depth >= MAX_JSON_DEPTH:
+            raise _TooDeepError
+        return _parse_container(text, index, depth + 1)
+    try:
+        return _SCAN(text, index)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+
+
+def _parse_container(text: str, index: int, depth: int) -> tuple[Any, int]:
+    is_object = text[index] == "{"
+    close = "}" if is_object else "]"
+    out_list: list[Any] = []
+    out_dict: dict[str, Any] = {}
+    index = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+    if text.startswith(close, index):
+        return (out_dict if is_object else out_list), index + 1
+    while True:
+        if is_object:
+            if not text.startswith('"', index):
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
+            key, index = _SCAN(text, index)
+            index = _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+            if not text.startswith(":", index):
+                raise json.JSONDecodeError("Expecting ':' delimiter", text, index)
+            index = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+            out_dict[key], index = _parse_value(text, index, depth)
+        else:
+            value, index = _parse_value(text, index, depth)
+            out_list.append(value)
+        index = _WHITESPACE.match(text, index).end()  # type: ignore[union-attr]
+        if text.startswith(close, index):
+            return (out_dict if is_object else out_list), index + 1
+        if not text.startswith(",", index):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
+        index = _WHITESPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+
+
 def check_payload_size(size: int, limit: int = MAX_PAYLOAD_BYTES) -> None:
     if size > limit:
         raise RequestTooLarge(f"request body of {size} bytes exceeds the limit of {limit} bytes; split it")
@@ -46,19 +137,37 @@ def parse_json_payload(payload: bytes, limit: int = MAX_PAYLOAD_BYTES) -> Any:
     """Decode a ZeroMQ message frame: strict UTF-8, then JSON (any spelling, reference §3)."""
     check_payload_size(len(payload), limit)
     try:
-        text = payload.decode("utf-8")
+        text = (
+            decode_utf8_in_slices(payload) if len(payload) > SLICED_PARSE_BYTES else payload.decode("utf-8")
+        )
     except UnicodeDecodeError as exc:
         raise InvalidInput(
             f"request is not valid UTF-8 (byte {exc.start}: {payload[exc.start : exc.start + 4]!r}); "
             "send a JSON array of strings encoded as UTF-8"
         ) from None
+    return decode_json(text, "send a JSON array of strings")
+
+
+def decode_json(text: str, hint: str, subject: str = "request is not valid JSON") -> Any:
+    """``json.loads`` whose every failure is :class:`InvalidInput` (nesting too deep included).
+
+    Documents over :data:`SLICED_PARSE_BYTES` go through :func:`loads_in_slices`.
+    """
     try:
-        return json.loads(text)
+        return loads_in_slices(text) if len(text) > SLICED_PARSE_BYTES else json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(
-            f"request is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
-            "send a JSON array of strings"
-        ) from None
+        raise InvalidInput(f"{subject} ({exc.msg} at line {exc.lineno} column {exc.colno}); {hint}") from None
+    except RecursionError:
+        raise InvalidInput(f"request JSON is nested too deeply; {hint}") from None
+
+
+def parse_count(value: bytes, field: str) -> int:
+    """A non-negative decimal count from the wire (``msg_len``), or :class:`InvalidInput`."""
+    if not value.isdigit() or not value.isascii():
+        raise InvalidInput(f"{field} must be ASCII digits, got {value[:20]!r}")
+    if len(value) > MAX_COUNT_DIGITS:
+        raise InvalidInput(f"{field} has {len(value)} digits; at most {MAX_COUNT_DIGITS} are accepted")
+    return int(value)
 
 
 def _check_string(value: Any, where: str) -> None:

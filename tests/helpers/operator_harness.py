@@ -19,13 +19,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
+import polling
 from ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -49,20 +49,10 @@ def localcluster() -> ModuleType:
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # a poll that raises (e.g. object not there yet) is "not yet"
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
-        time.sleep(interval)
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` and the last value.
+
+    A poll that raises (e.g. object not there yet) is "not yet" (``polling.wait_for``)."""
+    return polling.wait_for(check, timeout, what, interval=interval, retry_on=(Exception,))
 
 
 def get_json(cluster: Any, *args: str, check: bool = True) -> Any:

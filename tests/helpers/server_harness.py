@@ -7,11 +7,11 @@ tokenizer over the tiny synthetic vocabulary. Ports are picked free by the OS.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polling
 import zmq
 from fake_encoder import FakeEncoder
 from ports import free_ports
@@ -27,12 +27,8 @@ CLIENT_TIMEOUT_MS = 15000
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds (``polling.wait_for``)."""
+    polling.wait_for(condition, timeout, what, interval=0.01)
 
 
 def write_model_dir(
@@ -66,6 +62,9 @@ def make_config(model_dir: Path, **flags: Any) -> ServerConfig:
         "port_out": port_out,
         "cpu": True,
         "drain_timeout": 5.0,
+        # The frame-level protocol tests use short readable identities (b"cfg-client"); the
+        # -min_identity_len default (16) is exercised by tests that leave this out or set it.
+        "min_identity_len": 1,
     }
     base.update(flags)
     if isinstance(base.get("pooling_strategy"), str):

@@ -34,6 +34,11 @@ def test_demo_reaches_ready_encodes_and_stops_everything():
         assert "checkpoint (override by the fine-tuned model):" in out
         assert "-ckpt_name=model.ckpt-343" in out
         assert "paraphrases are closer than unrelated pairs" in out
+        # The fine-tuned head at /predict: rendered flags, the labels in status, probabilities.
+        assert "-classifier -classifier_labels=not_paraphrase,paraphrase" in out
+        assert "status.classifierLabels): not_paraphrase, paraphrase" in out
+        assert "POST /predict with sentence pairs" in out and "S1/S2" in out and "S3/S4" in out
+        assert "is random, not\n    trained on MRPC" in out
     finally:
         down = subprocess.run(
             [sys.executable, "hack/demo.py", "down"],

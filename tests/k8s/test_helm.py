@@ -6,9 +6,11 @@ Only the last test needs the cluster; the rest runs the helm binary offline.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from operator_harness import CHART, REPO_ROOT, get_json, localcluster, wait_for
+from operator_harness import CHART, REPO_ROOT, get_json, localcluster, service_account_kubeconfig, wait_for
 
 from bertserve_operator.selfcheck import REQUIRED
 from bertserve_operator.settings import from_env
@@ -260,7 +262,9 @@ def test_helm_install_test_and_uninstall(cluster: Any) -> None:
     ns = "helm-check"
     cluster.helm("install", "hc", str(CHART), "-n", ns, "--create-namespace", "--wait", "--timeout", "180s")
     out = cluster.helm("test", "hc", "-n", ns, "--timeout", "120s").stdout
-    assert "Phase:          Succeeded" in out or "Succeeded" in out, out
+    # kwok marks the hook's pod Succeeded without running it: this says only that helm ran it.
+    assert re.search(r"^TEST SUITE:\s+hc-bertserve-operator-test$", out, re.MULTILINE), out
+    assert re.search(r"^Phase:\s+Succeeded$", out, re.MULTILINE), out
     crd = get_json(cluster, "crd", "bertservers.bertserve.io")
     assert crd["spec"]["versions"][0]["name"] == "v1alpha1"
     status = cluster.helm("status", "hc", "-n", ns).stdout
@@ -282,6 +286,35 @@ def test_crds_install_renders_the_same_crd_kept_on_uninstall(helm: Any) -> None:
     assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     (dropped,) = by_kind(render(helm, "crds.install=true", "crds.keep=false"), "CustomResourceDefinition")
     assert "helm.sh/resource-policy" not in dropped["metadata"].get("annotations", {})
+
+
+def _hook_command(cluster: Any, release: str, namespace: str) -> tuple[list[str], str]:
+    """The chart's test hook as the release installed it: container command + args, ServiceAccount."""
+    hooks = yaml.safe_load_all(cluster.helm("get", "hooks", release, "-n", namespace).stdout)
+    (job,) = [
+        h
+        for h in hooks
+        if h and h["kind"] == "Job" and h["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    ]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return [*container["command"], *container.get("args", [])], pod["serviceAccountName"]
+
+
+def _run_hook(command: list[str], kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+    """What the hook pod runs, run here: the image's interpreter is this venv's (as the demo does)."""
+    assert command[0] == "python", command
+    return subprocess.run(
+        [sys.executable, *command[1:]],
+        env={
+            "KUBECONFIG": str(kubeconfig),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.k8s
@@ -352,3 +385,48 @@ def test_helm_upgrade_serves_a_new_crd_field(cluster: Any, tmp_path: Path) -> No
     finally:
         # The session's other tests get the repository's CRD back.
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
+
+
+def test_helm_test_hook_command_passes_with_the_charts_rbac_and_fails_without_a_required_permission(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """The hook's own command, with a token of the chart's ServiceAccount, against the API server."""
+    ns = "helm-hook"
+    cluster.helm("install", "hh", str(CHART), "-n", ns, "--create-namespace", "--wait", "--timeout", "180s")
+    try:
+        command, account = _hook_command(cluster, "hh", ns)
+        kubeconfig = service_account_kubeconfig(cluster, ns, account, tmp_path / "sa.kubeconfig")
+        ok = _run_hook(command, kubeconfig)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+
+        # Take one permission the operator needs away from the chart's ClusterRole.
+        role = get_json(cluster, "clusterrole", "hh-bertserve-operator")
+        (status_rule,) = [r for r in role["rules"] if r.get("resources") == ["bertservers/status"]]
+        status_rule["verbs"] = [v for v in status_rule["verbs"] if v != "patch"]
+        for key in ("resourceVersion", "uid", "creationTimestamp", "managedFields"):
+            role["metadata"].pop(key, None)
+        cluster.kubectl("replace", "-f", "-", input=json.dumps(role))
+        subject = f"system:serviceaccount:{ns}:{account}"
+        wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "auth",
+                    "can-i",
+                    "patch",
+                    "bertservers",
+                    "--subresource=status",
+                    "--as",
+                    subject,
+                    "-A",
+                    check=False,
+                ).stdout.strip()
+                == "no"
+            ),
+            30,
+            "the API server to apply the reduced ClusterRole",
+        )
+        failed = _run_hook(command, kubeconfig)
+        assert failed.returncode != 0, failed.stdout + failed.stderr
+        assert "cannot patch bertservers/status.bertserve.io" in failed.stdout + failed.stderr
+    finally:
+        cluster.helm("uninstall", "hh", "-n", ns, "--wait", "--timeout", "120s", check=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from operator_harness import (
     operator_as_chart_account,
     wait_for,
 )
+from ports import free_port
 
 from bertserve_api import names
 
@@ -330,8 +332,9 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
     apply_yaml(cluster, bertserver("i", **CONVERGING_SPEC), ns)
     wait_ready(cluster, operator, ns, "i")
     cluster.kubectl("set", "env", "deployment/i", "-n", ns, "ADDED_BY_HAND=1")
+    cluster.kubectl("rollout", "status", "deployment/i", "-n", ns, "--timeout=60s")
     wait_ready(cluster, operator, ns, "i")
-    dep = get_json(cluster, "deployment", "i", "-n", ns)
+    dep = get_json(cluster, "deployment", "i", "-n", ns, "--show-managed-fields")
     res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "500m", "memory": "2Gi"}, res  # the API server canonicalized them
 
@@ -347,9 +350,13 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
         f"{rounds} resync rounds",
     )
     assert writes() == patches, operator.tail()
-    after = get_json(cluster, "deployment", "i", "-n", ns)
+    after = get_json(cluster, "deployment", "i", "-n", ns, "--show-managed-fields")
     assert after["metadata"]["generation"] == dep["metadata"]["generation"]
-    assert after["metadata"]["resourceVersion"] == dep["metadata"]["resourceVersion"]
+
+    def ours(obj: dict[str, Any]) -> list[Any]:  # the operator's field-manager entries, with their times
+        return [m for m in obj["metadata"]["managedFields"] if m["manager"] == names.FIELD_MANAGER]
+
+    assert ours(after) == ours(dep)
     env = {e["name"] for e in after["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "ADDED_BY_HAND" in env  # not ours: tolerated, not fought over
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
@@ -592,3 +599,105 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     assert cond["status"] == "True" and cond["message"] == f"pod {name}: {message}"
     assert ready_reason(cluster, ns, "v")[1] == reason
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_the_operator_serves_its_metrics_on_its_health_port(
+    cluster: Any, operator: OperatorProcess, tmp_path: Any
+) -> None:
+    """``python -m bertserve_operator``: /healthz and /metrics on the liveness endpoint."""
+    port = free_port()
+    own = OperatorProcess(
+        [sys.executable, "-m", "bertserve_operator", f"--liveness-endpoint=http://127.0.0.1:{port}/healthz"],
+        {**operator.env},
+        tmp_path / "operator.log",
+        f"http://127.0.0.1:{port}/healthz",
+    )
+    operator.stop()
+    try:
+        own.start()
+        ns = "metrics"
+        cluster.create_namespace(ns)
+        apply_yaml(cluster, bertserver("m"), ns)
+        wait_ready(cluster, own, ns, "m")
+        assert "bertserve" in json.loads(urllib.request.urlopen(own.health_url, timeout=5).read())
+
+        def scrape() -> dict[str, float]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            out = {}
+            for line in text.splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    out[name] = float(value)
+            return out
+
+        got = wait_for(
+            lambda: (m := scrape()).get("bertserve_operator_reconciles_total", 0) > 0 and m, 30, "passes"
+        )
+        assert got['bertserve_operator_apply_seconds_count{kind="Deployment"}'] >= 1
+        assert "bertserve_operator_queue_depth" in got
+        assert got['bertserve_operator_reconcile_errors_total{reason="ChildConflict"}'] == 0
+        assert got['bertserve_operator_api_requests_total{request="PATCH deployments"}'] >= 1
+        assert own.stop() == 0
+    finally:
+        own.kill()
+        operator.start()
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- server image bumps
+
+
+def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operator: OperatorProcess) -> None:
+    """A chart ``serverImage`` bump moves BertServers one at a time (``max_image_rollouts`` = 1).
+
+    The BertServers' pods may only run on a labelled node; removing the label before the bump
+    makes every rollout that starts unable to finish (its new pod stays Pending). Exactly one
+    BertServer must move and the others keep their image over several passes; once the label
+    is back, the rest follow.
+    """
+    ns, node, label = "imageroll", "cpu-node-0", "bertserve-test/image-roll"
+    servers = ("r1", "r2", "r3")
+    env_before = dict(operator.env)
+    new = "registry.example/bertserve-server:next"
+    cluster.create_namespace(ns)
+    cluster.kubectl("label", "node", node, f"{label}=yes", "--overwrite")
+    try:
+        docs = [bertserver(n, nodeSelector={label: "yes"}) for n in servers]
+        apply_yaml(cluster, "---\n".join(docs), ns)
+        for name in servers:
+            wait_ready(cluster, operator, ns, name)
+
+        def images() -> dict[str, str]:
+            return {
+                n: get_json(cluster, "deployment", n, "-n", ns)["spec"]["template"]["spec"]["containers"][0][
+                    "image"
+                ]
+                for n in servers
+            }
+
+        old = images()["r1"]
+        assert old != new and set(images().values()) == {old}
+        cluster.kubectl("label", "node", node, f"{label}-")
+        operator.stop()
+        operator.env["BERTSERVE_DEFAULT_IMAGE"] = new
+        operator.start()
+        wait_for(lambda: list(images().values()).count(new) == 1, 60, "one BertServer on the new image")
+        start = health(operator)["passes"]
+        wait_for(
+            lambda: health(operator)["passes"] >= start + 3 * len(operator_keys(cluster)),
+            60,
+            "three more rounds",
+        )
+        assert list(images().values()).count(new) == 1, images()
+        cluster.kubectl("label", "node", node, f"{label}=yes", "--overwrite")
+        wait_for(lambda: set(images().values()) == {new}, 120, "every BertServer on the new image")
+    finally:
+        cluster.kubectl("label", "node", node, f"{label}-", check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=true", "--timeout=60s", check=False)
+        operator.stop()
+        operator.env.clear()
+        operator.env.update(env_before)
+        operator.start()

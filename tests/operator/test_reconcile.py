@@ -14,7 +14,14 @@ from bertserve_api.policy import Policy
 from bertserve_operator.cache import Cache
 from bertserve_operator.drift import APPLIED_HASH, applied_hash, foreign_entries, quantity_value
 from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError, RefusedApiError
-from bertserve_operator.reconcile import ChildConflict, Reconciler, is_subset, manager_owns, needs_apply
+from bertserve_operator.reconcile import (
+    ChildConflict,
+    Reconciler,
+    is_subset,
+    manager_owns,
+    needs_apply,
+    server_image,
+)
 
 NOW = "2026-01-01T00:00:00Z"
 
@@ -54,6 +61,9 @@ class FakeKube:
         merged["metadata"]["resourceVersion"] = str(
             int(current.get("metadata", {}).get("resourceVersion", 0)) + 1
         )
+        before = self.objects.get(key, {})
+        generation = int(before.get("metadata", {}).get("generation", 0))
+        merged["metadata"]["generation"] = generation + (merged.get("spec") != before.get("spec"))
         self.objects[key] = merged
         return copy.deepcopy(merged)
 
@@ -507,3 +517,45 @@ def test_pods_stuck_creating_are_explained_by_their_warning_events(world: Any) -
     degraded = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Degraded"]
     assert (degraded["status"], degraded["reason"]) == ("True", "FailedMount")
     assert degraded["message"] == 'pod mrpc-1: MountVolume.SetUp failed for volume "model"'
+
+
+def _rolled(kube: FakeKube, name: str, *, done: bool) -> dict[str, Any]:
+    dep = kube.objects["Deployment", "ml", name]
+    generation = 2 if not done else 1
+    dep["metadata"]["generation"] = generation
+    dep["status"] = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1}
+    return copy.deepcopy(dep)
+
+
+def test_a_new_default_image_moves_one_bertserver_at_a_time() -> None:
+    kube, cache = FakeKube(), Cache()
+    old = Reconciler(kube, cache, RenderOptions(default_image="img:1"), clock=lambda: NOW)  # type: ignore[arg-type]
+    bodies = []
+    for name in ("a", "b", "c"):
+        body = bertserver()
+        body["metadata"].update(name=name, uid=f"u-{name}")
+        bodies.append(body)
+        old.reconcile(body)
+        cache.put_child(_rolled(kube, name, done=True))
+    new = Reconciler(
+        kube, cache, RenderOptions(default_image="img:2"), clock=lambda: NOW, max_image_rollouts=1
+    )  # type: ignore[arg-type]
+    images = {}
+    for body in bodies:
+        outcome = new.reconcile(body)
+        images[body["metadata"]["name"]] = server_image(
+            kube.objects["Deployment", "ml", body["metadata"]["name"]]
+        )
+        if images[body["metadata"]["name"]] == "img:1":
+            assert outcome.recheck_after > 0
+    assert sorted(images.values()) == ["img:1", "img:1", "img:2"], images  # the applied copy is still rolling
+    moved = next(n for n, image in images.items() if image == "img:2")
+    cache.put_child(_rolled(kube, moved, done=True))  # its rollout finished
+    for body in bodies:
+        new.reconcile(body)
+    imgs = [server_image(kube.objects["Deployment", "ml", n]) for n in ("a", "b", "c")]
+    assert imgs.count("img:2") == 2
+    explicit = bertserver(image="mine:9")
+    explicit["metadata"].update(name="a", uid="u-a")
+    new.reconcile(explicit)  # spec.image is never held back
+    assert server_image(kube.objects["Deployment", "ml", "a"]) == "mine:9"

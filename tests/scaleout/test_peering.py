@@ -215,7 +215,7 @@ def test_an_answer_nobody_subscribes_to_is_dropped_counted_and_logged(tmp_path, 
             5,
             "the drop",
         )
-        assert metric(a, "bertserve_zmq_undeliverable_replies_total") == 1
+        assert metric(a, "bertserve_answers_dropped_total", reason="no_subscriber") == 1
         wait_until(lambda: "no replica announced its subscription" in caplog.text, 5, "the log line")
 
 

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 
+import polling
 import pytest
 from bert_serving.client import BertClient
 from replicas import cluster
@@ -127,8 +128,4 @@ def test_rolling_update_under_load_loses_no_request(scaleout_model_dir, tmp_path
 
 
 def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    polling.wait_for(condition, timeout, what, interval=0.05)

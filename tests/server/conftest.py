@@ -11,9 +11,11 @@ use them stays TensorFlow-free.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess, start_fake_process
 
 # numpy_bert.py (the independent reference model) sits beside the tests that use it; with
 # --import-mode=importlib test directories are not on sys.path, so put this one there.
@@ -60,3 +62,20 @@ def minilm_google_dir(minilm_hf_dir: Path, tmp_path_factory: pytest.TempPathFact
     from bertserve_server.model.convert import convert_hf_to_google
 
     return convert_hf_to_google(minilm_hf_dir, tmp_path_factory.mktemp("minilm") / "minilm_L6_H384")
+
+
+@pytest.fixture
+def fake_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``fake_serve.py`` processes (``start(delay_s, *switches, env=..., **flags)``); killed at the end."""
+    started: list[ServerProcess] = []
+
+    def start(
+        delay_s: float, *switches: str, env: dict[str, str] | None = None, **extra: str
+    ) -> ServerProcess:
+        proc = start_fake_process(tmp_path / f"server{len(started)}", delay_s, *switches, env=env, **extra)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

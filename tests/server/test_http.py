@@ -237,11 +237,8 @@ def test_http_and_zmq_requests_share_the_model(server):
     assert server.metrics.value("bertserve_sentences_total", {"frontend": "zmq"}) == 1
 
 
-def test_oversized_body_is_413(tmp_path, monkeypatch):
-    from bertserve_server.frontends import http as http_frontend
-
-    monkeypatch.setattr(http_frontend, "MAX_PAYLOAD_BYTES", 2048)
-    with fake_server(tmp_path, http_port=0) as server:
+def test_oversized_body_is_413(tmp_path):
+    with fake_server(tmp_path, http_port=0, max_request_bytes=2048) as server:
         r = requests.post(url(server, "/encode"), json={"id": 1, "texts": ["word " * 100] * 10}, timeout=10)
         assert r.status_code == 413 and r.json()["type"] == "RequestTooLarge"
         assert (

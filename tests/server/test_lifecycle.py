@@ -9,111 +9,19 @@ script on a tiny fine-tuned checkpoint. Every wait is bounded; processes are kil
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from bert_serving.client import BertClient
-from ports import free_ports
-from server_harness import wait_until, write_model_dir
+from server_harness import wait_until
+from server_process import ServerProcess, server_flags
 
-HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
-
-
-class ServerProcess:
-    """A server subprocess on 127.0.0.1 with free ports; output goes to a log file."""
-
-    def __init__(self, argv: list[str], log: Path, **ports: int) -> None:
-        self.port = ports["port"]
-        self.port_out = ports["port_out"]
-        self.http_port = ports["http_port"]
-        self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def get(self, path: str) -> requests.Response | None:
-        try:
-            return requests.get(self.url(path), timeout=2)
-        except requests.ConnectionError:
-            return None
-
-    def client(self, **kw) -> BertClient:
-        return BertClient(ip="127.0.0.1", port=self.port, port_out=self.port_out, timeout=30000, **kw)
-
-    def wait_ready(self, timeout: float) -> list[int]:
-        """Poll /readyz until 200; the statuses seen on the way."""
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log}"
-            r = self.get("/readyz")
-            if r is not None:
-                seen.append(r.status_code)
-                if r.status_code == 200:
-                    return seen
-            time.sleep(0.05)
-        raise AssertionError(f"not ready after {timeout}s:\n{self.log}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-def server_flags(model_dir: Path, *switches: str, **extra: str) -> tuple[list[str], dict[str, int]]:
-    ports = dict(zip(("port", "port_out", "http_port"), free_ports(3), strict=True))
-    flags = (
-        [
-            f"-model_dir={model_dir}",
-            "-bind_host=127.0.0.1",
-            "-cpu",
-            f"-port={ports['port']}",
-            f"-port_out={ports['port_out']}",
-            f"-http_port={ports['http_port']}",
-        ]
-        + [f"-{k}={v}" for k, v in extra.items()]
-        + [f"-{s}" for s in switches]
-    )
-    return flags, ports
-
-
-@pytest.fixture
-def fake_process(tmp_path: Path) -> Iterator[callable]:
-    started: list[ServerProcess] = []
-
-    def start(delay_s: float, **extra: str) -> ServerProcess:
-        model_dir = write_model_dir(tmp_path / "model")
-        (model_dir / "bert_model.ckpt.index").write_bytes(b"")  # validation only looks for the prefix
-        flags, ports = server_flags(model_dir, **extra)
-        proc = ServerProcess(
-            [sys.executable, str(HELPERS / "fake_serve.py"), str(delay_s), *flags],
-            tmp_path / "server.log",
-            **ports,
-        )
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process):

@@ -170,12 +170,12 @@ def test_an_answer_nobody_subscribes_to_is_dropped_after_the_bounded_wait(tmp_pa
             push.connect(f"tcp://127.0.0.1:{server.config.port}")
             push.send_multipart([b"nobody", b'["hello world"]', b"1", b"1"])
             deadline = time.monotonic() + 5
-            while server.metrics.value("bertserve_zmq_undeliverable_replies_total") < 1:
+            while server.metrics.value("bertserve_answers_dropped_total", {"reason": "no_subscriber"}) < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             assert server.zmq.held_count() == 0
-            push.close()
         finally:
+            push.close()
             context.term()
         with RawClient(server, b"next") as raw:
             raw.send(b"next", b'["still serving"]', b"1", b"1")
@@ -228,14 +228,17 @@ def test_clients_sharing_an_identity_all_receive_the_answer(tmp_path):
         assert two.recv() is not None
 
 
-def test_subscription_registry_uses_zeromq_prefix_matching():
+def test_subscription_registry_matches_exact_identities_counted_per_connection():
     registry = SubscriptionRegistry()
     changes: list[tuple[bytes, bool]] = []
     registry.add_listener(lambda topic, on: changes.append((topic, on)))
     registry.add(b"abc")
-    assert registry.matches(b"abc") and registry.matches(b"abcdef") and not registry.matches(b"ab")
+    assert registry.matches(b"abc") and not registry.matches(b"abcdef") and not registry.matches(b"ab")
     registry.add(b"")
-    assert registry.matches(b"anything")
+    assert not registry.matches(b"anything")
+    registry.add(b"abc")  # a second connection with the same identity
+    registry.remove(b"abc")
+    assert registry.matches(b"abc")
     registry.remove(b"")
     registry.remove(b"abc")
     assert not registry.matches(b"abc")

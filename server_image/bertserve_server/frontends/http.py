@@ -18,32 +18,47 @@ clients without timeouts (reference §4). Here aiohttp serves straight from the 
 Overload is explicit: a full queue answers 429 with ``Retry-After``; more than
 ``-http_max_connect`` encodes in flight also answers 429; loading or draining answers 503.
 HTTP binds before the model loads, so the probes answer during start-up.
+
+Optional API key: when the environment variable ``BERTSERVE_API_KEY`` is set (from a Secret; never
+a flag, since arguments are visible to everyone on the node, and never logged), the encode and
+status routes require ``Authorization: Bearer <key>`` (compared in constant time; 401 with
+``WWW-Authenticate: Bearer`` otherwise). The probes stay open (the kubelet carries no key);
+``/metrics`` stays open unless ``-protect_metrics``. Each route declares its access in
+:meth:`HttpFrontend.routes`, the one table to extend.
+
+The event loop only moves bytes: decoding and validating bodies larger than
+:data:`OFFLOAD_BYTES` and serializing large results run on a small thread pool, so ``/healthz``
+answers while a 64 MiB body is parsed. Any exception while handling a request is a JSON error
+(400 for what the client sent, 500 otherwise), never a bare traceback page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from aiohttp import web
 
-from bertserve_api.contract import SERVER_VERSION, PoolingStrategy, ServerConfig
+from bertserve_api.contract import API_KEY_ENV, SERVER_VERSION, PoolingStrategy, ServerConfig
 from bertserve_server.classifier import ranked
 from bertserve_server.errors import (
     Busy,
     InvalidInput,
     RequestTooLarge,
     ServeError,
-    as_serve_error,
+    as_request_error,
     http_error_body,
     http_headers,
     openai_error_body,
@@ -51,18 +66,55 @@ from bertserve_server.errors import (
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
 from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
-from bertserve_server.validation import MAX_PAYLOAD_BYTES, validate_examples, validate_texts
+from bertserve_server.validation import decode_json, decode_utf8_in_slices, validate_examples, validate_texts
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Access = Literal["open", "key", "metrics"]
+T = TypeVar("T")
 Answer = TypeVar("Answer", EncodeAnswer, PredictAnswer)
+
+OFFLOAD_BYTES = 256 * 1024
+"""Bodies (and results, as float count x 8) above this are parsed/serialized off the event loop."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route: ``access`` is ``open`` (probes), ``key`` (API key when one is set) or
+    ``metrics`` (open unless ``-protect_metrics``)."""
+
+    method: str
+    path: str
+    handler: Handler
+    access: Access
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=json.dumps(data).encode("utf-8"), status=status, headers=headers, content_type="application/json"
-    )
+    return _json_bytes(json.dumps(data).encode("utf-8"), status, headers)
+
+
+def _json_bytes(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, headers=headers, content_type="application/json")
+
+
+def _dump_rows(array: np.ndarray) -> str:
+    """``json.dumps(array.tolist())``, one row at a time for big arrays.
+
+    One ``json.dumps`` of a 10,000-row result is a single C call that holds the GIL (and so
+    stalls the event loop) for the whole serialization; row by row, other threads get their turns.
+    """
+    if array.ndim == 0 or int(array.size) * 8 <= OFFLOAD_BYTES:
+        return json.dumps(array.tolist())
+    return "[" + ", ".join(json.dumps(row.tolist()) for row in array) + "]"
+
+
+def _parse_body(raw: bytes) -> Any:
+    try:
+        text = decode_utf8_in_slices(raw) if len(raw) > OFFLOAD_BYTES else raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
+    return decode_json(text, "send a JSON object", "request body is not valid UTF-8 JSON")
 
 
 def _as_bool(value: Any) -> bool:
@@ -82,6 +134,7 @@ class HttpFrontend:
         metrics: Metrics,
         *,
         model_name: str | None = None,
+        api_key: str | None = None,
     ) -> None:
         if config.http_port is None:
             raise ValueError("HttpFrontend needs -http_port")
@@ -100,19 +153,34 @@ class HttpFrontend:
         self._in_flight = 0  # encodes waiting for the model (bounded by -http_max_connect)
         self._open = 0  # encode/embeddings handlers not yet returned (the drain waits for these)
         self._num_request = 0
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        self._api_key: bytes | None = key.strip().encode("utf-8") or None
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="http-work")
+        self._access: dict[tuple[str, str], Access] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def routes(self) -> list[Route]:
+        """Every route with its access rule: the one table to extend."""
+        return [
+            Route("POST", "/encode", self.encode, "key"),
+            Route("GET", "/status/server", self.status_server, "key"),
+            Route("GET", "/status/client", self.status_client, "key"),
+            Route("POST", "/v1/embeddings", self.embeddings, "key"),
+            Route("POST", "/predict", self.predict, "key"),
+            Route("GET", "/healthz", self.healthz, "open"),
+            Route("GET", "/readyz", self.readyz, "open"),
+            Route("GET", "/metrics", self.metrics_text, "metrics"),
+        ]
+
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES, middlewares=[self._cors_middleware])
-        app.router.add_post("/encode", self.encode)
-        app.router.add_get("/status/server", self.status_server)
-        app.router.add_get("/status/client", self.status_client)
-        app.router.add_post("/v1/embeddings", self.embeddings)
-        app.router.add_post("/predict", self.predict)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics_text)
+        app = web.Application(
+            client_max_size=self.config.max_request_bytes,
+            middlewares=[self._cors_middleware, self._auth_middleware],
+        )
+        for route in self.routes():
+            app.router.add_route(route.method, route.path, route.handler)
+            self._access[(route.method, route.path)] = route.access
         return app
 
     def start(self, timeout: float = 10.0) -> None:
@@ -126,7 +194,12 @@ class HttpFrontend:
                 f"cannot bind -http_port {self.config.bind_host}:{self.port}: {self._start_error}; "
                 "choose a free port with -http_port"
             ) from self._start_error
-        logger.info("HTTP: listening on %s:%d", self.config.bind_host, self.port)
+        logger.info(
+            "HTTP: listening on %s:%d (API key %s)",
+            self.config.bind_host,
+            self.port,
+            f"required, from ${API_KEY_ENV}" if self._api_key else "not set: encode routes are open",
+        )
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -171,6 +244,7 @@ class HttpFrontend:
             loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10.0)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- middleware ------------------------------------------------------------------------------
 
@@ -207,6 +281,48 @@ class HttpFrontend:
             raise response
         return response
 
+    def _needs_key(self, request: web.Request) -> bool:
+        if self._api_key is None:
+            return False
+        resource = request.match_info.route.resource
+        path = resource.canonical if resource is not None else request.path
+        access = self._access.get((request.method, path))
+        if access == "open":
+            return False
+        if access == "metrics":
+            return self.config.protect_metrics
+        return True  # "key", and anything unknown (404s do not reveal what exists)
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._api_key is not None
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credential.strip().encode("utf-8"), self._api_key)
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._needs_key(request) and not self._authorized(request):
+            self._count("auth", "unauthorized")
+            message = "missing or wrong API key: send the header Authorization: Bearer <key>"
+            body: dict[str, Any] = {"description": message, "type": "Unauthorized", "status": 401}
+            if request.path.startswith("/v1/"):
+                body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                  "code": "invalid_api_key"}}  # fmt: skip
+            return _json(body, status=401, headers={"WWW-Authenticate": 'Bearer realm="bertserve"'})
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the last net: a JSON 500, and the server keeps serving
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            err = as_request_error(exc)
+            return _json(http_error_body(err), status=err.http_status)
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run CPU-heavy ``work`` (parsing, serializing) on the pool, not on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
     # -- shared request plumbing -----------------------------------------------------------------
 
     async def _read_body(self, request: web.Request) -> dict[str, Any]:
@@ -223,12 +339,13 @@ class HttpFrontend:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise RequestTooLarge(
-                f"request body exceeds the limit of {MAX_PAYLOAD_BYTES} bytes; split it"
+                f"request body exceeds the limit of {self.config.max_request_bytes} bytes "
+                "(-max_request_bytes); split it"
             ) from None
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
+        if len(raw) > OFFLOAD_BYTES:
+            data = await self._off_loop(lambda: _parse_body(raw))
+        else:
+            data = _parse_body(raw)
         if not isinstance(data, dict):
             raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
         return data
@@ -247,7 +364,10 @@ class HttpFrontend:
         self._in_flight += 1
         self._num_request += 1
         try:
-            future = submit()
+            if len(rows) * 64 > OFFLOAD_BYTES:  # validation walks every element: off the loop
+                future = await self._off_loop(submit)
+            else:
+                future = submit()
             self.status.statistic.record(client, len(rows), system=False)
             return await asyncio.wrap_future(future)
         finally:
@@ -286,9 +406,20 @@ class HttpFrontend:
             is_tokenized = _as_bool(body.get("is_tokenized", False))
             answer = await self._run_encode(body["texts"], is_tokenized, f"http:{request.remote}")
         except Exception as exc:
-            return self._error("encode", as_serve_error(exc))
+            return self._error("encode", as_request_error(exc))
+        request_id = body.get("id")
+
+        def serialize() -> bytes:
+            rows = _dump_rows(answer.embeddings)
+            return f'{{"id": {json.dumps(request_id)}, "result": {rows}, "status": 200}}'.encode()
+
+        payload = await self._off_loop(serialize) if self._large(answer) else serialize()
         self._done("encode", answer, started)
-        return _json({"id": body.get("id"), "result": answer.embeddings.tolist(), "status": 200})
+        return _json_bytes(payload)
+
+    @staticmethod
+    def _large(answer: EncodeAnswer) -> bool:
+        return int(answer.embeddings.size) * 8 > OFFLOAD_BYTES
 
     # -- classifier head (-classifier) -------------------------------------------------------------
 
@@ -316,7 +447,7 @@ class HttpFrontend:
                 lambda: self.service.submit_predict(examples), examples, f"http:{request.remote}"
             )
         except Exception as exc:
-            return self._error("predict", as_serve_error(exc))
+            return self._error("predict", as_request_error(exc))
         self._done("predict", answer, started)
         results = ranked(answer.logits, answer.labels, raw_scores=raw_scores)
         return _json(results if batched else results[0])
@@ -374,21 +505,27 @@ class HttpFrontend:
                 )
             answer = await self._run_encode(texts, False, f"openai:{request.remote}")
         except Exception as exc:
-            return self._error("embeddings", as_serve_error(exc), openai=True)
-        vectors = answer.embeddings.astype(np.float32)
-        data = []
-        for index, vector in enumerate(vectors):
-            value: Any
-            if encoding == "base64":
-                value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-            else:
-                value = vector.tolist()
-            data.append({"object": "embedding", "index": index, "embedding": value})
+            return self._error("embeddings", as_request_error(exc), openai=True)
+        model = body.get("model") or self.model_name
+
+        def serialize() -> bytes:
+            vectors = answer.embeddings.astype(np.float32)
+            data = []
+            for index, vector in enumerate(vectors):
+                value: Any
+                if encoding == "base64":
+                    value = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+                else:
+                    value = vector.tolist()
+                data.append({"object": "embedding", "index": index, "embedding": value})
+            usage = {"prompt_tokens": answer.num_tokens, "total_tokens": answer.num_tokens}
+            return json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode(
+                "utf-8"
+            )
+
+        payload = await self._off_loop(serialize) if self._large(answer) else serialize()
         self._done("embeddings", answer, started)
-        usage = {"prompt_tokens": answer.num_tokens, "total_tokens": answer.num_tokens}
-        return _json(
-            {"object": "list", "data": data, "model": body.get("model") or self.model_name, "usage": usage}
-        )
+        return _json_bytes(payload)
 
     @staticmethod
     def _openai_inputs(body: dict[str, Any]) -> list[str]:

