@@ -81,12 +81,16 @@ def test_documented_cli_commands_run_here():
 
 
 def _documented_helm_installs() -> list[list[str]]:
-    """``helm install`` commands in the README and the user guide (continuation lines joined)."""
+    """``helm install`` commands in the READMEs and the user guide (continuation lines joined)."""
     import re
     import shlex
 
     commands = []
-    for page in (ROOT / "README.md", ROOT / "docs" / "user-guide.md"):
+    for page in (
+        ROOT / "README.md",
+        ROOT / "docs" / "user-guide.md",
+        ROOT / "helm" / "bertserve-operator" / "README.md",
+    ):
         text = page.read_text().replace("\\\n", " ")
         for line in re.findall(r"(?m)^helm install .+$", text):
             commands.append(shlex.split(line.split("#")[0]))
@@ -114,7 +118,7 @@ def test_documented_helm_install_commands_render(tmp_path):
         ],  # "Confined to namespaces"
     ]
     commands = _documented_helm_installs()
-    assert len(commands) >= 2
+    assert len(commands) >= 3
     for argv in commands:
         assert argv[:2] == ["helm", "install"]
         for extra in options:

@@ -357,7 +357,7 @@ class ServerConfig:
     log_format: str = "text"
     min_identity_len: int = 16
     max_request_bytes: int = 64 * 1024 * 1024
-    max_response_bytes: int = 1024 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
     heartbeat_timeout: float = 30.0
     protect_metrics: bool = False
     classifier: bool = False

@@ -462,6 +462,27 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
             {"model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "/abs"}},
             "model.pretrainedPath must be relative to the source",
         ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": ["yes", "no", "yes"]}},
+            },
+            'spec.serving.classifier.labels[2]: Duplicate value: "yes"',
+        ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": ["a,b"]}},
+            },
+            "spec.serving.classifier.labels[0]: Invalid value",
+        ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": [str(i) for i in range(65)]}},
+            },
+            "spec.serving.classifier.labels: Too many: 65: must have at most 64 items",
+        ),
     ],
 )
 def test_invalid_manifests_are_rejected_with_the_cel_message(

@@ -29,6 +29,7 @@ from operator_harness import (
     operator_as_chart_account,
     wait_for,
 )
+from peer_keys import write_peer_key
 from ports import free_ports
 
 from bertserve_api import manifests, names
@@ -60,23 +61,22 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     op.stop()
 
 
-def localize(args: list[str], models: Path, ports: dict[str, int]) -> list[str]:
+def localize(args: list[str], models: Path, ports: dict[str, int], peer_key: str) -> list[str]:
     """The pod's arguments with /models mapped to ``models`` and addresses made free and local.
 
     In the cluster ``-peer_service`` is the headless Service that resolves to every replica; the
-    single local replica's equivalent is ``localhost``. The mesh key the pod reads from its
-    Secret volume is a fresh random file here.
+    single local replica's equivalent is ``localhost``. The mesh secret the pod mounts from its
+    Secret is ``peer_key`` here (added if the rendered arguments do not name one yet).
     """
     out = []
     for arg in args:
         flag, sep, value = arg.partition("=")
         if flag == "-peer_service":
             out.append("-peer_service=localhost")
+            if not any(a.startswith("-peer_key_file=") for a in args):
+                out.append(f"-peer_key_file={peer_key}")
         elif flag == "-peer_key_file":
-            key = models.parent / manifests.PEER_KEY_FILE
-            key.write_bytes(os.urandom(manifests.PEER_KEY_MIN_BYTES))
-            key.chmod(0o400)
-            out.append(f"-peer_key_file={key}")
+            out.append(f"-peer_key_file={peer_key}")
         elif sep and value.startswith(manifests.MODEL_MOUNT):
             out.append(f"{flag}={models}{value[len(manifests.MODEL_MOUNT) :]}")
         elif sep and flag.lstrip("-") in ports:
@@ -130,7 +130,7 @@ def test_the_rendered_command_runs_the_real_server(
     assert f"-peer_service=tiny-peers.{ns}.svc.cluster.local" in container["args"]
 
     ports = dict(zip(("port", "port_out", "http_port", "peer_port"), free_ports(4), strict=True))
-    argv = localize(container["args"], models, ports)
+    argv = localize(container["args"], models, ports, write_peer_key(tmp_path / "peer-key"))
     config = parse_argv(argv)
     assert (config.model_dir, config.tuned_model_dir, config.ckpt_name, config.cpu) == (
         f"{models}/bert/uncased_tiny",
@@ -143,7 +143,7 @@ def test_the_rendered_command_runs_the_real_server(
     home = tmp_path / "home"
     home.mkdir()
     env = {**env, "HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    if "PYTHONPATH" in os.environ:  # a checkout run from a shared venv: serve this checkout's code
+    if "PYTHONPATH" in os.environ:  # a checkout run from its sources: the server runs from them too
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:

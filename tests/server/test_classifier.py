@@ -281,8 +281,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeou
         try:
             if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or busy building the model (a loaded machine)
         time.sleep(0.1)
     raise AssertionError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')}")
 
