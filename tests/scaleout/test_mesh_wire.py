@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zmq
 from peer_keys import write_peer_key
-from ports import free_port
+from ports import free_ports
 from server_harness import fake_server, wait_until
 
 from bertserve_server.app import BertServer
@@ -33,7 +33,7 @@ IDENTITY = b"0123456789abcdef0123456789abcdef-sub"
 @contextlib.contextmanager
 def pair(tmp_path: Path) -> Iterator[tuple[BertServer, BertServer, str]]:
     key = write_peer_key(tmp_path / "key")
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = ",".join(f"127.0.0.1:{p}" for p in ports)
     with contextlib.ExitStack() as stack:
         a, b = (
@@ -131,7 +131,7 @@ def test_forged_ping_leaving_and_answer_without_the_key_get_nothing_and_change_n
 
 
 def test_a_replica_with_another_key_completes_no_handshake(tmp_path):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = ",".join(f"127.0.0.1:{p}" for p in ports)
     keys = [write_peer_key(tmp_path / "k0"), write_peer_key(tmp_path / "k1")]
     with contextlib.ExitStack() as stack:
