@@ -154,6 +154,23 @@ def test_a_replica_with_another_key_completes_no_handshake(tmp_path):
         assert not a.peering.peers.nodes and not b.peering.peers.nodes
 
 
+def test_a_client_key_other_than_the_mesh_key_is_refused_even_with_the_server_key(tmp_path):
+    """The mesh's public key is not meant to leak, but if it does, ZAP still admits only the mesh
+    key as a client: a CURVE client with its own key pair gets no handshake."""
+    with pair(tmp_path) as (a, _b, key):
+        mesh_public = MeshKeys.from_secret(load_secret(key)).public
+        own_public, own_secret = zmq.curve_keypair()
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.CURVE_SERVERKEY, mesh_public)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, own_public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, own_secret)
+            sock.connect(f"tcp://127.0.0.1:{a.config.peer_port}")
+            sock.send_multipart(wire.ping(b"0123456789abcdef", 0))
+            assert not sock.poll(1000)
+        wait_until(lambda: rejected(a, "unknown_key") >= 1, 5, "the ZAP refusal to be counted")
+
+
 def test_another_protocol_version_is_refused_with_a_log_line(tmp_path, caplog):
     with pair(tmp_path) as (a, _b, key):
         newer = Intruder(a, key)
