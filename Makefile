@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 # test-fast's selection: no TensorFlow, control plane (helm needs its Go build), images or slow tests.
 # tests/test_make.py checks that nothing it selects builds or starts the control plane.
-FAST_MARKERS := not gpu and not tf and not k8s and not helm and not images and not slow
+FAST_MARKERS := not gpu and not tf and not k8s and not realnode and not helm and not images and not slow
 
 .PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing clean
 
@@ -36,8 +36,9 @@ test: system-deps venv cluster-build images lint ## everything CI runs: all set-
 test-fast: venv ## unit tests only, under a minute (no TensorFlow, control plane, helm or images)
 	$(PY) -m pytest -m "$(FAST_MARKERS)" --durations=10 $(PYTEST_ARGS)
 
-cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm (cached)
+cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm, and the real node's kubelet, kube-proxy, containerd, CoreDNS (cached)
 	@bash hack/cluster/build.sh
+	@bash hack/cluster/build.sh --node >/dev/null
 
 cluster-up: cluster-build venv ## start the local control plane (.local/cluster/kubeconfig)
 	$(PY) hack/cluster/localcluster.py up

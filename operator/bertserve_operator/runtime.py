@@ -40,6 +40,7 @@ CHILD_RESOURCES = (
     ("", "v1", "services"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
     ("", "v1", "pods"),
 )
 
@@ -99,6 +100,7 @@ class Runtime:
             self.cache,
             settings.render_options(),
             apply_threads=settings.workers + settings.handler_threads,
+            policy=settings.policy(),
             observe_apply=lambda kind, seconds: self.metrics.apply_seconds.labels(kind).observe(seconds),
             max_image_rollouts=settings.max_image_rollouts,
         )
