@@ -211,6 +211,27 @@ class OperatorProcess:
     def wait_healthy(self, timeout: float = 60.0) -> None:
         wait_for(self.healthy, timeout, f"operator liveness {self.health_url}")
 
+    def health_detail(self) -> dict[str, Any]:
+        """The runtime's probe answer: ``passes``, ``queued``, ``resyncs``, ``sinceResyncSeconds``."""
+        with urllib.request.urlopen(self.health_url, timeout=5) as resp:
+            return dict(json.loads(resp.read())["bertserve"])
+
+    def wait_resyncs(self, count: int, period: float) -> dict[str, Any]:
+        """Wait until ``count`` periodic resyncs started after this call and their queue drained.
+
+        The positive marker for "the operator has looked at every BertServer again". kopf caches
+        probe answers for 10 s, so the first answer may be older than this call: wait for a fresh
+        one (it differs: ``sinceResyncSeconds`` moves) and count resyncs from there.
+        """
+        first = self.health_detail()
+        fresh = wait_for(lambda: (d := self.health_detail()) != first and d, 15, "a fresh probe answer")
+        target = int(fresh["resyncs"]) + count
+        return wait_for(
+            lambda: (d := self.health_detail())["resyncs"] >= target and d["queued"] == 0 and d,
+            count * period + 25,
+            f"{count} resyncs after {fresh} and their queue drained",
+        )
+
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait: the graceful path a kubelet takes. Returns the exit code."""
         assert self.proc is not None

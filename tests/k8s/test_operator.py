@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -513,7 +512,17 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
         "message"
     ]
     assert deployment(cluster, ns, "inv") is None, "nothing may be applied from an invalid spec"
-    time.sleep(2 * RESYNC_S + 1)  # two resync passes later: still one event, no retry loop
+    # Positive marker instead of a fixed sleep: two resyncs have queued "inv" again and their
+    # passes ran; then the spec is fixed and Ready for the fixed generation proves every pass
+    # over the invalid generation is over. Only then: still one event, no retry loop.
+    operator.wait_resyncs(2, RESYNC_S)
+    assert deployment(cluster, ns, "inv") is None, "a resync applied something from an invalid spec"
+    cluster.kubectl(
+        "patch", "bertserver", "inv", "-n", ns, "--type=merge", "-p", '{"spec":{"priorityClassName":null}}'
+    )
+    wait_ready(cluster, operator, ns, "inv")
+    fixed = bs(cluster, ns, "inv")
+    assert fixed["status"]["observedGeneration"] == fixed["metadata"]["generation"] == 2, fixed["status"]
     warnings = [e for e in events_for(cluster, ns, "inv") if e["reason"] == "InvalidSpec"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and warnings[0].get("count", 1) == 1, (
         warnings
@@ -522,11 +531,7 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
     log = operator.log()
     assert "failed temporarily" not in log and "retrying in" not in log, operator.tail()
     assert log.count(f"{ns}/inv: invalid spec") == 1, operator.tail()
-    # Fixing the spec is enough: the next update converges.
-    cluster.kubectl(
-        "patch", "bertserver", "inv", "-n", ns, "--type=merge", "-p", '{"spec":{"priorityClassName":null}}'
-    )
-    wait_ready(cluster, operator, ns, "inv")
+    assert deployment(cluster, ns, "inv") is not None, "fixing the spec is enough: the update converges"
     delete_all(cluster, ns)
 
 

@@ -192,16 +192,17 @@ def test_probabilities_match_numpy_reference_for_singles_and_pairs(
 
 
 @pytest.mark.tf
-def test_classifier_leaves_encoding_unchanged(minilm_google_dir: Path, minilm_tuned_dir: Path) -> None:
+def test_classifier_leaves_encoding_unchanged(tiny_model_dir: Path, tiny_finetuned_dir: Path) -> None:
     from bertserve_server.model.tf_encoder import TFEncoder
 
-    tok = BertTokenizer(minilm_google_dir / "vocab.txt", max_seq_len=MAX_SEQ_LEN)
-    items = tok.tokenize_batch([e if isinstance(e, str) else " ||| ".join(e) for e in EXAMPLES])
+    tok = BertTokenizer(tiny_model_dir / "vocab.txt", max_seq_len=20, max_position_embeddings=64)
+    items = tok.tokenize_batch(["hello world", "the dog is good ||| it is a dog", "i run"])
     batch = pad_batch(items, max(len(i) for i in items))
-    common = {"tuned_model_dir": str(minilm_tuned_dir), "ckpt_name": "model.ckpt-343"}
-    plain = TFEncoder(minilm_google_dir, **common)
-    with_head = TFEncoder(minilm_google_dir, classifier=True, **common)
-    assert plain.num_labels == 0
+    common = {"tuned_model_dir": str(tiny_finetuned_dir), "ckpt_name": "model.ckpt-343"}
+    plain = TFEncoder(tiny_model_dir, **common)
+    with_head = TFEncoder(tiny_model_dir, classifier=True, **common)
+    assert plain.num_labels == 0 and with_head.num_labels == 2
+    assert with_head.spec.num_layers == 1, "encoding still stops at the deepest pooling layer"
     np.testing.assert_allclose(with_head.encode(batch), plain.encode(batch), atol=1e-6)
     with pytest.raises(RuntimeError, match="no classifier head"):
         plain.classify(batch)
