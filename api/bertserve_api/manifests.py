@@ -673,7 +673,8 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
                 },
             },
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": spec.startup_timeout_seconds + options.progress_deadline_margin_seconds,
+            "progressDeadlineSeconds": spec.startup_timeout_seconds
+            + options.progress_deadline_margin_seconds,
             "template": {
                 "metadata": {
                     "labels": {**spec.pod_labels, **labels},

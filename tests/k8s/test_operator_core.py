@@ -618,9 +618,7 @@ def test_pods_that_never_become_ready_report_progress_deadline_exceeded(
     cluster.create_namespace(ns)
     spec = {"startupTimeoutSeconds": 30, "podAnnotations": {"kwok.bertserve.io/never-ready": "true"}}
     apply_yaml(cluster, bertserver("pd", **spec), ns)
-    dep = wait_for(
-        lambda: get_json(cluster, "deployment", "pd", "-n", ns, check=False), 30, "the Deployment"
-    )
+    dep = wait_for(lambda: get_json(cluster, "deployment", "pd", "-n", ns, check=False), 30, "the Deployment")
     assert dep["spec"]["progressDeadlineSeconds"] == 30
 
     def progressing() -> dict[str, Any]:
