@@ -19,6 +19,7 @@ from typing import Any
 
 from bertserve_api.manifests import RenderOptions
 from bertserve_api.names import DEFAULT_SERVER_IMAGE
+from bertserve_api.policy import Policy
 
 ENV_PREFIX = "BERTSERVE_"
 LOG_FORMATS = ("plain", "full", "json")
@@ -48,8 +49,20 @@ class Settings:
     watch_timeout_seconds: int = _opt(300, "server-side timeout of one watch request (kopf reconnects)")
     retry_delay_seconds: float = _opt(10.0, "first retry delay after a temporary API error (doubles)")
     max_retry_delay_seconds: float = _opt(300.0, "upper bound of the retry delay")
+    allow_host_path: bool = _opt(False, "let BertServers mount node directories (model.source.hostPath)")
+    allowed_service_accounts: tuple[str, ...] = _opt(
+        (), "ServiceAccounts pods may run as besides the namespace default (comma-separated; * = any)"
+    )
+    allowed_runtime_classes: tuple[str, ...] = _opt(
+        (), "runtimeClassNames pods may use (comma-separated; * = any); empty = only the cluster default"
+    )
+    network_policies: bool = _opt(True, "render a NetworkPolicy per BertServer (spec.network can opt out)")
     max_image_rollouts: int = _opt(
         1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
+    )
+
+    progress_deadline_margin_seconds: int = _opt(
+        300, "seconds added to spec.startupTimeoutSeconds for the Deployment's progressDeadlineSeconds"
     )
 
     def render_options(self) -> RenderOptions:
@@ -58,7 +71,13 @@ class Settings:
             default_image=self.default_image,
             cluster_domain=self.cluster_domain,
             server_log_format=self.server_log_format,
+            network_policies=self.network_policies,
+            progress_deadline_margin_seconds=self.progress_deadline_margin_seconds,
         )
+
+    def policy(self) -> Policy:
+        """What BertServer authors may ask for (checked before anything is applied)."""
+        return Policy(self.allow_host_path, self.allowed_service_accounts, self.allowed_runtime_classes)
 
     @property
     def clusterwide(self) -> bool:
@@ -74,7 +93,7 @@ def _flag(name: str) -> str:
 
 def _convert(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    if name == "namespaces":
+    if kind == "tuple[str, ...]":
         items = [value] if isinstance(value, str) else list(value)
         return tuple(sorted({v.strip() for item in items for v in item.split(",") if v.strip()}))
     if kind == "bool":
@@ -104,6 +123,8 @@ def _validate(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name}: must be positive")
+    if settings.progress_deadline_margin_seconds < 0:
+        raise ValueError("progress_deadline_margin_seconds: must be at least 0")
     if settings.max_image_rollouts < 1:
         raise ValueError("max_image_rollouts: must be at least 1")
     if settings.workers < 1 or settings.handler_threads < 1:

@@ -72,7 +72,8 @@ def test_the_children_shown_are_the_rendered_children() -> None:
     (objects,) = _blocks("mermaid")[:1]
     shown = set(
         re.findall(
-            r"\b(Deployment|Service|HorizontalPodAutoscaler|PodDisruptionBudget) ([a-z0-9-]+)", objects
+            r"\b(Deployment|Service|HorizontalPodAutoscaler|PodDisruptionBudget|NetworkPolicy) ([a-z0-9-]+)",
+            objects,
         )
     )
     raw = {

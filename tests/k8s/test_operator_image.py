@@ -48,7 +48,7 @@ def test_the_operator_image_reconciles_a_bertserver(cluster: Any, tmp_path: Path
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
 
-    install_chart(cluster, RELEASE, OPERATOR_NS)
+    install_chart(cluster, RELEASE, OPERATOR_NS, "operator.allowHostPath=true")  # kwok reads no node path
     fullname = f"{RELEASE}-bertserve-operator"
     kubeconfig = service_account_kubeconfig(cluster, OPERATOR_NS, fullname, tmp_path / "sa.kubeconfig")
     kubeconfig.chmod(0o644)  # the image's non-root user reads it through the read-only bind
@@ -56,15 +56,12 @@ def test_the_operator_image_reconciles_a_bertserver(cluster: Any, tmp_path: Path
     (chart_container,) = dep["spec"]["template"]["spec"]["containers"]
     port = free_port()
     health_url = f"http://127.0.0.1:{port}/healthz"
-    entry = [
-        f"--liveness={health_url}" if a.startswith("--liveness=") else a for a in _image_entrypoint(bundle)
-    ]
-    args = [
-        f"--liveness={health_url}" if a.startswith("--liveness=") else a
-        for a in chart_container.get("args", [])
-    ]
+    entry = _image_entrypoint(bundle)
+    args = chart_container.get("args", [])
     env = {e["name"]: e["value"] for e in chart_container.get("env", []) if "value" in e}
     env["KUBECONFIG"] = KUBECONFIG_IN_CONTAINER
+    # Every setting is a BERTSERVE_* variable; only the liveness port moves (host network).
+    env["BERTSERVE_LIVENESS_ENDPOINT"] = health_url
     with oci_images.Container(
         bundle,
         command=entry,

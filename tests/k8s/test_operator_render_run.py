@@ -50,7 +50,13 @@ HIDDEN = 32
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-render"), RELEASE, OPERATOR_NS)
+    op = operator_as_chart_account(
+        cluster,
+        tmp_path_factory.mktemp("operator-render"),
+        RELEASE,
+        OPERATOR_NS,
+        values=["operator.allowHostPath=true"],
+    )
     yield op
     op.stop()
 

@@ -33,7 +33,14 @@ COUNT = 20
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator-resilience")
-    op = operator_as_chart_account(cluster, work, RELEASE, OPERATOR_NS, {"BERTSERVE_RESYNC_SECONDS": "5"})
+    op = operator_as_chart_account(
+        cluster,
+        work,
+        RELEASE,
+        OPERATOR_NS,
+        {"BERTSERVE_RESYNC_SECONDS": "5"},
+        values=["operator.allowHostPath=true"],
+    )
     yield op
     if op.alive:
         op.stop()

@@ -38,7 +38,13 @@ REPLICAS = 3
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-rollout"), RELEASE, OPERATOR_NS)
+    op = operator_as_chart_account(
+        cluster,
+        tmp_path_factory.mktemp("operator-rollout"),
+        RELEASE,
+        OPERATOR_NS,
+        values=["operator.allowHostPath=true"],
+    )
     yield op
     op.stop()
 

@@ -19,10 +19,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning"
 SENTENCES = 10_000
 BODY_BYTES = 64 * 1024 * 1024
 PROBE_LIMIT_S = 0.1
-#: The shared 2-core CI machine alone delays an idle probe by up to ~50 ms now and then, so a few
-#: probes (5 %) may be slower than PROBE_LIMIT_S, none beyond this. Before the fix one probe waited
-#: over a second behind json.loads / tolist / json.dumps on the event loop.
-NOISE_LIMIT_S = 0.4
+#: A shared 2-core machine under load delays an idle probe by 50 ms and, at load averages of 20,
+#: by several hundred now and then: so 5 % of the probes may be slower than PROBE_LIMIT_S, none
+#: beyond this. Before the fix one probe waited 1.4-1.9 s behind json.loads / tolist /
+#: json.dumps on the event loop (and longer on a busier machine).
+NOISE_LIMIT_S = 1.0
 
 
 def big_body() -> bytes:
@@ -66,5 +67,6 @@ def test_healthz_answers_within_100ms_while_a_64_mib_request_is_parsed_and_answe
     assert probes > 10, "the request finished before it could be probed"
     latencies.sort()
     p95 = latencies[int(len(latencies) * 0.95)]
-    assert p95 < PROBE_LIMIT_S, f"/healthz p95 {p95 * 1000:.0f} ms during the request"
-    assert slowest < NOISE_LIMIT_S, f"/healthz took {slowest * 1000:.0f} ms during the request"
+    seen = f"{len(latencies)} probes: p95 {p95 * 1000:.0f} ms, slowest {slowest * 1000:.0f} ms"
+    assert p95 < PROBE_LIMIT_S, seen
+    assert slowest < NOISE_LIMIT_S, seen
