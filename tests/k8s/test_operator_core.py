@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -71,8 +72,7 @@ def bertserver(name: str, **spec: Any) -> str:
         "resources": {"gpus": 0},
     }
     body.update(spec)
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
+    return bertserver_yaml(name, body)
 
 
 def bs(cluster: Any, ns: str, name: str) -> dict[str, Any]:
