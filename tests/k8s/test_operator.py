@@ -410,6 +410,8 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
             obj["metadata"]["uid"],
             True,
         )
+    # A crash-looping (never ready) replica must not block node drains.
+    assert get_json(cluster, "pdb", "g", "-n", ns)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     cluster.kubectl("delete", "bertserver", "g", "-n", ns, "--timeout=30s")
     for kind, name in children:
         wait_for(
