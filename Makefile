@@ -5,9 +5,9 @@ PY := .venv/bin/python
 PYTEST_ARGS ?=
 # test-fast's selection: no TensorFlow, control plane (helm needs its Go build), images or slow tests.
 # tests/test_make.py checks that nothing it selects builds or starts the control plane.
-FAST_MARKERS := not gpu and not tf and not k8s and not helm and not images and not slow
+FAST_MARKERS := not gpu and not tf and not k8s and not realnode and not helm and not images and not slow
 
-.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator clean
+.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -36,8 +36,9 @@ test: system-deps venv cluster-build images lint ## everything CI runs: all set-
 test-fast: venv ## unit tests only, under a minute (no TensorFlow, control plane, helm or images)
 	$(PY) -m pytest -m "$(FAST_MARKERS)" --durations=10 $(PYTEST_ARGS)
 
-cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm (cached)
+cluster-build: ## build etcd, kube-apiserver, controller-manager, scheduler, kwok, kubectl, helm, and the real node's kubelet, kube-proxy, containerd, CoreDNS (cached)
 	@bash hack/cluster/build.sh
+	@bash hack/cluster/build.sh --node >/dev/null
 
 cluster-up: cluster-build venv ## start the local control plane (.local/cluster/kubeconfig)
 	$(PY) hack/cluster/localcluster.py up
@@ -58,7 +59,7 @@ operator-run: venv ## run the operator locally against the local control plane (
 	KUBECONFIG=.local/cluster/kubeconfig "$$(bash hack/cluster/build.sh --print-bin-dir)/kubectl" apply --server-side -f crds/
 	KUBECONFIG=.local/cluster/kubeconfig $(PY) -m bertserve_operator -A --liveness-endpoint=http://127.0.0.1:8080/healthz
 
-bench: bench-model bench-server bench-predict bench-scaleout bench-operator ## every benchmark (long; results in benchmarks/results)
+bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing ## every benchmark (long; results in benchmarks/results)
 
 bench-model: venv ## our TF2 encoder vs transformers+torch (own venv), tokenizer, fp32 peak
 	$(PY) benchmarks/bench_model.py
@@ -71,6 +72,9 @@ bench-predict: venv ## /predict (classifier head) vs /encode on the same inputs,
 
 bench-scaleout: venv ## 1-3 replicas behind a kube-proxy-like balancer; forwarding overhead
 	$(PY) benchmarks/bench_scaleout.py
+
+bench-sizing: venv ## model file sizes and the server's RSS for MiniLM and BERT-base (user guide sizing)
+	$(PY) benchmarks/bench_sizing.py
 
 bench-operator: venv ## 500 BertServers on the local control plane
 	$(PY) benchmarks/bench_operator.py --write benchmarks/results/operator.md --json benchmarks/results/operator.json

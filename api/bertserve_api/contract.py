@@ -182,7 +182,8 @@ def _flags() -> tuple[Flag, ...]:
             "gpu_memory_fraction",
             "gpu_memory_fraction",
             "float",
-            "fraction of each GPU's memory a worker may take (memory growth stays on)",
+            "hard cap on each GPU's memory: fraction x card memory x workers on that GPU "
+            "(card memory read with nvidia-smi); 1.0, or no nvidia-smi, = no cap, memory grows on demand",
         ),
         f("device_map", "device_map", "int_list", "GPU ids for the workers (round-robin); empty = all"),
         f("prefetch_size", "prefetch_size", "int", "batches tokenized ahead of the device per worker"),
@@ -356,7 +357,7 @@ class ServerConfig:
     log_format: str = "text"
     min_identity_len: int = 16
     max_request_bytes: int = 64 * 1024 * 1024
-    max_response_bytes: int = 1024 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
     heartbeat_timeout: float = 30.0
     protect_metrics: bool = False
     classifier: bool = False

@@ -13,6 +13,7 @@ can only render flags the server parses.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -32,6 +33,18 @@ AUTH_MOUNT = "/var/run/secrets/bertserve/model-auth"
 """Where the download credentials Secret appears, in the fetch init container only."""
 
 TMP_MOUNT = "/tmp"
+PEER_KEY_MOUNT = "/var/run/secrets/bertserve/peer"
+PEER_KEY_FILE = "peer.key"
+"""The mesh secret's key in the ``<name>-peer-key`` Secret, and its file name in the pod."""
+PEER_KEY_MIN_BYTES = 32
+MODEL_URI_KEY = "url"
+FETCH_URL_ENV = "BERTSERVE_FETCH_URL"
+"""Where ``bertserve-fetch`` reads the model URL from (its ``URL_ENV``)."""
+API_KEY_ENV = "BERTSERVE_API_KEY"
+"""The environment variable the server reads its HTTP API key from (never an argument)."""
+RESPONSE_BYTES_PER_MEMORY = 8
+"""``-max_response_bytes`` = the pod's memory limit / this: one result exists as the array,
+its serialization and the client's copy in flight, next to the model itself."""
 PEER_PORT = 5557
 """Port replicas forward answers on (``-peer_port``); reached through the ``<name>-peers`` Service."""
 
@@ -65,12 +78,14 @@ class RenderOptions:
     """Operator-wide inputs of the builders (taken from the operator's settings by the caller).
 
     ``default_image`` serves BertServers without ``spec.image``; ``cluster_domain`` completes
-    the peer Service's DNS name; ``server_log_format`` is passed as ``-log_format``.
+    the peer Service's DNS name; ``server_log_format`` is passed as ``-log_format``;
+    ``network_policies=False`` renders no NetworkPolicy whatever the specs say.
     """
 
     default_image: str
     cluster_domain: str = "cluster.local"
     server_log_format: str = "text"
+    network_policies: bool = True
     tmp_size_limit: str = "1Gi"
     fetch_cpu_request: str = "100m"
     fetch_memory_request: str = "256Mi"
@@ -95,10 +110,13 @@ class Children:
     peer_service: dict[str, Any]
     hpa: dict[str, Any] | None
     pdb: dict[str, Any] | None
+    network_policy: dict[str, Any] | None = None
+    model_uri_secret: dict[str, Any] | None = None
+    service_monitor: dict[str, Any] | None = None
 
     def all(self) -> list[dict[str, Any]]:
         """The objects to apply, Deployment first (it is what users wait for)."""
-        objs = [self.deployment, self.service, self.peer_service, self.hpa, self.pdb]
+        objs = [self.deployment, self.service, self.peer_service, self.hpa, self.pdb, self.network_policy]
         return [o for o in objs if o is not None]
 
 
@@ -115,6 +133,14 @@ def service_name(owner: str) -> str:
 
 def peer_service_name(owner: str) -> str:
     return names.child_name(owner, "peers")
+
+
+def peer_key_secret_name(owner: str) -> str:
+    return names.child_name(owner, "peer-key")
+
+
+def network_policy_name(owner: str) -> str:
+    return names.child_name(owner)
 
 
 def peer_service_host(owner: Owner, cluster_domain: str) -> str:
@@ -199,11 +225,34 @@ def drain_budget(termination_grace_period_seconds: int) -> tuple[int, float]:
     return sleep, float(max(1, tgp - sleep - margin))
 
 
+_QUANTITY_FACTORS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+
+
+def quantity_bytes(quantity: str) -> int:
+    """Bytes of a memory quantity as the spec admits it (``8Gi``, ``2048Mi``, ``1.5G``, ``500m``)."""
+    number = quantity.rstrip("kMGTPEim")
+    suffix = quantity[len(number) :]
+    if suffix == "m":
+        return int(float(number) / 1000)
+    return int(float(number) * _QUANTITY_FACTORS[suffix])
+
+
+def max_response_bytes(spec: BertServerSpec) -> int | None:
+    """The server's result budget from ``resources.memory``; ``None`` (server default) without one."""
+    if spec.resources.memory is None:
+        return None
+    return max(1 << 20, quantity_bytes(spec.resources.memory) // RESPONSE_BYTES_PER_MEMORY)
+
+
 def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> ServerConfig:
     """The ``bert-serving-start`` configuration one pod runs with."""
     serving = spec.serving
     gpus = spec.resources.gpus
     _, drain = drain_budget(spec.termination_grace_period_seconds)
+    response_bytes = max_response_bytes(spec)
     return ServerConfig(
         model_dir=_model_path(spec.model.pretrained_path),
         tuned_model_dir=_model_path(spec.model.tuned_model_dir) if spec.model.tuned_model_dir else None,
@@ -243,7 +292,9 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         classifier_labels=serving.classifier.labels if serving.classifier.enabled else (),
         peer_service=peer_service_host(owner, options.cluster_domain),
         peer_port=PEER_PORT,
+        peer_key_file=f"{PEER_KEY_MOUNT}/{PEER_KEY_FILE}",
         log_format=options.server_log_format,
+        max_response_bytes=DEFAULTS["max_response_bytes"] if response_bytes is None else response_bytes,
     )
 
 
@@ -344,20 +395,60 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -> dict[str, Any] | None:
+def model_uri_secret_name(owner: str, url: str) -> str:
+    """The operator's Secret for an inline URL: one per URL (it is created once, never updated,
+    so a changed URL gets a new Secret; the old one goes with the BertServer)."""
+    return names.child_name(owner, f"model-uri-{hashlib.sha256(url.encode()).hexdigest()[:8]}")
+
+
+def _url_source(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """Where the fetch container's ``BERTSERVE_FETCH_URL`` comes from (a Secret key, never args)."""
+    uri = spec.model.source.uri
+    if uri is None:
+        return None
+    if uri.url is None:
+        assert uri.secret_ref is not None  # the parser requires one of them
+        return {"name": uri.secret_ref.name, "key": MODEL_URI_KEY}
+    return {"name": model_uri_secret_name(owner.name, uri.url), "key": MODEL_URI_KEY}
+
+
+def model_uri_secret(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """The Secret holding an inline ``source.uri.url``, or ``None`` when there is none."""
+    uri = spec.model.source.uri
+    if uri is None or uri.url is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(
+            owner, model_uri_secret_name(owner.name, uri.url), names.common_labels(owner.name)
+        ),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {MODEL_URI_KEY: base64.b64encode(uri.url.encode()).decode("ascii")},
+    }
+
+
+def _fetch_container(
+    owner: Owner, spec: BertServerSpec, image: str, options: RenderOptions
+) -> dict[str, Any] | None:
     """The init container that downloads (and verifies) a ``uri`` source into the emptyDir.
 
     ``--dest`` is the deepest directory holding both model paths, by the fetch's layout rule (a
     folder alone at the archive's top is unwrapped into ``--dest``): Google's
     ``uncased_L-12_H-768_A-12.zip`` with ``pretrainedPath: uncased_L-12_H-768_A-12`` and a
     bundle of ``uncased_L-12_H-768_A-12/`` plus ``mrpc_output/`` both land where the paths say.
+
+    The URL comes from a Secret through the environment: a pod's arguments are readable by
+    anyone who may read pods, and a pre-signed URL is a credential.
     """
     uri = spec.model.source.uri
-    if uri is None:
+    url_ref = _url_source(owner, spec)
+    if uri is None or url_ref is None:
         return None
     common = _common_path(_model_paths(spec))
     dest = f"{MODEL_MOUNT}/{common}" if common else MODEL_MOUNT
-    command = [FETCH_COMMAND, "--url", uri.url, "--dest", dest]
+    command = [FETCH_COMMAND, "--dest", dest]
     if uri.sha256:
         command += ["--sha256", uri.sha256]
     mounts: list[dict[str, Any]] = [
@@ -372,7 +463,10 @@ def _fetch_container(spec: BertServerSpec, image: str, options: RenderOptions) -
         "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": command,
-        "env": [{"name": "HOME", "value": TMP_MOUNT}],
+        "env": [
+            {"name": "HOME", "value": TMP_MOUNT},
+            {"name": FETCH_URL_ENV, "valueFrom": {"secretKeyRef": url_ref}},
+        ],
         "resources": {
             "requests": {"cpu": options.fetch_cpu_request, "memory": options.fetch_memory_request},
             "limits": {"memory": options.fetch_memory_limit},
@@ -392,8 +486,8 @@ def _resources(spec: BertServerSpec) -> dict[str, Any]:
         requests["memory"] = res.memory
         limits["memory"] = res.memory
     if res.gpus > 0:
-        requests[names.GPU_RESOURCE] = str(res.gpus)
-        limits[names.GPU_RESOURCE] = str(res.gpus)
+        requests[res.gpu_resource_name] = str(res.gpus)
+        limits[res.gpu_resource_name] = str(res.gpus)
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -459,7 +553,7 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
         "imagePullPolicy": spec.image_pull_policy,
         "command": [SERVER_COMMAND],
         "args": args,
-        "env": [{"name": "HOME", "value": TMP_MOUNT}],
+        "env": _env(spec),
         "ports": [
             {"name": PORT_ZMQ, "containerPort": ports.zmq, "protocol": "TCP"},
             {"name": PORT_ZMQ_OUT, "containerPort": ports.zmq_out, "protocol": "TCP"},
@@ -469,13 +563,28 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
         "resources": _resources(spec),
         **_probes(spec),
         "securityContext": _container_security(),
-        "volumeMounts": [model_mount, {"name": "tmp", "mountPath": TMP_MOUNT}],
+        "volumeMounts": [
+            model_mount,
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+            {"name": "peer-key", "mountPath": PEER_KEY_MOUNT, "readOnly": True},
+        ],
     }
+    if spec.env_from:
+        container["envFrom"] = copy.deepcopy([dict(e) for e in spec.env_from])
     if prestop > 0:
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop}}}
     volumes: list[dict[str, Any]] = [
         model_volume,
         {"name": "tmp", "emptyDir": {"sizeLimit": options.tmp_size_limit}},
+        {
+            # Group-readable by the server (fsGroup), nobody else; never rotated by the operator.
+            "name": "peer-key",
+            "secret": {
+                "secretName": peer_key_secret_name(owner.name),
+                "items": [{"key": PEER_KEY_FILE, "path": PEER_KEY_FILE}],
+                "defaultMode": 0o440,
+            },
+        },
     ]
     uri = spec.model.source.uri
     if uri is not None and uri.secret_ref is not None:
@@ -501,7 +610,7 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
         "containers": [container],
         "volumes": volumes,
     }
-    fetch = _fetch_container(spec, image, options)
+    fetch = _fetch_container(owner, spec, image, options)
     if fetch is not None:
         pod["initContainers"] = [fetch]
     if spec.service_account_name:
@@ -518,12 +627,26 @@ def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tupl
         pod["runtimeClassName"] = spec.runtime_class_name
     if spec.priority_class_name:
         pod["priorityClassName"] = spec.priority_class_name
+    if spec.topology_spread_constraints:
+        pod["topologySpreadConstraints"] = copy.deepcopy([dict(t) for t in spec.topology_spread_constraints])
     return pod, args
+
+
+def _env(spec: BertServerSpec) -> list[dict[str, Any]]:
+    """HOME, the API key by reference to its Secret (never a value, never an argument), then
+    the user's variables (the parser refuses BERTSERVE_* and HOME among them)."""
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": TMP_MOUNT}]
+    ref = spec.serving.api_key_secret
+    if ref is not None:
+        env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    env.extend(copy.deepcopy([dict(e) for e in spec.env]))
+    return env
 
 
 def pod_annotations(spec: BertServerSpec, args: list[str]) -> dict[str, str]:
     """The pod template's annotations: the config hash, plus scrape hints when asked for."""
-    annotations = {names.ANNOTATION_CONFIG_HASH: config_hash(args, spec.model)}
+    annotations = dict(spec.pod_annotations)
+    annotations[names.ANNOTATION_CONFIG_HASH] = config_hash(args, spec.model)
     if spec.monitoring.prometheus_annotations:
         scrape, port, path = PROMETHEUS_ANNOTATIONS
         annotations.update({scrape: "true", port: str(spec.serving.ports.http), path: METRICS_PATH})
@@ -551,7 +674,7 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
             "progressDeadlineSeconds": spec.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS,
             "template": {
                 "metadata": {
-                    "labels": dict(labels),
+                    "labels": {**spec.pod_labels, **labels},
                     "annotations": pod_annotations(spec, args),
                 },
                 "spec": pod,
@@ -683,6 +806,75 @@ def pdb(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
     }
 
 
+def network_policy(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> dict[str, Any] | None:
+    """Ingress rules for the pods, or ``None`` when switched off (in the spec or the operator).
+
+    The peer port takes answers and gossip from the other replicas only (pods of this
+    BertServer); the client ports take ``spec.network.allowedClients`` or, when that is empty,
+    anyone. Egress is left alone (a ``uri`` source downloads the model).
+    """
+    if not (options.network_policies and spec.network.network_policy):
+        return None
+    ports = spec.serving.ports
+    clients: dict[str, Any] = {
+        "ports": [{"port": p, "protocol": "TCP"} for p in (ports.zmq, ports.zmq_out, ports.http)]
+    }
+    if spec.network.allowed_clients:
+        clients["from"] = copy.deepcopy([dict(c) for c in spec.network.allowed_clients])
+    peers = {
+        "from": [{"podSelector": {"matchLabels": names.selector_labels(owner.name)}}],
+        "ports": [{"port": PEER_PORT, "protocol": "TCP"}],
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, network_policy_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "podSelector": {"matchLabels": names.selector_labels(owner.name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [clients, peers],
+        },
+    }
+
+
+SERVICE_MONITOR_API_VERSION = "monitoring.coreos.com/v1"
+
+
+def service_monitor(owner: Owner, spec: BertServerSpec) -> dict[str, Any] | None:
+    """A Prometheus-operator ServiceMonitor scraping ``/metrics`` on the client Service's
+    ``http`` port (the peer Service has no such port), or ``None`` unless asked for."""
+    if not spec.monitoring.service_monitor.enabled:
+        return None
+    return {
+        "apiVersion": SERVICE_MONITOR_API_VERSION,
+        "kind": "ServiceMonitor",
+        "metadata": _metadata(owner, service_name(owner.name), names.common_labels(owner.name)),
+        "spec": {
+            "selector": {"matchLabels": names.selector_labels(owner.name)},
+            "namespaceSelector": {"matchNames": [owner.namespace]},
+            "endpoints": [{"port": PORT_HTTP, "path": METRICS_PATH, "interval": "30s"}],
+        },
+    }
+
+
+def peer_key_secret(owner: Owner, key: bytes) -> dict[str, Any]:
+    """The Secret holding the mesh key; the caller supplies the random bytes (builders stay pure).
+
+    Created once and never updated: a new key would split running replicas into two meshes.
+    Owned by the BertServer, so it goes when the BertServer goes.
+    """
+    if len(key) < PEER_KEY_MIN_BYTES:
+        raise ValueError(f"the peer key needs at least {PEER_KEY_MIN_BYTES} bytes, got {len(key)}")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(owner, peer_key_secret_name(owner.name), names.common_labels(owner.name)),
+        "type": "Opaque",
+        "immutable": True,
+        "data": {PEER_KEY_FILE: base64.b64encode(key).decode("ascii")},
+    }
+
+
 def render(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> Children:
     """Every child object of one BertServer."""
     return Children(
@@ -691,4 +883,7 @@ def render(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> Childr
         peer_service=peer_service(owner),
         hpa=hpa(owner, spec),
         pdb=pdb(owner, spec),
+        network_policy=network_policy(owner, spec, options),
+        model_uri_secret=model_uri_secret(owner, spec),
+        service_monitor=service_monitor(owner, spec),
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from bertserve_api import __version__
+
 GROUP = "bertserve.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -34,6 +36,16 @@ APP_NAME = "bertserve"
 MANAGED_BY = "bertserve-operator"
 COMPONENT_ENCODER = "encoder"
 COMPONENT_GATEWAY = "gateway"
+
+SERVER_IMAGE_REPOSITORY = "localhost/bertserve-server"
+OPERATOR_IMAGE_REPOSITORY = "localhost/bertserve-operator"
+"""What ``make images`` (hack/images/build.sh) tags; push them to your registry and point the chart
+at the pushed names (``serverImage``, ``image.repository``). The chart's defaults are these, so a
+cluster whose nodes were given the built archives (``ctr images import``) runs without a registry."""
+
+DEFAULT_SERVER_IMAGE = f"{SERVER_IMAGE_REPOSITORY}:{__version__}"
+"""The server image for BertServers without ``spec.image``: the operator's default and the one
+``bertserve render`` shows (the chart passes its ``serverImage`` to the operator instead)."""
 
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 """Pod-template annotation: hash of the rendered config + model revision (rolls pods on change)."""

@@ -12,17 +12,38 @@ Standard library only, no I/O.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from bertserve_api.contract import PoolingStrategy
+from bertserve_api.names import GPU_RESOURCE
 
 MAX_SEQ_LEN_LIMIT = 512
 """Upper bound for ``maxSeqLen``: BERT checkpoints have at most 512 position embeddings."""
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+# Patterns the CRD carries verbatim (tests/api/test_crd.py checks each CRD pattern is one of
+# these), so the API server and this parser refuse the same strings.
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A BertServer name: an RFC 1035 label (its Service needs a letter first and no dots)."""
+PEER_SUFFIX_PATTERN = r"-peers(-[0-9a-f]{8})?$"
+"""Names the peer Service of another BertServer takes (``names.child_name(x, "peers")``)."""
+
+RESOURCE_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"
+"""An extended resource name such as ``nvidia.com/gpu`` or ``nvidia.com/mig-1g.10gb``."""
+DEFAULT_GPU_RESOURCE = GPU_RESOURCE
+RESERVED_ENV_PREFIX = "BERTSERVE_"
+"""Environment names the operator sets (``BERTSERVE_API_KEY``...); ``spec.env`` may not."""
+RESERVED_ENV = ("HOME",)
+RESERVED_LABEL_PREFIX = "app.kubernetes.io/"
+"""Pod label keys the operator owns (the Deployment's selector is made of them)."""
+
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_PERCENT = re.compile(PERCENT_PATTERN)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _CKPT_FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
@@ -67,9 +88,13 @@ class SecretRef:
 
 @dataclass(frozen=True)
 class UriSource:
-    """An archive (``.zip``/``.tar.gz``/``.tgz``) or a single file fetched by an init container."""
+    """An archive (``.zip``/``.tar.gz``/``.tgz``) or a single file fetched by an init container.
 
-    url: str
+    ``url`` ``None``: the URL is the ``url`` key of the ``secret_ref`` Secret (a pre-signed URL
+    is a credential and stays out of the spec).
+    """
+
+    url: str | None
     sha256: str | None = None
     secret_ref: SecretRef | None = None
     size_limit: str = "20Gi"
@@ -155,6 +180,8 @@ class ServingSpec:
     max_wait_ms: float = 2.0
     enable_termination: bool = False
     ports: Ports = field(default_factory=Ports)
+    api_key_secret: SecretKeyRef | None = None
+
     classifier: ClassifierSpec = field(default_factory=ClassifierSpec)
 
 
@@ -163,6 +190,7 @@ class Resources:
     gpus: int = 1
     cpu: str | None = None
     memory: str | None = None
+    gpu_resource_name: str = DEFAULT_GPU_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -216,10 +244,39 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True)
+class ServiceMonitorSpec:
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class Monitoring:
-    """Scrape discovery for the pods' ``/metrics`` (on the HTTP port)."""
+    """Scrape discovery for the pods' ``/metrics`` (on the HTTP port).
+
+    ``service_monitor``: a Prometheus-operator ServiceMonitor, made only where its CRD is served.
+    """
 
     prometheus_annotations: bool = False
+    service_monitor: ServiceMonitorSpec = field(default_factory=ServiceMonitorSpec)
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a Secret in the BertServer's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Network:
+    """Who may connect: a NetworkPolicy per BertServer (on unless switched off here or in the chart).
+
+    The peer port admits only pods of the same BertServer; the client ports admit
+    ``allowed_clients`` (NetworkPolicyPeers, passed through unchanged) or, when empty, anyone.
+    """
+
+    network_policy: bool = True
+    allowed_clients: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -244,6 +301,12 @@ class BertServerSpec:
     termination_grace_period_seconds: int = 60
     service: ServiceSpec = field(default_factory=ServiceSpec)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    network: Network = field(default_factory=Network)
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()
+    env_from: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def workers(self) -> int:
@@ -337,9 +400,11 @@ class _Reader:
             if value < 0:
                 raise SpecError(self.at(key), f"{value} must not be negative")
             return value
-        if isinstance(value, str) and re.fullmatch(r"\d{1,3}%", value):
+        if isinstance(value, str) and _PERCENT.match(value):
             return value
-        raise SpecError(self.at(key), f"must be an integer or a percentage like '25%', got {value!r}")
+        raise SpecError(
+            self.at(key), f"must be an integer or a percentage from 0% to 100% like '25%', got {value!r}"
+        )
 
     def quantity(self, key: str) -> str | None:
         value = self.get(key)
@@ -387,8 +452,8 @@ def _parse_source(reader: _Reader) -> ModelSource:
         r.done()
     if reader.has("uri"):
         r = reader.child("uri")
-        url = r.string("url", required=True)
-        if not re.match(r"^https?://[^/\s]+", url):
+        url = r.string("url", required=not r.has("secretRef"))
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
             raise SpecError(r.at("url"), f"must be an http:// or https:// URL, got {url!r}")
         sha = r.string("sha256")
         if sha is not None and not _SHA256.match(sha.lower()):
@@ -522,6 +587,7 @@ def _parse_serving(reader: _Reader) -> ServingSpec:
         max_wait_ms=reader.number("maxWaitMs", d.max_wait_ms, minimum=0.0, maximum=10000.0),
         enable_termination=reader.boolean("enableTermination", d.enable_termination),
         ports=ports,
+        api_key_secret=_secret_key_ref(reader, "apiKeySecret"),
         classifier=_parse_classifier(reader.child("classifier")),
     )
     if spec.max_queue_size < spec.max_batch_size:
@@ -549,9 +615,13 @@ def _parse_tolerations(raw: Any, path: str) -> tuple[Toleration, ...]:
             raise SpecError(
                 r.at("effect"), f"must be NoSchedule, PreferNoSchedule or NoExecute, got {effect!r}"
             )
-        out.append(
-            Toleration(r.string("key"), op, r.string("value"), effect, r.integer("tolerationSeconds", None))
-        )
+        value = r.string("value")
+        if op == "Exists" and value:
+            raise SpecError(r.at("value"), f"must be empty when operator is Exists, got {value!r}")
+        seconds = r.integer("tolerationSeconds", None)
+        if seconds is not None and effect != "NoExecute":
+            raise SpecError(r.at("tolerationSeconds"), f"needs effect NoExecute, got {effect!r}")
+        out.append(Toleration(r.string("key"), op, value, effect, seconds))
         r.done()
     return tuple(out)
 
@@ -573,6 +643,25 @@ def _optional_name(reader: _Reader, key: str) -> str | None:
     return value
 
 
+def check_name(name: str) -> None:
+    """Refuse a BertServer name its children cannot carry (the CRD refuses the same names).
+
+    The Service takes the name itself, so it must be an RFC 1035 label (``1bert`` and
+    ``my.bert`` make a Deployment but no Service); ``<name>-peers`` is the name of the peer
+    Service, so a BertServer called ``x-peers`` would fight ``x`` over it.
+    """
+    if not re.match(NAME_PATTERN, name):
+        raise SpecError(
+            "metadata.name",
+            f"{name!r} must start with a lower-case letter and hold only lower-case letters, "
+            "digits and '-' (it becomes a Service name)",
+        )
+    if re.search(PEER_SUFFIX_PATTERN, name):
+        raise SpecError(
+            "metadata.name", f"{name!r} must not end in '-peers' (the peer Service of another BertServer)"
+        )
+
+
 def _parse_service(reader: _Reader) -> ServiceSpec:
     service_type = reader.string("type", "ClusterIP")
     if service_type not in SERVICE_TYPES:
@@ -583,9 +672,75 @@ def _parse_service(reader: _Reader) -> ServiceSpec:
 
 
 def _parse_monitoring(reader: _Reader) -> Monitoring:
-    monitoring = Monitoring(reader.boolean("prometheusAnnotations", False))
+    sm = reader.child("serviceMonitor")
+    service_monitor = ServiceMonitorSpec(sm.boolean("enabled", False))
+    sm.done()
+    monitoring = Monitoring(reader.boolean("prometheusAnnotations", False), service_monitor)
     reader.done()
     return monitoring
+
+
+def _secret_key_ref(reader: _Reader, key: str) -> SecretKeyRef | None:
+    if not reader.has(key):
+        reader.seen.add(key)
+        return None
+    r = reader.child(key)
+    ref = SecretKeyRef(r.string("name", required=True), r.string("key", required=True))
+    r.done()
+    if not _DNS_SUBDOMAIN.match(ref.name):
+        raise SpecError(r.at("name"), f"{ref.name!r} is not a valid Secret name")
+    return ref
+
+
+def _objects(reader: _Reader, key: str) -> tuple[Mapping[str, Any], ...]:
+    """A list of Kubernetes objects passed to the pod unchanged (the API server checks them)."""
+    raw = reader.get(key)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(item, Mapping) for item in raw):
+        raise SpecError(reader.at(key), "must be a list of objects")
+    return tuple(copy.deepcopy(dict(item)) for item in raw)
+
+
+def _parse_network(reader: _Reader) -> Network:
+    network = Network(reader.boolean("networkPolicy", True), _objects(reader, "allowedClients"))
+    reader.done()
+    return network
+
+
+def _gpu_resource_name(reader: _Reader) -> str:
+    value: str = reader.string("gpuResourceName", DEFAULT_GPU_RESOURCE)
+    if not re.match(RESOURCE_NAME_PATTERN, value) or "/" not in value:
+        raise SpecError(
+            reader.at("gpuResourceName"),
+            f"{value!r} is not an extended resource name like nvidia.com/gpu or nvidia.com/mig-1g.10gb",
+        )
+    return value
+
+
+def _pod_labels(reader: _Reader) -> dict[str, str]:
+    labels = _string_map(reader.get("podLabels"), reader.at("podLabels"))
+    for key in labels:
+        if key.startswith(RESERVED_LABEL_PREFIX):
+            raise SpecError(
+                f"{reader.at('podLabels')}.{key}",
+                f"keys under {RESERVED_LABEL_PREFIX} are set by the operator (they select the pods)",
+            )
+    return labels
+
+
+def _env(reader: _Reader) -> tuple[Mapping[str, Any], ...]:
+    env = _objects(reader, "env")
+    for i, item in enumerate(env):
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise SpecError(f"{reader.at('env')}[{i}].name", "is required")
+        if name.startswith(RESERVED_ENV_PREFIX) or name in RESERVED_ENV:
+            raise SpecError(
+                f"{reader.at('env')}[{i}].name",
+                f"{name!r} is set by the operator ({RESERVED_ENV_PREFIX}* and HOME are reserved)",
+            )
+    return env
 
 
 def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerSpec:
@@ -603,6 +758,7 @@ def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerS
         res_reader.integer("gpus", 1, minimum=0, maximum=16),
         res_reader.quantity("cpu"),
         res_reader.quantity("memory"),
+        _gpu_resource_name(res_reader),
     )
     res_reader.done()
     auto_reader = top.child("autoscaling")
@@ -688,6 +844,12 @@ def parse_spec(raw: Mapping[str, Any] | None, path: str = "spec") -> BertServerS
         ),
         service=_parse_service(top.child("service")),
         monitoring=_parse_monitoring(top.child("monitoring")),
+        network=_parse_network(top.child("network")),
+        topology_spread_constraints=_objects(top, "topologySpreadConstraints"),
+        pod_labels=_pod_labels(top),
+        pod_annotations=_string_map(top.get("podAnnotations"), top.at("podAnnotations")),
+        env=_env(top),
+        env_from=_objects(top, "envFrom"),
     )
     top.done()
     return spec
@@ -708,7 +870,7 @@ def to_dict(value: Any) -> Any:
             if item is None:
                 continue
             if (
-                isinstance(value, BertServerSpec | ServiceSpec | ClassifierSpec)
+                isinstance(value, BertServerSpec | ServiceSpec | Network | ClassifierSpec)
                 and isinstance(item, tuple | Mapping)
                 and not item
             ):

@@ -18,7 +18,8 @@ from typing import Any, TextIO
 from bertserve_api import manifests, names
 from bertserve_api.spec import SpecError, parse_spec
 
-DEFAULT_IMAGE = f"localhost/bertserve-server:{__import__('bertserve_api').__version__}"
+DEFAULT_IMAGE = names.DEFAULT_SERVER_IMAGE
+"""The operator's default server image (a chart install passes its ``serverImage`` instead)."""
 
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
@@ -103,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--namespace", help="namespace to render into (default: the manifest's, else default)"
     )
     p.add_argument(
-        "--image", default=DEFAULT_IMAGE, help=f"server image when spec.image is unset ({DEFAULT_IMAGE})"
+        "--image",
+        default=DEFAULT_IMAGE,
+        help=f"server image when spec.image is unset: the operator's default ({DEFAULT_IMAGE}); "
+        "pass your chart's serverImage to see what your operator applies",
     )
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")

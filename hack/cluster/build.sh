@@ -9,7 +9,11 @@
 #   hack/cluster/build.sh --force          rebuild every binary for this key
 #   hack/cluster/build.sh --prune          after building, delete GOMODCACHE and GOCACHE (~5.5 GB),
 #                                          keeping only the binaries (~460 MB; what CI should cache)
-#   hack/cluster/build.sh --regen-wrappers rewrite kubebins/ and etcdbin/ go.mod+go.sum from the pins
+#   hack/cluster/build.sh --regen-wrappers rewrite kubebins/, nodebins/ and etcdbin/ go.mod+go.sum from the pins
+#   hack/cluster/build.sh --node           build the real-node binaries instead (kubelet, kube-proxy,
+#                                          containerd, ctr, containerd-shim-runc-v2, coredns, pause);
+#                                          last stdout line = the node bin dir
+#   hack/cluster/build.sh --node --print-bin-dir   the node bin dir, build nothing
 #
 # Environment:
 #   BERTSERVE_CACHE  cache root (default: $HOME/.cache/bertserve). Holds GOMODCACHE, GOCACHE
@@ -27,6 +31,12 @@ STAGING_VERSION=v0.35.8        # staging modules are published as v0.<minor>.<pa
 ETCD_VERSION=v3.6.10
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.21.4
+# Real node (hack/cluster/realnode.py). containerd 2.x: Debian bookworm has only 1.6. runc itself
+# and the CNI plugins are Debian packages (hack/ci-system-deps.sh). CoreDNS's go.mod has no
+# replace lines, so `go install …@v` works; kubelet and kube-proxy come from nodebins/, the
+# kubebins/ wrapper plus two tool lines (same pins, same resolved dependency versions).
+CONTAINERD_VERSION=v2.2.9
+COREDNS_VERSION=v1.14.7
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE_ROOT="${BERTSERVE_CACHE:-$HOME/.cache/bertserve}"
@@ -39,6 +49,7 @@ export GOFLAGS="-buildvcs=false"
 export GOWORK=off               # never pick up a go.work from a parent directory
 
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+NODE_BINARIES=(kubelet kube-proxy containerd ctr containerd-shim-runc-v2 coredns pause)
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 log() { echo "[build.sh $(date +%H:%M:%S)] $*" >&2; }
@@ -54,6 +65,16 @@ version_key() {
 }
 
 bin_dir() { echo "$CACHE_ROOT/k8s-$(version_key)/bin"; }
+
+# The node binaries get a key of their own, so adding them never rebuilds the control plane.
+node_version_key() {
+    local gov sum
+    gov="$(go env GOVERSION)"
+    sum="$(cat "$HERE/nodebins/go.sum" 2>/dev/null | sha256sum | cut -c1-8)"
+    echo "${K8S_VERSION}-containerd${CONTAINERD_VERSION}-coredns${COREDNS_VERSION}-${gov}-${sum}"
+}
+
+node_bin_dir() { echo "$CACHE_ROOT/node-$(node_version_key)/bin"; }
 
 # --- wrapper modules -----------------------------------------------------------------------
 # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local paths;
@@ -78,6 +99,22 @@ regen_kubebins() {
         for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
             go mod edit -tool="k8s.io/kubernetes/cmd/$b"
         done
+        go mod tidy
+    )
+}
+
+# kubelet and kube-proxy: the kubebins wrapper with two more tool lines. Derived from kubebins'
+# go.mod (not from the proxy again), so every shared dependency resolves to the same version and
+# the Go build cache of the control-plane build is reused.
+regen_nodebins() {
+    local dir="$HERE/nodebins"
+    log "regenerating $dir from $HERE/kubebins"
+    mkdir -p "$dir"
+    cp "$HERE/kubebins/go.mod" "$HERE/kubebins/go.sum" "$dir/"
+    (
+        cd "$dir"
+        go mod edit -module=bertserve.local/nodebins \
+            -tool=k8s.io/kubernetes/cmd/kubelet -tool=k8s.io/kubernetes/cmd/kube-proxy
         go mod tidy
     )
 }
@@ -138,6 +175,30 @@ build_one() {
         kube-apiserver|kube-controller-manager|kube-scheduler|kubectl)
             (cd "$HERE/kubebins" && go build -trimpath -tags selinux,notest \
                 -ldflags "$(kube_ldflags)" -o "$tmp" "k8s.io/kubernetes/cmd/$name") ;;
+        kubelet|kube-proxy)
+            (cd "$HERE/nodebins" && go build -trimpath -tags selinux,notest \
+                -ldflags "$(kube_ldflags)" -o "$tmp" "k8s.io/kubernetes/cmd/$name") ;;
+        containerd|ctr|containerd-shim-runc-v2)
+            # Static, and without the snapshotters whose C libraries or kernel features are
+            # absent here (btrfs, devmapper, zfs); overlayfs is what the node uses. The version
+            # is stamped as containerd's Makefile does.
+            local gobin; gobin="$(mktemp -d "$out/.gobin.XXXXXX")"
+            GOBIN="$gobin" go install -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+                -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+                "github.com/containerd/containerd/v2/cmd/$name@$CONTAINERD_VERSION"
+            mv "$gobin/$name" "$tmp"; rmdir "$gobin" ;;
+        coredns)
+            local gobin; gobin="$(mktemp -d "$out/.gobin.XXXXXX")"
+            GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$COREDNS_VERSION"
+            mv "$gobin/coredns" "$tmp"; rmdir "$gobin" ;;
+        pause)
+            # The sandbox ("pause") container's only process: Kubernetes' own pause.c from the
+            # module cache, linked static so its image needs no libc (no registry to pull it from).
+            local src
+            src="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')"
+            command -v gcc >/dev/null || die "gcc not found (needed for the static pause binary: apt-get install gcc libc6-dev)"
+            gcc -Os -static -Wall -Werror -DVERSION="$K8S_VERSION" -o "$tmp" "$src/build/pause/linux/pause.c"
+            strip "$tmp" 2>/dev/null || true ;;
         etcd)
             # The version is a constant in etcd's source; only the commit needs stamping
             # (as etcd's scripts/build_lib.sh does). The proxy reports the tag's commit.
@@ -163,24 +224,33 @@ build_one() {
 }
 
 main() {
-    local force=0 prune=0 arg
+    local force=0 prune=0 node=0 print=0 arg
     for arg in "$@"; do
         case "$arg" in
-            --print-bin-dir) bin_dir; return 0 ;;
-            --regen-wrappers) regen_kubebins; regen_etcdbin; return 0 ;;
+            --print-bin-dir) print=1 ;;
+            --node) node=1 ;;
+            --regen-wrappers) regen_kubebins; regen_nodebins; regen_etcdbin; return 0 ;;
             --force) force=1 ;;
             --prune) prune=1 ;;
-            -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; return 0 ;;
+            -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}"; return 0 ;;
             *) die "unknown argument: $arg" ;;
         esac
     done
-    [[ -f "$HERE/kubebins/go.sum" && -f "$HERE/etcdbin/go.sum" ]] \
+    if [[ $print == 1 ]]; then
+        if [[ $node == 1 ]]; then node_bin_dir; else bin_dir; fi
+        return 0
+    fi
+    [[ -f "$HERE/kubebins/go.sum" && -f "$HERE/etcdbin/go.sum" && -f "$HERE/nodebins/go.sum" ]] \
         || die "wrapper modules missing: run $0 --regen-wrappers"
 
-    local out total_start name missing=()
+    local out total_start name missing=() wanted=("${BINARIES[@]}")
     out="$(bin_dir)"
+    if [[ $node == 1 ]]; then
+        out="$(node_bin_dir)"
+        wanted=("${NODE_BINARIES[@]}")
+    fi
     mkdir -p "$out"
-    for name in "${BINARIES[@]}"; do
+    for name in "${wanted[@]}"; do
         if [[ $force == 1 || ! -x "$out/$name" ]]; then missing+=("$name"); fi
     done
     if [[ ${#missing[@]} == 0 ]]; then

@@ -11,7 +11,7 @@ virtualenv exists and can be loaded by path from pytest.
 
 CLI::
 
-    python hack/cluster/localcluster.py up [--state-dir D] [--bin-dir B]
+    python hack/cluster/localcluster.py up [--state-dir D] [--bin-dir B] [--real-node]
     python hack/cluster/localcluster.py status
     python hack/cluster/localcluster.py env        # prints shell exports (KUBECONFIG, PATH)
     python hack/cluster/localcluster.py down [--purge]
@@ -23,6 +23,9 @@ Python::
     c.kubectl("get", "nodes")
     c.restart_apiserver()
     c.down(purge=True)
+
+``real_node=True`` (CLI ``--real-node``) adds one real node (kubelet + containerd + runc, CoreDNS,
+kube-proxy) next to the kwok nodes: see ``realnode.py`` beside this file.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import base64
 import contextlib
 import ctypes
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -47,6 +51,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +79,22 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_LABEL = "nvidia.com/gpu.present"
 NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 STATE_FILE = "cluster.json"
+REAL_NODE_CACHE = (
+    Path(os.environ.get("BERTSERVE_CACHE", str(Path.home() / ".cache" / "bertserve"))) / "realnode"
+)
+
+
+def realnode() -> ModuleType:
+    """``realnode.py`` beside this file (loaded by path, as this file is by the tests)."""
+    name = "bertserve_realnode"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, HERE / "realnode.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 class ClusterError(RuntimeError):
@@ -132,10 +153,25 @@ def build_binaries(*, quiet: bool = False) -> Path:
     return Path(lines[-1])
 
 
-def default_bin_dir() -> Path:
+def build_node_binaries(*, quiet: bool = False) -> Path:
+    """``build.sh --node`` (kubelet, kube-proxy, containerd, CoreDNS, pause); returns their bin dir."""
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), "--node"],
+        stdout=subprocess.PIPE,
+        stderr=None if not quiet else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or "")[-4000:] if quiet else "(see build output above)"
+        raise ClusterError(f"{BUILD_SCRIPT} --node failed with exit code {proc.returncode}:\n{tail}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def default_bin_dir(node: bool = False) -> Path:
     """The bin dir for the pinned versions (``build.sh --print-bin-dir``), built or not."""
     out = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "--print-bin-dir"],
+        ["bash", str(BUILD_SCRIPT), *(["--node"] if node else []), "--print-bin-dir"],
         stdout=subprocess.PIPE,
         text=True,
         check=True,
@@ -257,6 +293,11 @@ class LocalCluster:
     timeouts: Timeouts = field(default_factory=Timeouts)
     #: Tie the components' lifetime to this Python process (tests); the CLI leaves it off.
     die_with_parent: bool = False
+    #: Add a real node (kubelet + containerd); the API server then listens on the node link.
+    real_node: bool = False
+    node_bin_dir: Path | None = None
+    #: containerd's root (imported images) for the real node; persists so imports are cached.
+    containerd_root: Path = REAL_NODE_CACHE / "containerd"
     ports: dict[str, int] = field(default_factory=dict)
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     _popen: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -291,8 +332,25 @@ class LocalCluster:
         return self.state_dir / "kubeconfig"
 
     @property
+    def api_host(self) -> str:
+        """Where the API server listens: loopback, or the host side of the real node's link."""
+        return str(realnode().HOST_IP) if self.real_node else "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.api_host}:{self.ports['apiserver']}"
+
+    @functools.cached_property
+    def node(self) -> Any:
+        """The real node (a ``realnode.RealNode``); only meaningful with ``real_node=True``."""
+        rn = realnode()
+        return rn.RealNode(
+            state_dir=self.state_dir / "node",
+            bin_dir=self.node_bin_dir or default_bin_dir(node=True),
+            kubeconfig=self.kubeconfig,
+            containerd_root=self.containerd_root,
+            die_with_parent=self.die_with_parent,
+        )
 
     def binary(self, name: str) -> Path:
         """Path of one built binary; raises with the build command when it is missing."""
@@ -317,6 +375,10 @@ class LocalCluster:
         }
         if self.bin_dir is None and data.get("bin_dir"):
             self.bin_dir = Path(data["bin_dir"])
+        if data.get("real_node"):
+            self.real_node = True
+            if self.node_bin_dir is None and data.get("node_bin_dir"):
+                self.node_bin_dir = Path(data["node_bin_dir"])
 
     def _save_state(self) -> None:
         data = {
@@ -324,6 +386,8 @@ class LocalCluster:
             "ports": self.ports,
             "processes": {name: rec.to_json() for name, rec in self.processes.items()},
             "kubeconfig": str(self.kubeconfig),
+            "real_node": self.real_node,
+            "node_bin_dir": str(self.node_bin_dir) if self.node_bin_dir else None,
         }
         tmp = self._state_path().with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
@@ -342,12 +406,17 @@ class LocalCluster:
         not-ready taint, and ServiceAccount ``default/default`` present (pods in a namespace
         are rejected by admission until the controller-manager has created it).
         """
+        if self.real_node:
+            why = realnode().refusal()
+            if why:
+                raise ClusterError(why)
         alive = self.running()
-        if alive and all(alive.values()) and set(alive) == set(COMPONENTS):
+        if not self.real_node and alive and all(alive.values()) and set(alive) == set(COMPONENTS):
             self.wait_ready()
             return self
-        if any(alive.values()):
+        if any(alive.values()) or self.real_node:
             # Half-running from a crash: stop our leftovers rather than fight over ports.
+            # A real node always starts afresh (its host state must be recorded before it runs).
             self.down(purge=False)
         for d in (self.state_dir, self.log_dir, self.etcd_dir, self.home_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -360,6 +429,9 @@ class LocalCluster:
         self.processes = {}
         self._write_kubeconfig()
         try:
+            if self.real_node:
+                # Cleans up a crashed node first; creates the link the API server listens on.
+                self.node.prepare_host()
             self._start("etcd")
             self._wait(
                 "etcd /health",
@@ -371,6 +443,11 @@ class LocalCluster:
             for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
                 self._start(name)
             self.wait_ready()
+            if self.real_node:
+                self.node.start()
+                self._wait(
+                    "real node Ready", self._real_node_ready, self.timeouts.nodes, "kube-controller-manager"
+                )
         except BaseException:
             # Leave logs in place for the error message; stop what we started.
             self.down(purge=False)
@@ -415,6 +492,9 @@ class LocalCluster:
         ``purge`` removes the whole state dir (etcd data, certificates, logs, kubeconfig).
         """
         errors: list[str] = []
+        record = realnode().read_machine_record() if os.geteuid() == 0 else None
+        if record is not None and record.get("state_dir") == str(self.state_dir / "node"):
+            errors += self.node.stop()
         for name in reversed(COMPONENTS):
             rec = self.processes.get(name)
             if rec is None:
@@ -589,6 +669,7 @@ class LocalCluster:
         sans = ",".join(
             [
                 "IP:127.0.0.1",
+                f"IP:{realnode().HOST_IP}",  # the API server's address in real-node mode
                 f"IP:{FIRST_SERVICE_IP}",
                 "DNS:localhost",
                 "DNS:kubernetes",
@@ -646,8 +727,7 @@ class LocalCluster:
 
     def _args(self, name: str) -> list[str]:
         """Command line of one component (flags chosen as kwokctl's binary runtime does)."""
-        p, pki, kc = self.ports, self.pki_dir, str(self.kubeconfig)
-        allow = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
+        p = self.ports
         if name == "etcd":
             client, peer = f"http://127.0.0.1:{p['etcd']}", f"http://127.0.0.1:{p['etcd-peer']}"
             return [
@@ -664,31 +744,52 @@ class LocalCluster:
                 "--unsafe-no-fsync=true",
             ]
         if name == "kube-apiserver":
-            return [
-                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={p['apiserver']}",
-                f"--cert-dir={pki / 'apiserver'}",
-                f"--tls-cert-file={pki / 'admin.crt'}",
-                f"--tls-private-key-file={pki / 'admin.key'}",
-                f"--client-ca-file={pki / 'ca.crt'}",
-                "--authorization-mode=Node,RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki / 'sa.pub'}",
-                f"--service-account-signing-key-file={pki / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--allow-privileged=true",
-                # ExtendedResourceToleration adds tolerations for taints named after extended
-                # resources a pod requests, so GPU pods tolerate the nvidia.com/gpu taint without
-                # writing it. OwnerReferencesPermissionEnforcement (on by default in OpenShift)
-                # admits an ownerReference with blockOwnerDeletion only from a client that may
-                # update the owner's finalizers: the operator's RBAC is tested under it.
-                "--enable-admission-plugins=ExtendedResourceToleration,OwnerReferencesPermissionEnforcement",
-                # The `kubernetes` Service endpoints would point at 127.0.0.1, which Endpoints
-                # validation rejects (log noise every 10 s); nothing in-cluster can reach it anyway.
-                "--endpoint-reconciler-type=none",
-            ]
+            return [*self._apiserver_args(), *self._real_node_apiserver_args()]
+        return self._component_args(name)
+
+    def _apiserver_args(self) -> list[str]:
+        p, pki = self.ports, self.pki_dir
+        return [
+            f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+            f"--bind-address={self.api_host}",
+            f"--advertise-address={self.api_host}",
+            f"--secure-port={p['apiserver']}",
+            f"--cert-dir={pki / 'apiserver'}",
+            f"--tls-cert-file={pki / 'admin.crt'}",
+            f"--tls-private-key-file={pki / 'admin.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--authorization-mode=Node,RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            # ExtendedResourceToleration adds tolerations for taints named after extended
+            # resources a pod requests, so GPU pods tolerate the nvidia.com/gpu taint without
+            # writing it. OwnerReferencesPermissionEnforcement (on by default in OpenShift)
+            # admits an ownerReference with blockOwnerDeletion only from a client that may
+            # update the owner's finalizers: the operator's RBAC is tested under it.
+            "--enable-admission-plugins=ExtendedResourceToleration,OwnerReferencesPermissionEnforcement",
+        ]
+
+    def _real_node_apiserver_args(self) -> list[str]:
+        if not self.real_node:
+            # The `kubernetes` Service endpoints would point at 127.0.0.1, which Endpoints
+            # validation rejects (log noise every 10 s); nothing in-cluster can reach it anyway.
+            return ["--endpoint-reconciler-type=none"]
+        pki = self.pki_dir
+        # Pods on the real node reach the API server through the `kubernetes` Service (whose
+        # endpoint is the advertise address); the API server reaches the kubelet (logs, exec)
+        # at the node's InternalIP, with the admin certificate as client certificate.
+        return [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+        ]
+
+    def _component_args(self, name: str) -> list[str]:
+        p, pki, kc = self.ports, self.pki_dir, str(self.kubeconfig)
+        allow = "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
         if name == "kube-controller-manager":
             return [
                 f"--kubeconfig={kc}",
@@ -884,6 +985,16 @@ class LocalCluster:
             if status not in (201, 409):
                 raise ClusterError(f"creating node {spec.name}: HTTP {status}: {body}")
 
+    def _real_node_ready(self) -> bool:
+        """The kubelet registered the node, it is Ready and the not-ready taint is gone."""
+        status, node = self.api("GET", f"/api/v1/nodes/{realnode().NODE_NAME}")
+        if status != 200:
+            return False
+        conditions = node.get("status", {}).get("conditions") or []
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        taints = node.get("spec", {}).get("taints") or []
+        return ready and not any(t["key"] == NOT_READY_TAINT for t in taints)
+
     def _nodes_ready(self) -> bool:
         status, body = self.api("GET", "/api/v1/nodes")
         if status != 200:
@@ -924,6 +1035,22 @@ def _kubeconfig_yaml(server: str, ca_b64: str, user: Mapping[str, str], namespac
     )
 
 
+def import_project_images(
+    cluster: LocalCluster, out_dir: Path = REPO_ROOT / ".local" / "images"
+) -> list[str]:
+    """Import ``make images``' OCI archives (``bertserve-<name>-<version>.tar``) into the real node.
+
+    Each becomes ``localhost/bertserve-<name>:<version>``, the names the chart and the operator
+    are given in real-node mode (pods use ``imagePullPolicy: Never``: there is no registry).
+    """
+    names = []
+    for archive in sorted(out_dir.glob("bertserve-*.tar")):
+        stem = archive.name.removesuffix(".tar")
+        base = "localhost/" + stem.rsplit("-", 1)[0]
+        names.append(cluster.node.import_archive(archive, base))
+    return names
+
+
 @contextlib.contextmanager
 def temporary_cluster(bin_dir: Path | None = None) -> Iterator[LocalCluster]:
     """A throwaway cluster in a temp dir (for scripts); purged on success, kept on error."""
@@ -949,6 +1076,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_up = sub.add_parser("up", help="build (cached) and start the cluster, wait until ready")
     p_up.add_argument("--bin-dir", type=Path, help="use these binaries instead of build.sh")
+    p_up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="add a real node (kubelet + containerd + runc, CoreDNS, kube-proxy); needs root",
+    )
     p_down = sub.add_parser("down", help="stop the processes this state dir recorded")
     p_down.add_argument("--purge", action="store_true", help="also delete etcd data, certs, logs")
     sub.add_parser("status", help="show processes, ports and readiness")
@@ -956,12 +1088,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "up":
+        if args.real_node:
+            why = realnode().refusal()
+            if why:
+                print(f"localcluster: {why}", file=sys.stderr)
+                return 2
         bin_dir = args.bin_dir or build_binaries()
-        cluster = LocalCluster(args.state_dir, bin_dir)
+        node_bin_dir = build_node_binaries() if args.real_node else None
+        cluster = LocalCluster(args.state_dir, bin_dir, real_node=args.real_node, node_bin_dir=node_bin_dir)
         started = time.monotonic()
         try:
             cluster.up()
-        except ClusterError as exc:
+            if args.real_node:
+                for image in import_project_images(cluster):
+                    print(f"imported {image} into the real node", file=sys.stderr)
+        except (ClusterError, realnode().RealNodeError) as exc:
             print(f"localcluster: {exc}", file=sys.stderr)
             return 1
         print(

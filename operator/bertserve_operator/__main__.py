@@ -1,9 +1,9 @@
 """``python -m bertserve_operator``: run the operator (kopf) with our settings.
 
-Why it exists: one command for local runs and tests, with every setting as a flag. (The image
-runs ``kopf run -m bertserve_operator.handlers`` instead; there the settings come from
-``BERTSERVE_*`` variables alone.) Settings are read here, once, from the command line and
-``BERTSERVE_*`` variables; kopf gets the namespaces,
+Why it exists: one entry point for the image (``bertserve-operator``), local runs and tests, so
+every setting means the same everywhere: the chart passes them as ``BERTSERVE_*`` variables
+(``extraEnv`` included), a local run may use flags. Settings are read here, once, from the
+command line and ``BERTSERVE_*`` variables; kopf gets the namespaces,
 the liveness endpoint and standalone mode (one active instance: the chart runs a single replica
 with the ``Recreate`` strategy, so there is no peering to configure). SIGTERM/SIGINT stop kopf
 gracefully: watches close, running handlers finish, then the runtime drains its workers.

@@ -23,7 +23,7 @@ from bertserve_api import manifests, names
 Key = tuple[str, str]
 """``(namespace, name)`` of a BertServer."""
 
-CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+CHILD_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy")
 
 
 def _older(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:

@@ -1,7 +1,7 @@
 """kopf handler declarations — and nothing else.
 
-Why it exists: ``kopf run -m bertserve_operator.handlers`` (or ``python -m bertserve_operator``)
-imports this module to register what the operator reacts to. Every handler forwards to the
+Why it exists: ``python -m bertserve_operator`` (the image's ``bertserve-operator``) imports
+this module to register what the operator reacts to. Every handler forwards to the
 :class:`~bertserve_operator.runtime.Runtime` created at start-up:
 
 * BertServer create / update / resume → one reconcile pass, errors mapped to kopf retries;
@@ -91,6 +91,7 @@ async def bertserver_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
 @kopf.on.event("v1", "services", labels=OWNED)
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=OWNED)
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
 async def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _runtime(memo).on_child_event(event.get("type"), event["object"])
 

@@ -52,6 +52,9 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Event"): "events",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
+    ("v1", "Secret"): "secrets",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
     (names.API_VERSION, names.KIND): names.PLURAL,
 }
 
@@ -205,6 +208,30 @@ class Kube:
         )
         assert isinstance(result, dict)
         return result
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves ``plural`` in ``api_version`` (discovery, allowed to all)."""
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        found = self.request("GET", base, not_found_ok=True)
+        resources = found.get("resources", []) if isinstance(found, Mapping) else []
+        return any(r.get("name") == plural for r in resources)
+
+    def create_once(self, obj: Mapping[str, Any]) -> bool:
+        """Create ``obj`` unless an object of its name exists: True when created, False when
+        the API server answered 409 AlreadyExists.
+
+        For objects that must never change once made (the mesh key): no read or update rights
+        are needed, and an existing object is never overwritten.
+        """
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        try:
+            self.request("POST", path, query={"fieldManager": names.FIELD_MANAGER}, body=dict(obj))
+        except TemporaryApiError as err:
+            if err.status == 409:
+                return False
+            raise
+        return True
 
     def json_patch(
         self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]

@@ -30,7 +30,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -43,7 +46,9 @@ import kopf
 
 from bertserve_api import manifests, names
 from bertserve_api.manifests import Owner, RenderOptions
-from bertserve_api.spec import BertServerSpec, SpecError, parse_spec
+from bertserve_api.policy import Policy
+from bertserve_api.policy import check as check_policy
+from bertserve_api.spec import BertServerSpec, SpecError, check_name, parse_spec
 from bertserve_api.status import (
     APPLY_FAILED,
     CHILD_CONFLICT,
@@ -65,6 +70,9 @@ from bertserve_operator.kube import (
 __all__ = ["ChildConflict", "Outcome", "Reconciler", "is_subset", "manager_owns", "needs_apply"]
 
 log = logging.getLogger(__name__)
+
+MONITORING_RECHECK_S = 10.0
+"""How long the answer "is the ServiceMonitor API served?" is trusted (a CRD can appear later)."""
 
 
 def utc_now() -> str:
@@ -176,6 +184,8 @@ class Reconciler:
         clock: Callable[[], str] = utc_now,
         instance: str | None = None,
         apply_threads: int = 0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        policy: Policy | None = None,
         stuck_recheck_seconds: float = 10.0,
         max_event_lookups: int = 3,
         observe_apply: Callable[[str, float], None] | None = None,
@@ -187,6 +197,12 @@ class Reconciler:
         self.observe_apply = observe_apply  # (kind, seconds) of each apply, for the metrics
         self.stuck_recheck_seconds = stuck_recheck_seconds
         self.max_event_lookups = max_event_lookups
+        self.policy = policy or Policy()
+        self.random_bytes = random_bytes
+        self._keyed: set[str] = set()  # uids whose peer-key Secret is known to exist
+        self._created: set[tuple[str, str]] = set()  # (uid, name) of other create-once Secrets
+        self._monitors: dict[str, str] = {}  # uid -> hash of the ServiceMonitor applied ("" = none)
+        self._monitoring_served: tuple[float, bool] = (-1e9, False)
         # Children of one pass are applied concurrently (0: one after the other, as in unit tests).
         self._pool = ThreadPoolExecutor(apply_threads, thread_name_prefix="apply") if apply_threads else None
         self.cache = cache
@@ -211,6 +227,9 @@ class Reconciler:
             self._locks.pop(key, None)
             if uid:
                 self._written.pop(uid, None)
+                self._keyed.discard(uid)
+                self._created = {c for c in self._created if c[0] != uid}
+                self._monitors.pop(uid, None)
 
     def reconcile_key(self, key: Key) -> Outcome | None:
         """A pass over the cached BertServer ``key``; ``None`` when it no longer exists."""
@@ -238,7 +257,9 @@ class Reconciler:
         previous = self._previous_status(body)
         dep_name = manifests.deployment_name(owner.name)
         try:
+            check_name(owner.name)  # objects admitted before the CRD refused such names
             spec = parse_spec(body.get("spec"))
+            check_policy(spec, self.policy)
         except SpecError as err:
             outcome.spec_error = err
             status = compute_status(
@@ -259,9 +280,9 @@ class Reconciler:
         options, image_lock = self._render_options(owner, spec, outcome)
         try:
             with image_lock:
-                deployment = self._ensure_children(
-                    owner, manifests.render(owner, spec, options), spec, outcome
-                )
+                children = manifests.render(owner, spec, options)
+                deployment = self._ensure_children(owner, children, spec, outcome)
+            self._ensure_service_monitor(owner, children.service_monitor, outcome)
         except (ChildConflict, RefusedApiError, PermanentApiError) as err:
             status = compute_status(
                 owner=owner,
@@ -388,15 +409,20 @@ class Reconciler:
 
         1. Every child is observed first; one that exists without us as its controller stops
            the pass (:class:`ChildConflict`) before anything is written.
-        2. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
+        2. The Secrets the pods mount are created (once; see :meth:`_ensure_peer_key`).
+        3. The Deployment is applied next, alone: when it is refused (quota, RBAC, admission)
            no Service or HPA is left behind pointing at nothing.
-        3. The other children are applied concurrently.
+        4. The other children are applied concurrently.
         """
         desired = children.all()
         observed = self._run([functools.partial(self._observe, d) for d in desired])
         for want, have in zip(desired, observed, strict=True):
             if have is not None and not controls(have, owner):
                 raise ChildConflict(conflict_message(have, str(want["kind"])))
+        # The Secrets the pods mount exist before the Deployment that mounts them.
+        self._ensure_peer_key(owner, outcome)
+        if children.model_uri_secret is not None:
+            self._create_once(owner, children.model_uri_secret, outcome)
         seen = {(d["kind"], d["metadata"]["name"]): o for d, o in zip(desired, observed, strict=True)}
         dep_name = manifests.deployment_name(owner.name)
         deployment = self._ensure_deployment(children.deployment, seen["Deployment", dep_name], spec, outcome)
@@ -409,9 +435,87 @@ class Reconciler:
                     owner, children.hpa, seen, outcome, kind="HorizontalPodAutoscaler"
                 ),
                 lambda: self._ensure_optional(owner, children.pdb, seen, outcome, kind="PodDisruptionBudget"),
+                lambda: self._ensure_optional(
+                    owner, children.network_policy, seen, outcome, kind="NetworkPolicy"
+                ),
             ]
         )
         return deployment
+
+    def _ensure_peer_key(self, owner: Owner, outcome: Outcome) -> None:
+        """Create the mesh key Secret once per BertServer (before its pods need to mount it).
+
+        Create-only: an AlreadyExists answer means the key is there, and it is never read,
+        compared or rewritten, so a running mesh never gets a new key by accident. Known keys
+        are remembered, so a quiet pass costs no request; a restarted operator asks once each.
+        """
+        if not owner.uid or owner.uid in self._keyed:
+            return
+        secret = manifests.peer_key_secret(owner, self.random_bytes(manifests.PEER_KEY_MIN_BYTES))
+        if self.kube.create_once(secret):
+            outcome.applied.append("Secret")
+            log.info("created Secret %s/%s (mesh key)", owner.namespace, secret["metadata"]["name"])
+        self._keyed.add(owner.uid)
+
+    def _monitoring_api(self) -> bool:
+        """Whether ServiceMonitors are served (asked at most every MONITORING_RECHECK_S)."""
+        checked, served = self._monitoring_served
+        now = time.monotonic()
+        if now - checked >= MONITORING_RECHECK_S:
+            served = self.kube.serves(manifests.SERVICE_MONITOR_API_VERSION, "servicemonitors")
+            self._monitoring_served = (now, served)
+        return served
+
+    def _ensure_service_monitor(
+        self, owner: Owner, desired: Mapping[str, Any] | None, outcome: Outcome
+    ) -> None:
+        """Apply the ServiceMonitor when asked for and its API is served; remove ours otherwise.
+
+        It is not watched (its CRD may not exist), so what was applied is remembered by
+        hash: a quiet pass asks nothing, and a restarted operator re-applies once.
+        """
+        uid = owner.uid
+        if not uid or (desired is None and self._monitors.get(uid) == ""):
+            return
+        if not self._monitoring_api():
+            if desired is not None and uid not in self._monitors:
+                log.warning(
+                    "%s/%s: spec.monitoring.serviceMonitor.enabled, but the ServiceMonitor API "
+                    "(monitoring.coreos.com/v1) is not served; none is made",
+                    owner.namespace,
+                    owner.name,
+                )
+            self._monitors[uid] = ""
+            return
+        name = manifests.service_name(owner.name)
+        if desired is None:
+            observed = self.kube.get(
+                manifests.SERVICE_MONITOR_API_VERSION, "ServiceMonitor", owner.namespace, name
+            )
+            if observed is not None and controls(observed, owner):
+                self.kube.delete(
+                    manifests.SERVICE_MONITOR_API_VERSION, "ServiceMonitor", owner.namespace, name
+                )
+                outcome.deleted.append("ServiceMonitor")
+            self._monitors[uid] = ""
+            return
+        digest = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
+        if self._monitors.get(uid) == digest:
+            return
+        self.kube.apply(desired)
+        outcome.applied.append("ServiceMonitor")
+        log.info("applied ServiceMonitor %s/%s", owner.namespace, name)
+        self._monitors[uid] = digest
+
+    def _create_once(self, owner: Owner, secret: Mapping[str, Any], outcome: Outcome) -> None:
+        """Create an immutable Secret unless it exists (an inline model URL, one Secret per URL)."""
+        name = str(secret["metadata"]["name"])
+        if not owner.uid or (owner.uid, name) in self._created:
+            return
+        if self.kube.create_once(secret):
+            outcome.applied.append("Secret")
+            log.info("created Secret %s/%s", owner.namespace, name)
+        self._created.add((owner.uid, name))
 
     def _apply(self, obj: Mapping[str, Any], outcome: Outcome) -> dict[str, Any]:
         started = time.monotonic()
@@ -505,7 +609,7 @@ class Reconciler:
         *,
         kind: str,
     ) -> None:
-        """Ensure an HPA/PDB the spec asks for, or delete ours when it no longer does."""
+        """Ensure an HPA/PDB/NetworkPolicy the spec asks for, or delete ours when it no longer does."""
         name = manifests.deployment_name(owner.name)
         if desired is not None:
             self._ensure(desired, seen[kind, name], outcome)

@@ -40,6 +40,7 @@ CHILD_RESOURCES = (
     ("", "v1", "services"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
     ("", "v1", "pods"),
 )
 
@@ -99,6 +100,7 @@ class Runtime:
             self.cache,
             settings.render_options(),
             apply_threads=settings.workers + settings.handler_threads,
+            policy=settings.policy(),
             observe_apply=lambda kind, seconds: self.metrics.apply_seconds.labels(kind).observe(seconds),
             max_image_rollouts=settings.max_image_rollouts,
         )
@@ -108,6 +110,7 @@ class Runtime:
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reconcile")
         self._tasks: list[asyncio.Task[None]] = []
         self.last_resync = time.monotonic()
+        self.resyncs = 0  # periodic full passes started (a monotonic marker for probes and tests)
         self.passes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -206,6 +209,7 @@ class Runtime:
         return {
             "queued": len(self.queue),
             "passes": self.passes,
+            "resyncs": self.resyncs,
             "sinceResyncSeconds": round(time.monotonic() - self.last_resync, 1),
             "cached": self.cache.sizes(),
             "requests": self.kube.request_counts(),
@@ -321,4 +325,5 @@ class Runtime:
             for key in keys:
                 self.queue.add(key)
             self.last_resync = time.monotonic()
+            self.resyncs += 1
             log.debug("resync: queued %d BertServers", len(keys))

@@ -31,6 +31,15 @@ REQUIRED: tuple[tuple[str, str, str], ...] = (
     ),
     *(("policy", "poddisruptionbudgets", v) for v in ("get", "list", "watch", "create", "patch", "delete")),
     *(("", "pods", v) for v in ("get", "list", "watch")),
+    *(
+        ("networking.k8s.io", "networkpolicies", v)
+        for v in ("get", "list", "watch", "create", "patch", "delete")
+    ),
+    # Create only: the mesh key Secret is made once and never read, listed or changed, so the
+    # operator holds no right to read any Secret (RBAC cannot narrow Secrets by name pattern).
+    ("", "secrets", "create"),
+    # Optional: only used where the Prometheus operator's CRD is served.
+    *(("monitoring.coreos.com", "servicemonitors", v) for v in ("get", "create", "patch", "delete")),
     ("", "events", "create"),
     ("", "events", "list"),  # why a pod is stuck creating (FailedMount, FailedAttachVolume)
 )

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bertserve_api.manifests import RenderOptions
+from bertserve_api.names import DEFAULT_SERVER_IMAGE
+from bertserve_api.policy import Policy
 
 ENV_PREFIX = "BERTSERVE_"
-DEFAULT_SERVER_IMAGE = "ghcr.io/bertserve/bertserve-server:0.1.0"
 LOG_FORMATS = ("plain", "full", "json")
 
 
@@ -48,6 +49,14 @@ class Settings:
     watch_timeout_seconds: int = _opt(300, "server-side timeout of one watch request (kopf reconnects)")
     retry_delay_seconds: float = _opt(10.0, "first retry delay after a temporary API error (doubles)")
     max_retry_delay_seconds: float = _opt(300.0, "upper bound of the retry delay")
+    allow_host_path: bool = _opt(False, "let BertServers mount node directories (model.source.hostPath)")
+    allowed_service_accounts: tuple[str, ...] = _opt(
+        (), "ServiceAccounts pods may run as besides the namespace default (comma-separated; * = any)"
+    )
+    allowed_runtime_classes: tuple[str, ...] = _opt(
+        (), "runtimeClassNames pods may use (comma-separated; * = any); empty = only the cluster default"
+    )
+    network_policies: bool = _opt(True, "render a NetworkPolicy per BertServer (spec.network can opt out)")
     max_image_rollouts: int = _opt(
         1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
     )
@@ -58,7 +67,12 @@ class Settings:
             default_image=self.default_image,
             cluster_domain=self.cluster_domain,
             server_log_format=self.server_log_format,
+            network_policies=self.network_policies,
         )
+
+    def policy(self) -> Policy:
+        """What BertServer authors may ask for (checked before anything is applied)."""
+        return Policy(self.allow_host_path, self.allowed_service_accounts, self.allowed_runtime_classes)
 
     @property
     def clusterwide(self) -> bool:
@@ -74,7 +88,7 @@ def _flag(name: str) -> str:
 
 def _convert(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    if name == "namespaces":
+    if kind == "tuple[str, ...]":
         items = [value] if isinstance(value, str) else list(value)
         return tuple(sorted({v.strip() for item in items for v in item.split(",") if v.strip()}))
     if kind == "bool":

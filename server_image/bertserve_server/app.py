@@ -227,6 +227,8 @@ class BertServer:
         self.batcher.stop()
         for worker in self.workers:
             worker.join(timeout=5.0)
+        if self.peering is not None:
+            self.peering.detach()  # answers still arriving from peers wait in the mesh, not in a closed outbox
         if self.zmq is not None:
             self.zmq.stop(linger_s=max(0.2, min(2.0, deadline - time.monotonic())))
         if self.peering is not None:

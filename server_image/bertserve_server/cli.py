@@ -11,7 +11,8 @@ line that names the flag and the fix, exit code 2:
 * a ``-ckpt_name`` prefix that is not in the checkpoint directory (the ones that are, listed);
 * ``-max_seq_len`` above the config's ``max_position_embeddings``;
 * a ``-pooling_layer`` outside the model's layers; ``-classifier_labels`` without ``-classifier``,
-  empty or repeated; and a few impossible numbers.
+  empty or repeated; ``-peer_service`` without a usable ``-peer_key_file``; and a few impossible
+  numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bertserve_api.contract import FLAGS, PoolingStrategy, ServerConfig, parse_argv
+from bertserve_server.mesh.security import PeerKeyError, load_secret
 from bertserve_server.model.checkpoint_names import checkpoint_exists, describe_missing_checkpoint
 from bertserve_server.model.config import BertConfig, ConfigError, resolve_pooling_layers
 
@@ -110,9 +112,19 @@ def _check_classifier(config: ServerConfig) -> None:
         )
 
 
+def _check_peer_key(config: ServerConfig) -> None:
+    """With ``-peer_service``, the mesh secret must be there and long enough (one line otherwise)."""
+    if config.peer_service:
+        try:
+            load_secret(config.peer_key_file)
+        except PeerKeyError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+
 def validate(config: ServerConfig) -> BertConfig:
     """Check everything that can be checked without TensorFlow; the model's config on success."""
     _check_numbers(config)
+    _check_peer_key(config)
     model_dir = Path(config.model_dir)
     if not model_dir.is_dir():
         raise ConfigurationError(

@@ -27,6 +27,10 @@ that restarts:
 * **Credentials from a mounted Secret only.** ``--auth-dir`` holds ``authorization`` (the whole
   header value) or ``token`` (sent as ``Bearer``). Nothing comes from the command line or the
   environment, and the header is not forwarded on redirects to another URL.
+* **The URL is not an argument in a pod.** A pre-signed URL is itself a credential, and a pod's
+  arguments are readable by anyone who may read pods. The operator passes it in the environment
+  variable :data:`URL_ENV` from a Secret (``--url`` stays for local use); logs and errors show it
+  without query string, fragment or user info.
 
 Standard library only (``urllib``); progress goes to stderr.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import stat
 import sys
@@ -58,6 +63,21 @@ PROGRESS_EVERY_S = 2.0
 
 class FetchError(Exception):
     """A failure with a message fit for the pod's log."""
+
+
+URL_ENV = "BERTSERVE_FETCH_URL"
+"""Where the URL comes from when ``--url`` is not given (set from a Secret by the operator)."""
+
+
+def shown(url: str) -> str:
+    """``url`` as logs and errors show it: no user info, query string or fragment (credentials
+    of pre-signed URLs live there)."""
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.hostname or ""
+    if parsed.port:
+        host = f"{host}:{parsed.port}"
+    hidden = "?…" if parsed.query else ""
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", "")) + hidden
 
 
 def _log(message: str) -> None:
@@ -109,7 +129,7 @@ def download(url: str, target: IO[bytes], auth: str | None, timeout: float = 60.
                 share = f" ({100 * done / total:.0f}%)" if total else ""
                 _log(f"{_human(done)}{' / ' + _human(total) if total else ''}{share}")
         if total and done != total:
-            raise FetchError(f"download of {url} ended after {done} of {total} bytes")
+            raise FetchError(f"download of {shown(url)} ended after {done} of {total} bytes")
     _log(f"downloaded {_human(done)}")
     return digest.hexdigest()
 
@@ -122,18 +142,18 @@ def _download_with_retries(url: str, path: Path, auth: str | None) -> str:
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 raise FetchError(
-                    f"{url}: HTTP {exc.code} {exc.reason}; check the credentials in --auth-dir"
+                    f"{shown(url)}: HTTP {exc.code} {exc.reason}; check the credentials in --auth-dir"
                 ) from None
             if exc.code < 500 or attempt == ATTEMPTS:
-                raise FetchError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+                raise FetchError(f"{shown(url)}: HTTP {exc.code} {exc.reason}") from None
             _log(f"HTTP {exc.code}, retrying ({attempt}/{ATTEMPTS})")
         except (urllib.error.URLError, OSError, FetchError) as exc:
             if attempt == ATTEMPTS:
                 reason = getattr(exc, "reason", exc)
-                raise FetchError(f"{url}: {reason}") from None
+                raise FetchError(f"{shown(url)}: {reason}") from None
             _log(f"{exc}, retrying ({attempt}/{ATTEMPTS})")
         time.sleep(min(2**attempt, 10))
-    raise FetchError(f"{url}: download failed")  # pragma: no cover - the loop returns or raises
+    raise FetchError(f"{shown(url)}: download failed")  # pragma: no cover - the loop returns or raises
 
 
 def archive_kind(name: str) -> str | None:
@@ -242,18 +262,18 @@ def fetch(url: str, dest: str | Path, *, sha256: str | None = None, auth_dir: st
     """Fetch ``url`` into ``dest``; False when a previous identical fetch is already there."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme not in ("http", "https"):
-        raise FetchError(f"--url must be http:// or https://, got {url!r}")
+        raise FetchError(f"--url must be http:// or https://, got {shown(url)!r}")
     expected = sha256.lower().strip() if sha256 else None
     if expected is not None and (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected)):
         raise FetchError("--sha256 must be 64 hexadecimal digits")
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     if _marker_matches(out, url, expected):
-        _log(f"{out} already holds {url}; nothing to do")
+        _log(f"{out} already holds {shown(url)}; nothing to do")
         return False
     auth = read_auth_header(auth_dir)
     name = PurePosixPath(urllib.parse.unquote(parsed.path)).name or "download"
-    _log(f"fetching {url} into {out}")
+    _log(f"fetching {shown(url)} into {out}")
     # Work beside the final files, in the same volume, so the last step is a rename.
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=out) as work_dir:
         work = Path(work_dir)
@@ -261,7 +281,7 @@ def fetch(url: str, dest: str | Path, *, sha256: str | None = None, auth_dir: st
         digest = _download_with_retries(url, archive, auth)
         if expected is not None and digest != expected:
             raise FetchError(
-                f"sha256 mismatch for {url}: expected {expected}, got {digest}; nothing was kept"
+                f"sha256 mismatch for {shown(url)}: expected {expected}, got {digest}; nothing was kept"
             )
         staging = work / "staging"
         staging.mkdir()
@@ -299,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bertserve-fetch", description="Download (and unpack) a model into a directory, once."
     )
-    parser.add_argument("--url", required=True, help="http(s) URL of a .zip, .tar.gz/.tgz or single file")
+    parser.add_argument(
+        "--url", help=f"http(s) URL of a .zip, .tar.gz/.tgz or single file (default: ${URL_ENV})"
+    )
     parser.add_argument(
         "--dest",
         required=True,
@@ -314,9 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    url = args.url or os.environ.get(URL_ENV, "")
+    if not url:
+        parser.error(f"give --url or set {URL_ENV}")
     try:
-        fetch(args.url, args.dest, sha256=args.sha256, auth_dir=args.auth_dir)
+        fetch(url, args.dest, sha256=args.sha256, auth_dir=args.auth_dir)
     except FetchError as exc:
         _log(f"error: {exc}")
         return 1

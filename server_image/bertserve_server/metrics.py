@@ -75,7 +75,8 @@ class Metrics:
             "bertserve_answers_dropped",
             "Answers (encode results, error replies, status documents) that never reached their "
             "client, by reason: no_subscriber (no subscription for the identity appeared in time), "
-            "hold_full (the bounded hold was full; oldest dropped), no_route, shutdown, "
+            "hold_full (the bounded hold was full; oldest dropped), subscriber_full (a subscriber left "
+            "SNDHWM answers unread), no_route, shutdown, "
             "and the mesh's own reasons",
             ["reason"],
             registry=r,

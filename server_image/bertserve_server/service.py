@@ -155,6 +155,12 @@ class EncodeService:
                 "this server has no classifier head: start it with -classifier on a run_classifier.py "
                 "checkpoint (BertServer spec.serving.classifier.enabled: true)"
             )
+        size = len(examples) * len(self.labels) * 4  # float32 logits
+        if size > self.config.max_response_bytes:
+            raise RequestTooLarge(
+                f"the result ({len(examples)} x {len(self.labels)} float32 = {size} bytes) would exceed "
+                f"-max_response_bytes={self.config.max_response_bytes}; split the request"
+            )
         reservation = self.batcher.reserve(len(examples))
         answer: Future[PredictAnswer] = Future()
         labels = list(self.labels)

@@ -49,6 +49,7 @@ SLICED_PARSE_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
 _SLICE_CHARS = 1 << 20
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
@@ -175,6 +176,12 @@ def _check_string(value: Any, where: str) -> None:
         raise InvalidInput(f"{where} must be a string, got {_type_name(value)} {_describe(value)}")
     if not value.strip():
         raise InvalidInput(f"{where} must be a non-empty string, got {_describe(value)}")
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate is not None:  # JSON's "\ud800" escape: no UTF-8 form, so no tokenizer takes it
+        raise InvalidInput(
+            f"{where} holds an unpaired UTF-16 surrogate (U+{ord(surrogate.group()):04X}) at "
+            f"character {surrogate.start()}; send valid Unicode text"
+        )
 
 
 def validate_texts(texts: Any, is_tokenized: bool | None = None) -> tuple[list[Any], bool]:

@@ -83,7 +83,7 @@ NON_DEFAULT = {
     "log_format": "json",
     "min_identity_len": 32,
     "max_request_bytes": 1048576,
-    "max_response_bytes": 268435456,
+    "max_response_bytes": 134217728,
     "heartbeat_timeout": 2.5,
     "protect_metrics": True,
     "classifier": True,

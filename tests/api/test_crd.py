@@ -11,6 +11,7 @@ import yaml
 from crd_schema import ROOT, apply_defaults, load_crd, schema_paths, to_jsonschema, version_schema
 
 from bertserve_api import names
+from bertserve_api import spec as spec_mod
 from bertserve_api.spec import parse_spec, to_dict
 
 EXAMPLES = sorted((ROOT / "crds" / "examples").glob("*.yaml"))
@@ -99,14 +100,35 @@ def test_every_spec_field_is_in_the_schema_and_back():
         "serviceAccountName": "sa",
         "nodeSelector": {"a": "b"},
         "tolerations": [
-            {"key": "k", "operator": "Exists", "effect": "NoSchedule", "value": "v", "tolerationSeconds": 5}
+            {"key": "k", "operator": "Equal", "effect": "NoExecute", "value": "v", "tolerationSeconds": 5}
         ],
         "affinity": {"nodeAffinity": {}},
         "runtimeClassName": "nvidia",
         "priorityClassName": "high",
         "service": {"annotations": {"a": "b"}},
+        "network": {"networkPolicy": False, "allowedClients": [{"podSelector": {}}]},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+        ],
+        "podLabels": {"team": "a"},
+        "podAnnotations": {"note": "x"},
+        "env": [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+        "envFrom": [{"configMapRef": {"name": "cm"}}],
     }
-    free_form = ("nodeSelector.", "affinity.", "service.annotations.")  # maps whose keys are the user's
+    full["serving"]["apiKeySecret"] = {"name": "api", "key": "token"}
+    full["resources"]["gpuResourceName"] = "nvidia.com/mig-1g.10gb"
+    # maps whose keys are the user's, and Kubernetes objects passed through unchanged
+    free_form = (
+        "nodeSelector.",
+        "affinity.",
+        "service.annotations.",
+        "podLabels.",
+        "podAnnotations.",
+        "network.allowedClients[].",
+        "topologySpreadConstraints[].",
+        "envFrom[].",
+        "env[].value",
+    )
     code_paths = {p for p in _paths_of(to_dict(parse_spec(full))) if not p.startswith(free_form)}
     spec_schema = version_schema()["properties"]["spec"]
     schema_only = schema_paths(spec_schema) - code_paths
@@ -183,6 +205,40 @@ INVALID_CROSS_FIELD = [
     ({**MINIMAL, "serving": {"ports": {"zmq": 5000, "zmqOut": 5000}}}, "spec.serving.ports", "must differ"),
     ({**MINIMAL, "serving": {"fp16": True}, "resources": {"gpus": 0}}, "spec.serving.fp16", "gpus > 0"),
     ({**MINIMAL, "rollout": {"maxSurge": 0, "maxUnavailable": 0}}, "spec.rollout", "both be 0"),
+    ({**MINIMAL, "rollout": {"maxSurge": "0%", "maxUnavailable": 0}}, "spec.rollout", "both be 0"),
+    (
+        {**MINIMAL, "serving": {"numWorker": 4}, "resources": {"gpus": 2}},
+        "spec.serving.numWorker",
+        "resources.gpus is 2",
+    ),
+    (
+        {**MINIMAL, "serving": {"maxQueueSize": 8, "maxBatchSize": 16}},
+        "spec.serving.maxQueueSize",
+        "smaller than maxBatchSize",
+    ),
+    (
+        {**MINIMAL, "autoscaling": {"enabled": False, "minReplicas": 5, "maxReplicas": 2}},
+        "spec.autoscaling.minReplicas",
+        "greater than maxReplicas",
+    ),
+    ({"model": {**MINIMAL["model"], "configName": "cfg/bert.json"}}, "spec.model.configName", "file name"),
+    ({**MINIMAL, "rollout": {"maxSurge": "25"}}, "spec.rollout.maxSurge", "percentage"),
+    ({**MINIMAL, "rollout": {"maxUnavailable": "150%"}}, "spec.rollout.maxUnavailable", "percentage"),
+    (
+        {**MINIMAL, "disruptionBudget": {"maxUnavailable": "x"}},
+        "spec.disruptionBudget.maxUnavailable",
+        "percentage",
+    ),
+    (
+        {**MINIMAL, "tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+        "spec.tolerations[0].value",
+        "operator is Exists",
+    ),
+    (
+        {**MINIMAL, "tolerations": [{"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5}]},
+        "spec.tolerations[0].tolerationSeconds",
+        "NoExecute",
+    ),
     ({**MINIMAL, "autoscaling": {"enabled": True}}, "spec.autoscaling.metric", "needs resources.cpu"),
 ]
 
@@ -224,5 +280,53 @@ def test_cel_rules_carry_messages_naming_the_fields():
 
     walk(crd)
     messages = " ".join(r["message"] for r in rules)
-    for needle in ("model.source", "minReplicas", "ckptName", "ports", "fp16", "pretrainedPath"):
+    for needle in (
+        "model.source",
+        "minReplicas",
+        "ckptName",
+        "ports",
+        "fp16",
+        "pretrainedPath",
+        "configName",
+        "numWorker",
+        "maxQueueSize",
+        "rollout.maxSurge",
+        "tolerations[].value",
+        "tolerations[].tolerationSeconds",
+        "metadata.name",
+    ):
         assert needle in messages
+
+
+def _patterns(node: Any, path: str = "") -> dict[str, str]:
+    found: dict[str, str] = {}
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            found[path] = node["pattern"]
+        for key, value in node.items():
+            found |= _patterns(value, f"{path}.{key}")
+    return found
+
+
+def test_crd_patterns_are_the_parsers_patterns():
+    """One fact in one place: quantity and percentage fields carry spec.py's exact patterns,
+    and the name rules quote spec.py's name patterns."""
+    patterns = _patterns(version_schema())
+    quantity = {p for p in patterns if p.endswith((".cpu", ".memory", ".sizeLimit"))}
+    percent = {p for p in patterns if p.endswith((".maxSurge", ".maxUnavailable"))}
+    assert len(quantity) >= 3 and len(percent) == 3, patterns
+    assert {patterns[p] for p in quantity} == {spec_mod.QUANTITY_PATTERN}
+    assert {patterns[p] for p in percent} == {spec_mod.PERCENT_PATTERN}
+    rules = " ".join(r["rule"] for r in version_schema()["x-kubernetes-validations"])
+    assert f"'{spec_mod.NAME_PATTERN}'" in rules and f"'{spec_mod.PEER_SUFFIX_PATTERN}'" in rules
+
+
+@pytest.mark.parametrize("name", ["1bert", "my.bert", "Bert", "mrpc-peers", "x-peers-0123abcd", "a-"])
+def test_names_children_cannot_carry_are_refused(name):
+    with pytest.raises(spec_mod.SpecError, match=r"^metadata\.name: "):
+        spec_mod.check_name(name)
+
+
+@pytest.mark.parametrize("name", ["mrpc", "a", "bert-2", "peers", "x-peersx", "x-peer-key"])
+def test_ordinary_names_are_accepted(name):
+    spec_mod.check_name(name)

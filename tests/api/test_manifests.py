@@ -6,6 +6,7 @@ tests/api/test_manifests.py`` and review the diff like code.
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import pathlib
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from bertserve_api import manifests, names
-from bertserve_api.contract import parse_argv
+from bertserve_api.contract import ServerConfig, parse_argv
 from bertserve_api.manifests import Owner, RenderOptions, render
 from bertserve_api.spec import parse_spec
 
@@ -212,19 +213,24 @@ def test_uri_source_is_fetched_by_an_init_container_that_alone_sees_the_secret()
     pod = manifests.deployment(owner, parse_spec(raw), OPTIONS)["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
     assert init["image"] == _container({"spec": {"template": {"spec": pod}}})["image"]
-    assert init["command"][:5] == [
+    url = raw["model"]["source"]["uri"]["url"]
+    assert init["command"] == [
         "bertserve-fetch",
-        "--url",
-        raw["model"]["source"]["uri"]["url"],
         "--dest",
         "/models/uncased_L-12_H-768_A-12",  # the fetch unwraps the zip's top folder into pretrainedPath
-    ]
-    assert init["command"][5:] == [
         "--sha256",
         raw["model"]["source"]["uri"]["sha256"],
         "--auth-dir",
         manifests.AUTH_MOUNT,
     ]
+    # The URL (possibly pre-signed: a credential) is never an argument: it comes from a Secret
+    # the operator creates, through the environment bertserve-fetch reads.
+    assert not any(url in str(c) for c in (pod["containers"], init["command"], init["env"]))
+    secret = manifests.model_uri_secret(owner, parse_spec(raw))
+    assert secret is not None and secret["immutable"] is True
+    assert base64.b64decode(secret["data"]["url"]).decode() == url
+    ref = next(e for e in init["env"] if e["name"] == manifests.FETCH_URL_ENV)["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": secret["metadata"]["name"], "key": "url"}
     assert {"name": "model", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
     assert any(m["name"] == "model-auth" for m in init["volumeMounts"])
     server = pod["containers"][0]
@@ -411,6 +417,138 @@ def test_status_helpers_name_the_model_and_endpoints() -> None:
         "zmqOut": "mrpc.ml.svc:5556",
         "http": "http://mrpc.ml.svc:8125",
     }
+
+
+# --------------------------------------------------------------------------- mesh key, network, API key
+
+
+def test_every_pod_mounts_the_peer_key_read_only_and_passes_its_file() -> None:
+    dep = render(OWNER, parse_spec(MRPC), OPTIONS).deployment
+    pod = dep["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "peer-key")
+    assert mount == {"name": "peer-key", "mountPath": manifests.PEER_KEY_MOUNT, "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "peer-key")
+    assert volume["secret"]["secretName"] == "mrpc-peer-key"
+    assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    assert parse_argv(container["args"]).peer_key_file == f"{manifests.PEER_KEY_MOUNT}/peer.key"
+
+
+def test_the_peer_key_secret_is_pure_owned_and_refuses_short_keys() -> None:
+    key = bytes(range(32))
+    first = manifests.peer_key_secret(OWNER, key)
+    assert first == manifests.peer_key_secret(OWNER, key)  # the caller brings the randomness
+    assert first["metadata"]["name"] == "mrpc-peer-key" and first["immutable"] is True
+    assert first["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert first["data"] == {"peer.key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        manifests.peer_key_secret(OWNER, b"short")
+
+
+def test_network_policy_admits_peers_from_the_same_bertserver_and_clients_as_configured() -> None:
+    policy = render(OWNER, parse_spec(MRPC), OPTIONS).network_policy
+    assert policy is not None and policy["spec"]["policyTypes"] == ["Ingress"]
+    clients, peers = policy["spec"]["ingress"]
+    assert "from" not in clients  # default: any client
+    assert sorted(p["port"] for p in clients["ports"]) == [5555, 5556, 8125]
+    assert peers["ports"] == [{"port": manifests.PEER_PORT, "protocol": "TCP"}]
+    assert peers["from"] == [{"podSelector": {"matchLabels": names.selector_labels("mrpc")}}]
+    allowed = [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]
+    spec = parse_spec({**MRPC, "network": {"allowedClients": allowed}})
+    limited = render(OWNER, spec, OPTIONS).network_policy
+    assert limited is not None and limited["spec"]["ingress"][0]["from"] == allowed
+    assert (
+        render(OWNER, parse_spec({**MRPC, "network": {"networkPolicy": False}}), OPTIONS).network_policy
+        is None
+    )
+    off = RenderOptions(default_image="i", network_policies=False)
+    assert render(OWNER, parse_spec(MRPC), off).network_policy is None
+
+
+def test_the_api_key_comes_from_its_secret_by_environment_never_as_an_argument() -> None:
+    spec = parse_spec({**MRPC, "serving": {"apiKeySecret": {"name": "api", "key": "token"}}})
+    (container,) = render(OWNER, spec, OPTIONS).deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env[manifests.API_KEY_ENV] == {
+        "name": "BERTSERVE_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "api", "key": "token"}},
+    }
+    assert not any("api" in a.lower() and "key" in a.lower() for a in container["args"])
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [(None, None), ("8Gi", 2**30), ("2048Mi", 2**28), ("16G", 2 * 10**9), ("1Mi", 2**20)],
+)
+def test_max_response_bytes_follows_the_memory_limit(memory: str | None, expected: int | None) -> None:
+    spec = parse_spec({**MRPC, "resources": {"gpus": 1, **({"memory": memory} if memory else {})}})
+    args = render(OWNER, spec, OPTIONS).deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    default = ServerConfig(model_dir="/m").max_response_bytes
+    assert parse_argv(args).max_response_bytes == (default if expected is None else expected)
+
+
+def test_gpu_operator_surface_reaches_the_pod() -> None:
+    spec = parse_spec(
+        {
+            **MRPC,
+            "resources": {"gpus": 2, "gpuResourceName": "nvidia.com/mig-1g.10gb"},
+            "serving": {"numWorker": 2},
+            "topologySpreadConstraints": [
+                {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+            ],
+            "podLabels": {"team": "a"},
+            "podAnnotations": {"note": "x"},
+            "env": [{"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"}],
+            "envFrom": [{"secretRef": {"name": "extra"}}],
+            "imagePullSecrets": [{"name": "regcred"}],
+            "priorityClassName": "gpu-high",
+        }
+    )
+    template = render(OWNER, spec, OPTIONS).deployment["spec"]["template"]
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": "2"}
+    assert "nvidia.com/gpu" not in container["resources"]["requests"]
+    assert pod["topologySpreadConstraints"][0]["topologyKey"] == "zone"
+    assert template["metadata"]["labels"]["team"] == "a"
+    assert template["metadata"]["labels"][names.LABEL_INSTANCE] == "mrpc"
+    assert template["metadata"]["annotations"]["note"] == "x"
+    assert names.ANNOTATION_CONFIG_HASH in template["metadata"]["annotations"]
+    assert {"name": "TF_CPP_MIN_LOG_LEVEL", "value": "2"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "extra"}}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["priorityClassName"] == "gpu-high"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"podLabels": {"app.kubernetes.io/instance": "x"}}, "spec.podLabels.app.kubernetes.io/instance"),
+        ({"env": [{"name": "BERTSERVE_API_KEY", "value": "k"}]}, "spec.env[0].name"),
+        ({"env": [{"name": "HOME", "value": "/"}]}, "spec.env[0].name"),
+        ({"resources": {"gpuResourceName": "gpu"}}, "spec.resources.gpuResourceName"),
+        ({"serving": {"apiKeySecret": {"name": "a"}}}, "spec.serving.apiKeySecret.key"),
+    ],
+)
+def test_the_operators_own_settings_cannot_be_overridden_from_the_spec(
+    change: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_spec({**MRPC, **change})
+    assert str(err.value).startswith(field + ":"), err.value
+
+
+def test_a_uri_may_live_only_in_its_secret() -> None:
+    raw = {
+        "model": {"source": {"uri": {"secretRef": {"name": "signed"}}}, "pretrainedPath": "bert"},
+        "resources": {"gpus": 0},
+    }
+    spec = parse_spec(raw)
+    assert manifests.model_uri_secret(OWNER, spec) is None  # nothing to create
+    (init,) = manifests.deployment(OWNER, spec, OPTIONS)["spec"]["template"]["spec"]["initContainers"]
+    ref = next(e for e in init["env"] if e["name"] == manifests.FETCH_URL_ENV)["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "signed", "key": "url"}
+    with pytest.raises(ValueError, match=r"^spec.model.source.uri.url: is required"):
+        parse_spec({**raw, "model": {"source": {"uri": {}}, "pretrainedPath": "bert"}})
 
 
 def test_queue_autoscaling_scales_on_the_servers_queue_gauge() -> None:

@@ -89,8 +89,13 @@ def _seed_passes_the_servers_start_up_checks(models: pathlib.Path) -> None:
     def local(path: str | None) -> str | None:
         return None if path is None else path.replace(manifests.MODEL_MOUNT, str(models), 1)
 
+    key = models.parent / manifests.PEER_KEY_FILE  # the mesh key the pod mounts from its Secret
+    key.write_bytes(os.urandom(manifests.PEER_KEY_MIN_BYTES))
     config = dataclasses.replace(
-        config, model_dir=local(config.model_dir), tuned_model_dir=local(config.tuned_model_dir)
+        config,
+        model_dir=local(config.model_dir),
+        tuned_model_dir=local(config.tuned_model_dir),
+        peer_key_file=str(key),
     )
     validate(config)  # raises ConfigurationError naming the flag, as the crash-looping pod would
 

@@ -99,12 +99,18 @@ def service_account_kubeconfig(cluster: Any, namespace: str, name: str, path: Pa
 
 
 def operator_as_chart_account(
-    cluster: Any, work: Path, release: str, namespace: str, extra_env: Mapping[str, str] | None = None
+    cluster: Any,
+    work: Path,
+    release: str,
+    namespace: str,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    values: Sequence[str] = (),
 ) -> OperatorProcess:
-    """``helm install`` the chart as ``release`` in ``namespace``, then a started local operator
-    that runs with the chart's command line and only a token of the chart's ServiceAccount, so the
-    chart's RBAC is what every test exercises."""
-    install_chart(cluster, release, namespace)
+    """``helm install`` the chart as ``release`` in ``namespace`` (``values``: ``--set`` items),
+    then a started local operator that runs with the chart's command line and environment and only
+    a token of the chart's ServiceAccount, so the chart's RBAC is what every test exercises."""
+    install_chart(cluster, release, namespace, *values)
     fullname = f"{release}-bertserve-operator"
     kubeconfig = service_account_kubeconfig(cluster, namespace, fullname, work / "sa.kubeconfig")
     op = OperatorProcess.like_the_chart(
@@ -148,26 +154,26 @@ class OperatorProcess:
         log_dir: Path,
         extra_env: Mapping[str, str] | None = None,
     ) -> OperatorProcess:
-        """Entrypoint from the Dockerfile + args/env of the installed operator Deployment."""
+        """Entrypoint from the Dockerfile + args/env of the installed operator Deployment.
+
+        Only the liveness endpoint is moved (to a free loopback port): every other setting is
+        what the chart, and its ``extraEnv``, gave the pod."""
         dep = get_json(cluster, "deployment", deployment, "-n", namespace)
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         port = free_port()
-        args = [
-            f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=") else a
-            for a in container.get("args", [])
-        ]
         entry = image_entrypoint()
-        entry = [
-            f"--liveness=http://127.0.0.1:{port}/healthz" if a.startswith("--liveness=") else a for a in entry
-        ]
-        # The image's `kopf` console script is the venv's one here.
+        # The image's console script is the venv's one here.
         entry[0] = str(Path(sys.executable).with_name(entry[0]))
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
         env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
         env.update(extra_env or {})
+        # The pod's HOME=/tmp (its emptyDir) would be this machine's /tmp: keep the caller's.
+        env["HOME"] = os.environ.get("HOME", "/tmp")
+        env["BERTSERVE_LIVENESS_ENDPOINT"] = f"http://127.0.0.1:{port}/healthz"
         env["KUBECONFIG"] = str(kubeconfig)
         log_dir.mkdir(parents=True, exist_ok=True)
-        return cls([*entry, *args], env, log_dir / "operator.log", f"http://127.0.0.1:{port}/healthz")
+        argv = [*entry, *container.get("args", [])]
+        return cls(argv, env, log_dir / "operator.log", f"http://127.0.0.1:{port}/healthz")
 
     @property
     def alive(self) -> bool:
@@ -204,6 +210,27 @@ class OperatorProcess:
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         wait_for(self.healthy, timeout, f"operator liveness {self.health_url}")
+
+    def health_detail(self) -> dict[str, Any]:
+        """The runtime's probe answer: ``passes``, ``queued``, ``resyncs``, ``sinceResyncSeconds``."""
+        with urllib.request.urlopen(self.health_url, timeout=5) as resp:
+            return dict(json.loads(resp.read())["bertserve"])
+
+    def wait_resyncs(self, count: int, period: float) -> dict[str, Any]:
+        """Wait until ``count`` periodic resyncs started after this call and their queue drained.
+
+        The positive marker for "the operator has looked at every BertServer again". kopf caches
+        probe answers for 10 s, so the first answer may be older than this call: wait for a fresh
+        one (it differs: ``sinceResyncSeconds`` moves) and count resyncs from there.
+        """
+        first = self.health_detail()
+        fresh = wait_for(lambda: (d := self.health_detail()) != first and d, 15, "a fresh probe answer")
+        target = int(fresh["resyncs"]) + count
+        return wait_for(
+            lambda: (d := self.health_detail())["resyncs"] >= target and d["queued"] == 0 and d,
+            count * period + 25,
+            f"{count} resyncs after {fresh} and their queue drained",
+        )
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait: the graceful path a kubelet takes. Returns the exit code."""

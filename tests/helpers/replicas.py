@@ -6,6 +6,9 @@ front of a Deployment gives — N replica processes that find each other through
 address that balances every new connection at random (``TcpBalancer``, the stand-in for
 kube-proxy). Every process is started by this module, on 127.0.0.1 only, and stopped by pid.
 
+Every replica of a cluster reads the same mesh secret (``-peer_key_file``, as the operator's
+Secret provides it); a replica given another file (``start(..., flags=[...])``) cannot join.
+
 Peer ports are reserved per *slot*: a cluster with more slots than running replicas lists the
 ports of replicas that do not exist yet (a rolling update's replacements), exactly as DNS lists
 a pod that is still starting; the mesh ignores addresses where nothing listens.
@@ -24,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+from peer_keys import write_peer_key
 from ports import free_ports
 from tcp_balancer import TcpBalancer
 
@@ -158,12 +162,16 @@ class Cluster:
         self.flags = list(flags)
         self.peer_ports = free_ports(slots)
         self.peer_spec = ",".join(f"127.0.0.1:{p}" for p in self.peer_ports)
+        self.peer_key_file = write_peer_key(log_dir / "secrets")
         self.replicas: list[Replica] = []
         self.live: list[Replica] = []
         self.balancer = TcpBalancer({name: [] for name in SERVICES})
 
-    def start(self, count: int, *, timeout: float = 120.0) -> list[Replica]:
-        """Start ``count`` replicas on the next free slots, wait until all are ready, add them to the balancer."""
+    def start(self, count: int, *, timeout: float = 120.0, flags: Sequence[str] = ()) -> list[Replica]:
+        """Start ``count`` replicas on the next free slots, wait until all are ready, add them to the balancer.
+
+        ``flags`` come after the cluster's own (the mesh key among them), so they can override them.
+        """
         new = []
         for _ in range(count):
             slot = len(self.replicas)
@@ -175,7 +183,7 @@ class Cluster:
                 self.log_dir,
                 peer_spec=self.peer_spec,
                 peer_port=self.peer_ports[slot],
-                flags=self.flags,
+                flags=[f"-peer_key_file={self.peer_key_file}", *self.flags, *flags],
             )
             self.replicas.append(replica)
             new.append(replica)

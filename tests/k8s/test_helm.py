@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,7 +21,9 @@ import pytest
 import yaml
 from operator_harness import CHART, REPO_ROOT, get_json, localcluster, service_account_kubeconfig, wait_for
 
+from bertserve_api import names
 from bertserve_operator.selfcheck import REQUIRED
+from bertserve_operator.settings import from_env
 
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
@@ -47,8 +50,10 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     yield run
 
 
-def render(helm: Any, *sets: str, release: str = "rel", namespace: str = "ops") -> list[dict[str, Any]]:
-    args = [a for s in sets for a in ("--set", s)]
+def render(
+    helm: Any, *sets: str, release: str = "rel", namespace: str = "ops", json_sets: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    args = [a for s in sets for a in ("--set", s)] + [a for s in json_sets for a in ("--set-json", s)]
     out = helm("template", release, str(CHART), "-n", namespace, *args).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
@@ -132,15 +137,43 @@ def test_operator_deployment_is_single_recreate_non_root_with_liveness(helm: Any
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["image"] == f"ghcr.io/bertserve/bertserve-operator:{VERSION}"
-    assert container["args"][0] == "--all-namespaces"
-    assert "--liveness=http://0.0.0.0:8080/healthz" in container["args"]
+    assert container["image"] == f"{names.OPERATOR_IMAGE_REPOSITORY}:{VERSION}"
+    assert "args" not in container and "command" not in container  # the image's one entry point
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["BERTSERVE_DEFAULT_IMAGE"] == f"ghcr.io/bertserve/bertserve-server:{VERSION}"
+    assert env["BERTSERVE_DEFAULT_IMAGE"] == names.DEFAULT_SERVER_IMAGE
     assert pod["serviceAccountName"] == "rel-bertserve-operator"
+    settings = from_env(env)
+    assert settings.clusterwide and settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"
+    # Read-only root: HOME and every temporary file live on a /tmp emptyDir.
+    assert env["HOME"] == "/tmp"
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+
+@pytest.mark.helm
+def test_extra_env_overrides_every_setting_the_chart_sets(helm: Any) -> None:
+    """extraEnv wins over the chart's own variable of the same name (never a duplicate), and
+    the entry point reads each one: namespaces, log format, liveness endpoint."""
+    extra = {
+        "BERTSERVE_NAMESPACES": "team-x,team-y",
+        "BERTSERVE_LOG_FORMAT": "json",
+        "BERTSERVE_LIVENESS_ENDPOINT": "http://0.0.0.0:9999/healthz",
+        "BERTSERVE_WORKERS": "7",
+    }
+    extra_env = json.dumps([{"name": k, "value": v} for k, v in extra.items()])
+    (dep,) = by_kind(render(helm, json_sets=(f"extraEnv={extra_env}",)), "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    names_ = [e["name"] for e in container["env"]]
+    assert len(names_) == len(set(names_)), names_
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = from_env(env)
+    assert settings.namespaces == ("team-x", "team-y")
+    assert settings.log_format == "json"
+    assert settings.liveness_endpoint == "http://0.0.0.0:9999/healthz"
+    assert settings.workers == 7
 
 
 def _rules_grant(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -165,9 +198,11 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_uses(helm: Any) -> N
         {"kind": "ServiceAccount", "name": "rel-bertserve-operator", "namespace": "ops"}
     ]
     granted = _rules_grant(operator_role["rules"])
-    assert not any(r == "secrets" or v in ("*", "deletecollection") for _, r, v in granted)
+    assert not any(v in ("*", "deletecollection") for _, r, v in granted)
     # The one update: blockOwnerDeletion under OwnerReferencesPermissionEnforcement.
     assert {(g, r) for g, r, v in granted if v == "update"} == {("bertserve.io", "bertservers/finalizers")}
+    # Secrets: create only (the mesh key, made once); never read, list, watch or change one.
+    assert {v for _, r, v in granted if r == "secrets"} == {"create"}
     # Aggregated roles let namespace users work with BertServers.
     assert roles["rel-bertserve-operator-edit"]["metadata"]["labels"][
         "rbac.authorization.k8s.io/aggregate-to-edit"
@@ -191,8 +226,8 @@ def test_namespaced_rbac_is_one_role_per_watched_namespace(helm: Any) -> None:
     assert all(_rules_grant(r["rules"]) == set(REQUIRED) for r in roles)
     assert sorted(b["metadata"]["namespace"] for b in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
     (dep,) = by_kind(docs, "Deployment")
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"] and "--all-namespaces" not in args
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert from_env(env).namespaces == ("team-a", "team-b")
 
 
 @pytest.mark.helm
@@ -234,10 +269,24 @@ def test_helm_install_test_and_uninstall(cluster: Any) -> None:
     crd = get_json(cluster, "crd", "bertservers.bertserve.io")
     assert crd["spec"]["versions"][0]["name"] == "v1alpha1"
     status = cluster.helm("status", "hc", "-n", ns).stdout
-    assert "STATUS: deployed" in status and "kubectl get bertservers" in status
+    assert "STATUS: deployed" in status and "kubectl -n ml get bertservers" in status  # NOTES rendered
     cluster.helm("uninstall", "hc", "-n", ns, "--wait", "--timeout", "120s")
     # Helm never deletes CRDs from crds/: BertServers survive an uninstall.
     assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None
+
+
+# --------------------------------------------------------------------------- CRD as a release resource
+
+
+@pytest.mark.helm
+def test_crds_install_renders_the_same_crd_kept_on_uninstall(helm: Any) -> None:
+    assert by_kind(render(helm), "CustomResourceDefinition") == []  # Helm's own crds/ path
+    (crd,) = by_kind(render(helm, "crds.install=true"), "CustomResourceDefinition")
+    source = yaml.safe_load((CHART / "crds" / "bertservers.bertserve.io.yaml").read_text())
+    assert crd["spec"] == source["spec"]  # one source: the byte-identical copy in crds/
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    (dropped,) = by_kind(render(helm, "crds.install=true", "crds.keep=false"), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in dropped["metadata"].get("annotations", {})
 
 
 def _hook_command(cluster: Any, release: str, namespace: str) -> tuple[list[str], str]:
@@ -271,6 +320,74 @@ def _run_hook(command: list[str], kubeconfig: Path) -> subprocess.CompletedProce
 
 @pytest.mark.k8s
 @pytest.mark.helm
+def test_helm_upgrade_serves_a_new_crd_field(cluster: Any, tmp_path: Path) -> None:
+    """crds.install: the CRD is a release resource, so `helm upgrade` to a chart whose CRD has a
+    new field makes the API server keep that field (before: pruned as unknown)."""
+    ns, release = "crd-upgrade", "cu"
+    crd_file = REPO_ROOT / "crds" / "bertservers.bertserve.io.yaml"
+    cluster.kubectl("delete", "crd", "bertservers.bertserve.io", "--ignore-not-found", "--wait=true")
+    try:
+        cluster.helm(
+            "install", release, str(CHART), "-n", ns, "--create-namespace", "--skip-crds",
+            "--set", "crds.install=true", "--wait", "--timeout", "120s",
+        )  # fmt: skip
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/bertservers.bertserve.io", "--timeout=60s"
+        )
+
+        def probe() -> dict[str, Any]:
+            obj = {
+                "apiVersion": "bertserve.io/v1alpha1",
+                "kind": "BertServer",
+                "metadata": {"name": "probe", "namespace": ns},
+                "spec": {
+                    "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                    "upgradeProbe": "kept",
+                },
+            }
+            out = cluster.kubectl(
+                "create",
+                "--dry-run=server",
+                "--validate=false",
+                "-o",
+                "json",
+                "-f",
+                "-",
+                input=json.dumps(obj),
+            ).stdout
+            return dict(json.loads(out)["spec"])
+
+        assert "upgradeProbe" not in probe()
+        newer = tmp_path / "chart"
+        shutil.copytree(CHART, newer)
+        doc = yaml.safe_load(crd_file.read_text())
+        spec_props = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+            "properties"
+        ]
+        spec_props["upgradeProbe"] = {"type": "string"}
+        (newer / "crds" / "bertservers.bertserve.io.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        cluster.helm(
+            "upgrade",
+            release,
+            str(newer),
+            "-n",
+            ns,
+            "--set",
+            "crds.install=true",
+            "--wait",
+            "--timeout",
+            "120s",
+        )
+        wait_for(
+            lambda: probe().get("upgradeProbe") == "kept", 30, "the upgraded CRD to serve spec.upgradeProbe"
+        )
+        cluster.helm("uninstall", release, "-n", ns, "--wait", "--timeout", "120s")
+        assert get_json(cluster, "crd", "bertservers.bertserve.io", check=False) is not None  # crds.keep
+    finally:
+        # The session's other tests get the repository's CRD back.
+        cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
+
+
 def test_helm_test_hook_command_passes_with_the_charts_rbac_and_fails_without_a_required_permission(
     cluster: Any, tmp_path: Path
 ) -> None:

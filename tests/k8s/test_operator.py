@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,7 +41,12 @@ EXAMPLES = sorted((REPO_ROOT / "crds" / "examples").glob("*.yaml"))
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator")
     op = operator_as_chart_account(
-        cluster, work, RELEASE, OPERATOR_NS, {"BERTSERVE_RESYNC_SECONDS": str(RESYNC_S)}
+        cluster,
+        work,
+        RELEASE,
+        OPERATOR_NS,
+        {"BERTSERVE_RESYNC_SECONDS": str(RESYNC_S)},
+        values=["operator.allowHostPath=true"],
     )
     yield op
     rc = op.stop()
@@ -459,6 +463,27 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
             {"model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "/abs"}},
             "model.pretrainedPath must be relative to the source",
         ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": ["yes", "no", "yes"]}},
+            },
+            'spec.serving.classifier.labels[2]: Duplicate value: "yes"',
+        ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": ["a,b"]}},
+            },
+            "spec.serving.classifier.labels[0]: Invalid value",
+        ),
+        (
+            {
+                "model": {"source": {"pvc": {"claimName": "m"}}, "pretrainedPath": "b"},
+                "serving": {"classifier": {"enabled": True, "labels": [str(i) for i in range(65)]}},
+            },
+            "spec.serving.classifier.labels: Too many: 65: must have at most 64 items",
+        ),
     ],
 )
 def test_invalid_manifests_are_rejected_with_the_cel_message(
@@ -476,7 +501,8 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
 ) -> None:
     ns = "invalid"
     cluster.create_namespace(ns)
-    apply_yaml(cluster, bertserver("inv", serving={"numWorker": 4}, resources={"gpus": 1}), ns)
+    # The schema takes any string here; the parser wants an object name.
+    apply_yaml(cluster, bertserver("inv", priorityClassName="High_Priority"), ns)
 
     def invalid() -> dict[str, Any]:
         cond = condition(bs(cluster, ns, "inv"), "Ready")
@@ -484,22 +510,30 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
 
     cond = wait_for(invalid, 30, "Ready=False reason InvalidSpec")
     assert cond["status"] == "False"
-    assert cond["message"].startswith("spec.serving.numWorker: 4 workers need one GPU each"), cond["message"]
+    assert cond["message"].startswith("spec.priorityClassName: 'High_Priority' is not a valid"), cond[
+        "message"
+    ]
     assert deployment(cluster, ns, "inv") is None, "nothing may be applied from an invalid spec"
-    time.sleep(2 * RESYNC_S + 1)  # two resync passes later: still one event, no retry loop
+    # Positive marker instead of a fixed sleep: two resyncs have queued "inv" again and their
+    # passes ran; then the spec is fixed and Ready for the fixed generation proves every pass
+    # over the invalid generation is over. Only then: still one event, no retry loop.
+    operator.wait_resyncs(2, RESYNC_S)
+    assert deployment(cluster, ns, "inv") is None, "a resync applied something from an invalid spec"
+    cluster.kubectl(
+        "patch", "bertserver", "inv", "-n", ns, "--type=merge", "-p", '{"spec":{"priorityClassName":null}}'
+    )
+    wait_ready(cluster, operator, ns, "inv")
+    fixed = bs(cluster, ns, "inv")
+    assert fixed["status"]["observedGeneration"] == fixed["metadata"]["generation"] == 2, fixed["status"]
     warnings = [e for e in events_for(cluster, ns, "inv") if e["reason"] == "InvalidSpec"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and warnings[0].get("count", 1) == 1, (
         warnings
     )
-    assert "spec.serving.numWorker" in warnings[0]["message"]
+    assert "spec.priorityClassName" in warnings[0]["message"]
     log = operator.log()
     assert "failed temporarily" not in log and "retrying in" not in log, operator.tail()
     assert log.count(f"{ns}/inv: invalid spec") == 1, operator.tail()
-    # Fixing the spec is enough: the next update converges.
-    cluster.kubectl(
-        "patch", "bertserver", "inv", "-n", ns, "--type=merge", "-p", '{"spec":{"resources":{"gpus":0}}}'
-    )
-    wait_ready(cluster, operator, ns, "inv")
+    assert deployment(cluster, ns, "inv") is not None, "fixing the spec is enough: the update converges"
     delete_all(cluster, ns)
 
 

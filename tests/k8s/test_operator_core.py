@@ -52,7 +52,10 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "BERTSERVE_RETRY_DELAY_SECONDS": str(RETRY_S),
         "BERTSERVE_MAX_RETRY_DELAY_SECONDS": str(MAX_RETRY_S),
     }
-    op = operator_as_chart_account(cluster, work, RELEASE, OPERATOR_NS, env)
+    # The BertServers here name a node directory (kwok never reads it).
+    op = operator_as_chart_account(
+        cluster, work, RELEASE, OPERATOR_NS, env, values=["operator.allowHostPath=true"]
+    )
     yield op
     if op.alive:
         rc = op.stop()
@@ -147,6 +150,8 @@ def test_foreign_objects_of_a_childs_name_are_never_adopted(cluster: Any, operat
         ("service", "svc-peers"),
         ("service", "dep"),
         ("service", "dep-peers"),
+        ("secret", "svc-peer-key"),
+        ("networkpolicy", "svc"),
     ):
         assert get_json(cluster, kind, name, "-n", ns, check=False) is None, f"{kind}/{name} was created"
 

@@ -9,6 +9,7 @@ unmodified ``bert-serving-client`` 1.10.0. Only the addresses change: free ports
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from operator_harness import (
     operator_as_chart_account,
     wait_for,
 )
+from peer_keys import write_peer_key
 from ports import free_ports
 
 from bertserve_api import manifests, names
@@ -48,22 +50,33 @@ HIDDEN = 32
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-render"), RELEASE, OPERATOR_NS)
+    op = operator_as_chart_account(
+        cluster,
+        tmp_path_factory.mktemp("operator-render"),
+        RELEASE,
+        OPERATOR_NS,
+        values=["operator.allowHostPath=true"],
+    )
     yield op
     op.stop()
 
 
-def localize(args: list[str], models: Path, ports: dict[str, int]) -> list[str]:
+def localize(args: list[str], models: Path, ports: dict[str, int], peer_key: str) -> list[str]:
     """The pod's arguments with /models mapped to ``models`` and addresses made free and local.
 
     In the cluster ``-peer_service`` is the headless Service that resolves to every replica; the
-    single local replica's equivalent is ``localhost``.
+    single local replica's equivalent is ``localhost``. The mesh secret the pod mounts from its
+    Secret is ``peer_key`` here (added if the rendered arguments do not name one yet).
     """
     out = []
     for arg in args:
         flag, sep, value = arg.partition("=")
         if flag == "-peer_service":
             out.append("-peer_service=localhost")
+            if not any(a.startswith("-peer_key_file=") for a in args):
+                out.append(f"-peer_key_file={peer_key}")
+        elif flag == "-peer_key_file":
+            out.append(f"-peer_key_file={peer_key}")
         elif sep and value.startswith(manifests.MODEL_MOUNT):
             out.append(f"{flag}={models}{value[len(manifests.MODEL_MOUNT) :]}")
         elif sep and flag.lstrip("-") in ports:
@@ -117,7 +130,7 @@ def test_the_rendered_command_runs_the_real_server(
     assert f"-peer_service=tiny-peers.{ns}.svc.cluster.local" in container["args"]
 
     ports = dict(zip(("port", "port_out", "http_port", "peer_port"), free_ports(4), strict=True))
-    argv = localize(container["args"], models, ports)
+    argv = localize(container["args"], models, ports, write_peer_key(tmp_path / "peer-key"))
     config = parse_argv(argv)
     assert (config.model_dir, config.tuned_model_dir, config.ckpt_name, config.cpu) == (
         f"{models}/bert/uncased_tiny",
@@ -130,6 +143,8 @@ def test_the_rendered_command_runs_the_real_server(
     home = tmp_path / "home"
     home.mkdir()
     env = {**env, "HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # a checkout run from its sources: the server runs from them too
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     log_path = tmp_path / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)

@@ -38,7 +38,13 @@ REPLICAS = 3
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(cluster, tmp_path_factory.mktemp("operator-rollout"), RELEASE, OPERATOR_NS)
+    op = operator_as_chart_account(
+        cluster,
+        tmp_path_factory.mktemp("operator-rollout"),
+        RELEASE,
+        OPERATOR_NS,
+        values=["operator.allowHostPath=true"],
+    )
     yield op
     op.stop()
 
@@ -147,3 +153,44 @@ def test_rolling_update_never_surges_gpus_and_keeps_ready_endpoints(
     obj = get_json(cluster, "bertserver", NAME, "-n", NS)
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
     cluster.kubectl("delete", "bertserver", NAME, "-n", NS, "--wait=true", "--timeout=60s")
+
+
+def test_a_held_rollout_reports_rolling_out_and_then_rollout_complete(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """``Progressing`` on real objects: a rollout whose new pods cannot be scheduled (every node
+    cordoned) stays ``True/RollingOut`` with the Deployment's own counts; uncordoning lets it
+    finish, and the condition turns ``False/RolloutComplete``."""
+    ns = "held-rollout"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, _manifest(25), ns)
+
+    def progressing() -> tuple[str, str, str]:
+        cond = condition(get_json(cluster, "bertserver", NAME, "-n", ns), "Progressing")
+        return cond.get("status", ""), cond.get("reason", ""), cond.get("message", "")
+
+    wait_for(lambda: progressing()[:2] == ("False", "RolloutComplete"), 120, "the first rollout to complete")
+    nodes = [n["metadata"]["name"] for n in get_json(cluster, "nodes")["items"]]
+    try:
+        for node in nodes:
+            cluster.kubectl("cordon", node)
+        apply_yaml(cluster, _manifest(64), ns)
+        # maxSurge 0, maxUnavailable 1: one old pod goes, its replacement waits for a node.
+        held_state = ("True", "RollingOut", f"1/{REPLICAS} pods updated, {REPLICAS - 1} ready")
+        wait_for(lambda: progressing() == held_state, 60, f"Progressing={held_state}")
+        pending = [p for p in _pods_in(cluster, ns) if p["status"].get("phase") == "Pending"]
+        assert len(pending) == 1 and not pending[0]["spec"].get("nodeName"), pending
+        assert progressing() == held_state  # still held: nothing can progress while cordoned
+    finally:
+        for node in nodes:
+            cluster.kubectl("uncordon", node)
+    done = wait_for(
+        lambda: (p := progressing())[:2] == ("False", "RolloutComplete") and p, 120, "the rollout to complete"
+    )
+    assert done[2] == f"all {REPLICAS} replicas run the current template"
+    cluster.kubectl("delete", "bertserver", NAME, "-n", ns, "--wait=true", "--timeout=60s")
+
+
+def _pods_in(cluster: Any, ns: str) -> list[dict[str, Any]]:
+    selector = ",".join(f"{k}={v}" for k, v in names.selector_labels(NAME).items())
+    return list(get_json(cluster, "pods", "-n", ns, "-l", selector)["items"])

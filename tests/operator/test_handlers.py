@@ -34,6 +34,7 @@ def test_children_and_pods_are_watched_for_level_based_reconcile() -> None:
         ("", "services"),
         ("autoscaling", "horizontalpodautoscalers"),
         ("policy", "poddisruptionbudgets"),
+        ("networking.k8s.io", "networkpolicies"),
         ("", "pods"),
     }
 
@@ -46,4 +47,4 @@ def test_kopf_keeps_its_bookkeeping_in_annotations_and_watches_only_owned_childr
     assert ks.peering.standalone and ks.scanning.disabled
     assert ks.execution.max_workers == 3 and ks.watching.server_timeout == 120
     assert set(ks.watching.label_selectors.values()) == {OWNED_SELECTOR}
-    assert len(ks.watching.label_selectors) == 5
+    assert len(ks.watching.label_selectors) == 6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from bertserve_api import names
 from bertserve_api.manifests import RenderOptions
+from bertserve_api.policy import Policy
 from bertserve_operator.cache import Cache
 from bertserve_operator.drift import APPLIED_HASH, applied_hash, foreign_entries, quantity_value
 from bertserve_operator.kube import HANDOVER_MANAGER, PermanentApiError, RefusedApiError
@@ -33,6 +35,9 @@ class FakeKube:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[dict[str, str]] = []
         self.gets: list[str] = []
+        self.creates: list[tuple[str, str, str]] = []
+        self.monitoring = False  # is the ServiceMonitor API served?
+        self.discovery = 0
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.reject: str | None = None
         self.refuse: str | None = None
@@ -61,6 +66,19 @@ class FakeKube:
         merged["metadata"]["generation"] = generation + (merged.get("spec") != before.get("spec"))
         self.objects[key] = merged
         return copy.deepcopy(merged)
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        self.discovery += 1
+        return self.monitoring
+
+    def create_once(self, obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        key = (obj["kind"], meta["namespace"], meta["name"])
+        self.creates.append(key)
+        if key in self.objects:
+            return False  # 409 AlreadyExists: left as it is
+        self.objects[key] = copy.deepcopy(obj)
+        return True
 
     def json_patch(
         self, api_version: str, kind: str, namespace: str, name: str, ops: list[dict[str, Any]]
@@ -141,8 +159,9 @@ def kinds(kube: FakeKube) -> list[str]:
 def test_first_pass_applies_children_and_writes_status(world: Any) -> None:
     kube, cache, rec = world
     outcome = rec.reconcile(bertserver())
-    assert kinds(kube) == ["Deployment", "Service", "Service"]
+    assert kinds(kube) == ["Deployment", "Service", "Service", "NetworkPolicy"]
     assert all(manager == names.FIELD_MANAGER for manager, _ in kube.applied)
+    assert kube.creates == [("Secret", "ml", "mrpc-peer-key")]
     assert outcome.status_written
     (status,) = kube.statuses
     assert status["observedGeneration"] == 1
@@ -305,7 +324,9 @@ def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
         assert sorted(outcome.applied) == [
             "Deployment",
             "HorizontalPodAutoscaler",
+            "NetworkPolicy",
             "PodDisruptionBudget",
+            "Secret",
             "Service",
             "Service",
         ]
@@ -317,6 +338,64 @@ def test_concurrent_applies_give_the_same_result_and_surface_errors() -> None:
             rec.reconcile(bertserver(autoscaling={"enabled": True}, disruptionBudget={"enabled": True}))
     finally:
         rec.close()
+
+
+def test_the_peer_key_is_created_once_and_never_replaced(world: Any) -> None:
+    """Create-only: a second pass asks nothing, a restarted operator meets AlreadyExists and
+    leaves the running mesh's key as it is."""
+    kube, _cache, rec = world
+    rec.reconcile(bertserver())
+    secret = kube.objects["Secret", "ml", "mrpc-peer-key"]
+    key = secret["data"]["peer.key"]
+    assert len(base64.b64decode(key)) >= 32
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1" and secret["immutable"] is True
+    rec.reconcile(bertserver())
+    assert len(kube.creates) == 1
+    restarted = Reconciler(kube, Cache(), RenderOptions(default_image="img:1"), clock=lambda: NOW)  # type: ignore[arg-type]
+    outcome = restarted.reconcile(bertserver())
+    assert len(kube.creates) == 2 and "Secret" not in outcome.applied
+    assert kube.objects["Secret", "ml", "mrpc-peer-key"]["data"]["peer.key"] == key
+
+
+def test_network_policy_follows_the_spec_and_the_operator_setting(world: Any) -> None:
+    kube, cache, rec = world
+    rec.reconcile(bertserver())
+    assert cache.child("NetworkPolicy", "ml", "mrpc") is not None
+    rec.reconcile(bertserver(network={"networkPolicy": False}))
+    assert ("NetworkPolicy", "ml", "mrpc") in kube.deleted
+    off = Reconciler(
+        kube, Cache(), RenderOptions(default_image="i", network_policies=False), clock=lambda: NOW
+    )  # type: ignore[arg-type]
+    off.reconcile(bertserver())
+    assert ("NetworkPolicy", "ml", "mrpc") not in kube.objects
+
+
+def test_a_spec_the_policy_refuses_is_invalid_and_applies_nothing() -> None:
+    kube, cache = FakeKube(), Cache()
+    rec = Reconciler(kube, cache, RenderOptions(default_image="i"), clock=lambda: NOW)  # type: ignore[arg-type]
+    host = {"source": {"hostPath": {"path": "/data"}}, "pretrainedPath": "bert"}
+    outcome = rec.reconcile(bertserver(model=host))
+    assert outcome.spec_error is not None and "allowHostPath=false" in str(outcome.spec_error)
+    assert kube.applied == [] and kube.creates == []
+    ready = {c["type"]: c for c in kube.statuses[-1]["conditions"]}["Ready"]
+    assert ready["reason"] == "InvalidSpec" and ready["message"].startswith("spec.model.source.hostPath")
+    allowed = Reconciler(
+        kube,
+        Cache(),
+        RenderOptions(default_image="i"),
+        clock=lambda: NOW,
+        policy=Policy(allow_host_path=True),
+    )  # type: ignore[arg-type]
+    assert allowed.reconcile(bertserver(model=host)).spec_error is None
+
+
+def test_names_a_service_cannot_carry_are_invalid_spec(world: Any) -> None:
+    kube, _cache, rec = world
+    body = bertserver()
+    body["metadata"]["name"] = "x-peers"
+    outcome = rec.reconcile(body)
+    assert outcome.spec_error is not None and outcome.spec_error.path == "metadata.name"
+    assert kube.applied == []
 
 
 def test_a_foreign_object_of_a_childs_name_is_never_adopted(world: Any) -> None:
@@ -403,6 +482,22 @@ def test_foreign_entries_of_maps_we_do_not_render_are_all_foreign() -> None:
         "spec": {"template": {"spec": {"nodeSelector": {"a": "b"}, "containers": [{"name": "bert"}]}}}
     }
     assert foreign_entries(desired, observed) == ["/spec/template/spec/nodeSelector/a"]
+
+
+def test_a_service_monitor_is_made_only_where_its_api_is_served(world: Any) -> None:
+    kube, _cache, rec = world
+    wanted = bertserver(monitoring={"serviceMonitor": {"enabled": True}})
+    rec.reconcile(wanted)
+    assert not any(k[0] == "ServiceMonitor" for k in kube.objects)
+    rec._monitoring_served = (-1e9, False)  # the answer is trusted for a while; expire it
+    kube.monitoring = True
+    outcome = rec.reconcile(wanted)
+    assert "ServiceMonitor" in outcome.applied
+    monitor = kube.objects["ServiceMonitor", "ml", "mrpc"]
+    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    assert "ServiceMonitor" not in rec.reconcile(wanted).applied  # quiet: remembered by hash
+    rec.reconcile(bertserver())
+    assert ("ServiceMonitor", "ml", "mrpc") in kube.deleted
 
 
 def test_pods_stuck_creating_are_explained_by_their_warning_events(world: Any) -> None:

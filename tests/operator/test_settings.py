@@ -52,3 +52,28 @@ def test_every_setting_has_help_text() -> None:
 
     for f in dataclasses.fields(Settings):
         assert f.metadata.get("help"), f.name
+
+
+def test_author_limits_come_from_the_environment_and_reach_the_policy() -> None:
+    default = settings.load([], {}).policy()
+    assert (default.allow_host_path, default.allowed_service_accounts, default.allowed_runtime_classes) == (
+        False,
+        (),
+        (),
+    )
+    env = {
+        "BERTSERVE_ALLOW_HOST_PATH": "true",
+        "BERTSERVE_ALLOWED_SERVICE_ACCOUNTS": "encoder, fetcher",
+        "BERTSERVE_ALLOWED_RUNTIME_CLASSES": "nvidia",
+        "BERTSERVE_NETWORK_POLICIES": "false",
+    }
+    loaded = settings.load([], env)
+    policy = loaded.policy()
+    assert policy.allow_host_path is True
+    assert policy.allowed_service_accounts == ("encoder", "fetcher")
+    assert policy.allowed_runtime_classes == ("nvidia",)
+    assert loaded.render_options().network_policies is False
+    assert settings.load(["--allowed-runtime-classes", "a,b"], {}).policy().allowed_runtime_classes == (
+        "a",
+        "b",
+    )

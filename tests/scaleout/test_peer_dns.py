@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from peer_keys import write_peer_key
 from polling import wait_for
 from ports import free_ports
 from server_harness import write_model_dir
@@ -95,6 +96,10 @@ class DnsServer:
         self.sock.close()
 
 
+MESH_SECRET = b"dns-test-mesh-secret-" + b"0123456789" * 4
+"""Every replica of the test reads the same secret, as from the BertServer's Secret."""
+
+
 class PeerProcess:
     """One replica: ``fake_serve.py`` in a mount namespace that resolves through ``DnsServer``."""
 
@@ -113,6 +118,7 @@ class PeerProcess:
             f"-http_port={self.http_port}",
             f"-peer_service={NAME}",
             f"-peer_port={peer_port}",
+            f"-peer_key_file={write_peer_key(log_dir / 'secrets', secret=MESH_SECRET)}",
         ]
         script = f'mount --bind "{resolv_conf}" /etc/resolv.conf && exec "$@"'
         self.log_path = log_dir / f"{ip}.log"

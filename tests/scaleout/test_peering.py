@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import requests
 import zmq
+from peer_keys import write_peer_key
 from ports import free_port, free_ports
 from server_harness import fake_server, wait_until
 
@@ -27,6 +28,12 @@ from bertserve_server.app import BertServer
 from bertserve_server.mesh import node as mesh_node
 from bertserve_server.mesh.discovery import parse_peer_service, resolve
 from bertserve_server.mesh.handoff import hand_off_connections
+
+
+@pytest.fixture
+def peer_key(tmp_path: Path) -> str:
+    """The mesh secret shared by the replicas of one test."""
+    return write_peer_key(tmp_path / "key")
 
 
 def spec_of(ports: list[int]) -> str:
@@ -37,6 +44,7 @@ def spec_of(ports: list[int]) -> str:
 def mesh(tmp_path: Path, count: int, *, extra_slots: int = 0, **flags) -> Iterator[list[BertServer]]:
     """``count`` started replicas sharing one peer list (plus ``extra_slots`` unused addresses)."""
     ports = free_ports(count + extra_slots)
+    flags.setdefault("peer_key_file", write_peer_key(tmp_path))
     with contextlib.ExitStack() as stack:
         servers = [
             stack.enter_context(
@@ -111,9 +119,11 @@ def test_peer_service_forms():
     assert resolve([("no-such-host.invalid", 1)]) is None
 
 
-def test_a_bad_peer_service_fails_start_up_in_one_line(tmp_path):
+def test_a_bad_peer_service_fails_start_up_in_one_line(tmp_path, peer_key):
     with (
-        fake_server(tmp_path, peer_service="127.0.0.1:notaport", start=False) as server,
+        fake_server(
+            tmp_path, peer_key_file=peer_key, peer_service="127.0.0.1:notaport", start=False
+        ) as server,
         pytest.raises(ValueError, match="notaport"),
     ):
         server.start()
@@ -122,14 +132,18 @@ def test_a_bad_peer_service_fails_start_up_in_one_line(tmp_path):
 # -- readiness -------------------------------------------------------------------------------------
 
 
-def test_not_ready_until_the_peer_list_resolves_and_includes_this_replica(tmp_path, monkeypatch):
+def test_not_ready_until_the_peer_list_resolves_and_includes_this_replica(tmp_path, monkeypatch, peer_key):
     monkeypatch.setattr(mesh_node, "RESOLVE_INTERVAL_S", 0.2)
-    with fake_server(tmp_path / "a", peer_service="no-such-host.invalid", http_port=0) as unresolved:
+    with fake_server(
+        tmp_path / "a", peer_key_file=peer_key, peer_service="no-such-host.invalid", http_port=0
+    ) as unresolved:
         status, body = readyz(unresolved)
         assert status == 503 and "has not resolved" in body["reason"]
         assert unresolved.service.unready_reason() is not None
     other, own = free_ports(2)
-    with fake_server(tmp_path / "b", peer_service=f"127.0.0.1:{other}", peer_port=own, http_port=0) as alone:
+    with fake_server(
+        tmp_path / "b", peer_key_file=peer_key, peer_service=f"127.0.0.1:{other}", peer_port=own, http_port=0
+    ) as alone:
         wait_until(lambda: "not (yet) among" in readyz(alone)[1].get("reason", ""), 10, "self-check")
 
 
@@ -146,7 +160,9 @@ def test_ready_once_connected_to_every_listed_peer_ignoring_addresses_where_noth
         assert status["peers"]["connected"] == 2
 
 
-def test_a_peer_that_accepts_but_never_handshakes_delays_readiness_for_the_grace_only(tmp_path, monkeypatch):
+def test_a_peer_that_accepts_but_never_handshakes_delays_readiness_for_the_grace_only(
+    tmp_path, monkeypatch, peer_key
+):
     monkeypatch.setattr(mesh_node, "PEER_GRACE_S", 1.5)
     mute = socket.socket()
     mute.bind(("127.0.0.1", 0))
@@ -154,7 +170,11 @@ def test_a_peer_that_accepts_but_never_handshakes_delays_readiness_for_the_grace
     own = free_port()
     try:
         with fake_server(
-            tmp_path, peer_service=spec_of([own, mute.getsockname()[1]]), peer_port=own, http_port=0
+            tmp_path,
+            peer_key_file=peer_key,
+            peer_service=spec_of([own, mute.getsockname()[1]]),
+            peer_port=own,
+            http_port=0,
         ) as server:
             wait_until(
                 lambda: "connecting to 1 peer" in readyz(server)[1].get("reason", ""), 5, "the handshake wait"
@@ -188,6 +208,29 @@ def test_an_answer_goes_to_the_replica_holding_the_subscription(tmp_path):
         assert metric(c, "bertserve_peer_answers_forwarded_total") == 1
         assert metric(b, "bertserve_peer_answers_received_total") == 2
         assert metric(a, "bertserve_peer_answers_held_total") == 0
+
+
+def test_answers_are_routed_by_exact_identity_never_to_a_prefix_subscriber(tmp_path, monkeypatch):
+    """A tap on b subscribed to the first 20 bytes of a client's identity is announced like any
+    subscriber; an answer for the full identity encoded on a must not be forwarded to b for it."""
+    monkeypatch.setattr(mesh_node, "SUBSCRIPTION_WAIT_S", 0.5)
+    identity = b"3f2b8c1e-5d4a-4e6f-9b7c-2a1d0e9f8c7b"
+    with mesh(tmp_path, 2) as (a, b):
+        tap = Sub(b, identity[:20])
+        try:
+            wait_until(lambda: announced(a, identity[:20]), 5, "the tap's gossip")
+            assert not announced(a, identity)
+            push(a, *encode_frames(identity, ["secret text"], 1))
+            wait_until(
+                lambda: metric(a, "bertserve_peer_answers_dropped_total", reason="no_subscriber") == 1,
+                5,
+                "the answer to wait for its own client and be dropped",
+            )
+            assert tap.recv(timeout_ms=200) is None
+        finally:
+            tap.close()
+        assert metric(a, "bertserve_peer_answers_forwarded_total") == 0
+        assert metric(b, "bertserve_peer_answers_received_total") == 0
 
 
 def test_an_answer_waits_for_a_subscription_that_appears_later_anywhere(tmp_path):
@@ -237,14 +280,20 @@ def test_a_subscriber_that_moves_gets_its_answers_at_the_new_replica(tmp_path):
             second.close()
 
 
-def test_a_replica_restarted_at_the_same_address_is_recognised(tmp_path):
+def test_a_replica_restarted_at_the_same_address_is_recognised(tmp_path, peer_key):
     ports = free_ports(2)
     spec = spec_of(ports)
-    with fake_server(tmp_path / "a", peer_service=spec, peer_port=ports[0], http_port=0) as a:
-        with fake_server(tmp_path / "b1", peer_service=spec, peer_port=ports[1], http_port=0) as b1:
+    with fake_server(
+        tmp_path / "a", peer_key_file=peer_key, peer_service=spec, peer_port=ports[0], http_port=0
+    ) as a:
+        with fake_server(
+            tmp_path / "b1", peer_key_file=peer_key, peer_service=spec, peer_port=ports[1], http_port=0
+        ) as b1:
             wait_until(lambda: a.peering.describe()["connected"] == 1, 10, "first peer")
             first_id = b1.peering.node_id
-        with fake_server(tmp_path / "b2", peer_service=spec, peer_port=ports[1], http_port=0) as b2:
+        with fake_server(
+            tmp_path / "b2", peer_key_file=peer_key, peer_service=spec, peer_port=ports[1], http_port=0
+        ) as b2:
             assert b2.peering.node_id != first_id
             wait_until(lambda: b2.service.ready, 10, "the new replica")
             sub = Sub(b2, b"after-restart")

@@ -192,16 +192,17 @@ def test_probabilities_match_numpy_reference_for_singles_and_pairs(
 
 
 @pytest.mark.tf
-def test_classifier_leaves_encoding_unchanged(minilm_google_dir: Path, minilm_tuned_dir: Path) -> None:
+def test_classifier_leaves_encoding_unchanged(tiny_model_dir: Path, tiny_finetuned_dir: Path) -> None:
     from bertserve_server.model.tf_encoder import TFEncoder
 
-    tok = BertTokenizer(minilm_google_dir / "vocab.txt", max_seq_len=MAX_SEQ_LEN)
-    items = tok.tokenize_batch([e if isinstance(e, str) else " ||| ".join(e) for e in EXAMPLES])
+    tok = BertTokenizer(tiny_model_dir / "vocab.txt", max_seq_len=20, max_position_embeddings=64)
+    items = tok.tokenize_batch(["hello world", "the dog is good ||| it is a dog", "i run"])
     batch = pad_batch(items, max(len(i) for i in items))
-    common = {"tuned_model_dir": str(minilm_tuned_dir), "ckpt_name": "model.ckpt-343"}
-    plain = TFEncoder(minilm_google_dir, **common)
-    with_head = TFEncoder(minilm_google_dir, classifier=True, **common)
-    assert plain.num_labels == 0
+    common = {"tuned_model_dir": str(tiny_finetuned_dir), "ckpt_name": "model.ckpt-343"}
+    plain = TFEncoder(tiny_model_dir, **common)
+    with_head = TFEncoder(tiny_model_dir, classifier=True, **common)
+    assert plain.num_labels == 0 and with_head.num_labels == 2
+    assert with_head.spec.num_layers == 1, "encoding still stops at the deepest pooling layer"
     np.testing.assert_allclose(with_head.encode(batch), plain.encode(batch), atol=1e-6)
     with pytest.raises(RuntimeError, match="no classifier head"):
         plain.classify(batch)
@@ -281,8 +282,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeou
         try:
             if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or busy building the model (a loaded machine)
         time.sleep(0.1)
     raise AssertionError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')}")
 
@@ -374,3 +375,23 @@ def test_bert_serving_start_without_a_head_stops_with_one_line(tiny_model_dir: P
     errors = [line for line in log.read_text().splitlines() if "start-up failed" in line]
     assert len(errors) == 1, log.read_text()
     assert "lacks output_weights, output_bias" in errors[0]
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize(
+    ("flags", "tolerance"), [({"xla": True}, 1e-5), ({"fp16": True}, 0.05)], ids=["xla", "fp16"]
+)
+def test_xla_and_fp16_classify_like_float32(
+    tiny_model_dir: Path, tiny_finetuned_dir: Path, flags: dict[str, bool], tolerance: float
+) -> None:
+    """Shape buckets (-xla) are cut off again; under -fp16 the logits stay float32 and close."""
+    from bertserve_server.model.tf_encoder import TFEncoder
+
+    tok = BertTokenizer(tiny_model_dir / "vocab.txt", max_seq_len=20, max_position_embeddings=64)
+    items = tok.tokenize_examples(["hello world", ("the dog is good", "it is a dog"), "i run ||| you run"])
+    batch = pad_batch(items, max(len(i) for i in items))
+    common = {"tuned_model_dir": str(tiny_finetuned_dir), "ckpt_name": "model.ckpt-343", "classifier": True}
+    want = softmax(TFEncoder(tiny_model_dir, **common).classify(batch))
+    got = TFEncoder(tiny_model_dir, **common, **flags).classify(batch)
+    assert got.shape == (3, 2) and got.dtype == np.float32
+    assert float(np.abs(softmax(got) - want).max()) <= tolerance

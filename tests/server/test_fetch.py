@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from model_site import Site, make_tar, make_zip
 
-from bertserve_server.fetch import MARKER, FetchError, fetch, main
+from bertserve_api import manifests
+from bertserve_server.fetch import MARKER, URL_ENV, FetchError, fetch, main
 
 FILES = {
     "bert_config.json": b'{"vocab_size": 10}',
@@ -196,3 +197,25 @@ def test_console_script_and_progress_on_stderr(site, tmp_path):
 def test_only_http_urls(tmp_path):
     with pytest.raises(FetchError, match="http"):
         fetch("file:///etc/passwd", tmp_path / "d")
+
+
+def test_the_url_can_come_from_the_environment_and_its_query_is_never_logged(
+    site, tmp_path, monkeypatch, capsys
+):
+    """In a pod the operator passes the URL as BERTSERVE_FETCH_URL from a Secret (a pre-signed URL
+    is a credential; arguments are readable by anyone who may read pods)."""
+    assert manifests.FETCH_URL_ENV == URL_ENV  # the name the operator renders
+    signed = "/m.zip?X-Amz-Signature=t0ps3cret"
+    site.routes[signed] = make_zip(FILES)
+    monkeypatch.setenv(URL_ENV, site.url(signed))
+    assert main(["--dest", str(tmp_path / "d")]) == 0
+    assert site.hits[signed] == 1
+    site.routes.pop(signed)
+    monkeypatch.setenv(URL_ENV, site.url("/gone.zip?X-Amz-Signature=t0ps3cret"))
+    assert main(["--dest", str(tmp_path / "e")]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "/gone.zip?…" in err and "t0ps3cret" not in err
+    monkeypatch.delenv(URL_ENV)
+    with pytest.raises(SystemExit):
+        main(["--dest", str(tmp_path / "f")])
+    assert URL_ENV in capsys.readouterr().err

@@ -385,3 +385,39 @@ def test_deep_nesting_and_huge_counts_get_error_replies(served):
 def test_server_survives_its_own_log_of_this_module(served):
     assert served.proc.poll() is None
     assert "Traceback" not in served.log, served.log[-3000:]
+
+
+def test_answers_for_a_subscriber_that_never_reads_are_dropped_and_counted(tmp_path, monkeypatch):
+    from bertserve_server.frontends import zmq as zmq_frontend
+
+    monkeypatch.setattr(zmq_frontend, "SNDHWM", 2)
+    # NONE pooling at 64 positions: 100 sentences make a 200 KiB answer, so a few fill the
+    # socket buffers and the subscriber's queue behind them.
+    with fake_server(tmp_path, pooling_strategy="NONE", max_seq_len=64) as server:
+        identity = new_identity()
+        context = zmq.Context()
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(f"tcp://127.0.0.1:{server.config.port}")
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, identity)
+        sub.connect(f"tcp://127.0.0.1:{server.config.port_out}")
+        try:
+            wait_until(lambda: server.zmq.subscriptions.matches(identity), 10, "the subscription")
+            payload = json.dumps(["word " * 100] * 100).encode()
+            for req_id in range(1, 201):
+                push.send_multipart([identity, payload, str(req_id).encode(), b"100"])
+            wait_until(
+                lambda: (
+                    server.metrics.value("bertserve_answers_dropped_total", {"reason": "subscriber_full"}) > 0
+                ),
+                30,
+                "answers dropped for the subscriber that does not read",
+            )
+        finally:
+            push.close()
+            sub.close()
+            context.term()

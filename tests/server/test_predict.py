@@ -15,6 +15,7 @@ import pytest
 import requests
 from server_harness import fake_server, wait_until
 
+from bertserve_api.contract import API_KEY_ENV
 from bertserve_server.batcher import Batcher
 from bertserve_server.classifier import LabelError
 from bertserve_server.encoder import CLASSIFY, ENCODE, pad_batch
@@ -183,3 +184,21 @@ def test_batcher_never_mixes_encode_and_classify_rows():
         seen.append((device_batch.task, device_batch.size))
         assert {p.task for p, _ in device_batch.parts} == {device_batch.task}
     assert sorted(seen) == [(CLASSIFY, 4), (ENCODE, 4)]
+
+
+def test_predict_needs_the_api_key_like_encode(tmp_path, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "predict-key-" + "p" * 32)
+    with fake_server(tmp_path, http_port=0, classifier=True) as server:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = requests.post(url(server, "/predict"), json={"inputs": "hello"}, headers=headers, timeout=10)
+            assert r.status_code == 401 and r.json()["type"] == "Unauthorized"
+        auth = {"Authorization": "Bearer predict-key-" + "p" * 32}
+        r = requests.post(url(server, "/predict"), json={"inputs": "hello"}, headers=auth, timeout=10)
+        assert r.status_code == 200 and len(r.json()) == 2
+
+
+def test_predict_answers_are_bounded_by_max_response_bytes(tmp_path):
+    with fake_server(tmp_path, http_port=0, classifier=True, max_response_bytes=3 * 2 * 4) as server:
+        assert post(server, {"inputs": ["a", "b", "c"]}).status_code == 200
+        r = post(server, {"inputs": ["a", "b", "c", "d"]})
+        assert r.status_code == 413 and "-max_response_bytes=24" in r.json()["description"]

@@ -73,8 +73,12 @@ Watching all namespaces needs cluster-wide permissions: refuse a combination tha
 
 {{/*
 The operator's permissions, shared by the ClusterRole and the per-namespace Roles.
-Only what it uses: SSA (create+patch) of its children, delete only for the optional HPA/PDB,
-read-only pods (scheduler messages for status), events create and list (why a pod is stuck creating), its own resource and status.
+Only what it uses: SSA (create+patch) of its children, delete only for the optional
+HPA/PDB/NetworkPolicy/ServiceMonitor, read-only pods (scheduler messages for status), events
+create and list (why a pod is stuck creating), its own resource and status. Secrets: create and
+nothing else. The operator makes each BertServer's mesh key Secret once (an AlreadyExists answer
+means it is there) and never reads, lists, watches or updates any Secret; RBAC cannot narrow
+Secrets by name, so get/list/watch would expose every Secret of the watched namespaces.
 */}}
 {{- define "bertserve-operator.rules" -}}
 - apiGroups: [bertserve.io]
@@ -107,4 +111,13 @@ read-only pods (scheduler messages for status), events create and list (why a po
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+- apiGroups: [monitoring.coreos.com]
+  resources: [servicemonitors]
+  verbs: [get, create, patch, delete]
 {{- end }}

@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import hmac
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ from bertserve_server.errors import (
 from bertserve_server.metrics import CONTENT_TYPE, Metrics
 from bertserve_server.service import EncodeAnswer, EncodeService, PredictAnswer
 from bertserve_server.status import StatusBook
-from bertserve_server.validation import decode_json, decode_utf8_in_slices, validate_examples, validate_texts
+from bertserve_server.validation import decode_json, validate_examples, validate_texts
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +99,44 @@ def _json_bytes(body: bytes, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=body, status=status, headers=headers, content_type="application/json")
 
 
-def _dump_rows(array: np.ndarray) -> str:
-    """``json.dumps(array.tolist())``, one row at a time for big arrays.
+CHUNK_BYTES = 1 << 20
+"""Large bodies are read, decoded, serialized and written in pieces of about this size."""
+
+
+def _json_pieces(items: Iterable[str]) -> list[bytes]:
+    """``", ".join(items)`` as ~1 MiB byte pieces (no single huge string or copy under the GIL)."""
+    pieces: list[bytes] = []
+    batch: list[str] = []
+    size = 0
+    for item in items:
+        batch.append(item)
+        size += len(item)
+        if size >= CHUNK_BYTES:
+            pieces.append(", ".join(batch).encode() + b", ")
+            batch, size = [], 0
+    if batch:
+        pieces.append(", ".join(batch).encode())
+    elif pieces:
+        pieces[-1] = pieces[-1][:-2]
+    return pieces
+
+
+def _row_pieces(array: np.ndarray) -> list[bytes]:
+    """``json.dumps(array.tolist())`` in pieces, one row at a time.
 
     One ``json.dumps`` of a 10,000-row result is a single C call that holds the GIL (and so
     stalls the event loop) for the whole serialization; row by row, other threads get their turns.
     """
     if array.ndim == 0 or int(array.size) * 8 <= OFFLOAD_BYTES:
-        return json.dumps(array.tolist())
-    return "[" + ", ".join(json.dumps(row.tolist()) for row in array) + "]"
+        return [json.dumps(array.tolist()).encode()]
+    return [b"[", *_json_pieces(json.dumps(row.tolist()) for row in array), b"]"]
 
 
-def _parse_body(raw: bytes) -> Any:
+def _parse_body(chunks: list[bytes]) -> Any:
+    """Decode (strict UTF-8) and parse a body received as chunks; big ones in slices."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
     try:
-        text = decode_utf8_in_slices(raw) if len(raw) > OFFLOAD_BYTES else raw.decode("utf-8")
+        text = "".join([*(decoder.decode(chunk) for chunk in chunks), decoder.decode(b"", final=True)])
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"request body is not valid UTF-8 JSON: {exc}") from None
     return decode_json(text, "send a JSON object", "request body is not valid UTF-8 JSON")
@@ -336,19 +361,53 @@ class HttpFrontend:
                 if "is_tokenized" in form:
                     body["is_tokenized"] = _as_bool(form["is_tokenized"])
                 return body
-            raw = await request.read()
+            chunks = await self._read_chunks(request)
         except web.HTTPRequestEntityTooLarge:
             raise RequestTooLarge(
                 f"request body exceeds the limit of {self.config.max_request_bytes} bytes "
                 "(-max_request_bytes); split it"
             ) from None
-        if len(raw) > OFFLOAD_BYTES:
-            data = await self._off_loop(lambda: _parse_body(raw))
+        if sum(len(chunk) for chunk in chunks) > OFFLOAD_BYTES:
+            data = await self._off_loop(lambda: _parse_body(chunks))
         else:
-            data = _parse_body(raw)
+            data = _parse_body(chunks)
         if not isinstance(data, dict):
             raise InvalidInput(f"request body must be a JSON object, got {type(data).__name__}")
         return data
+
+    async def _read_chunks(self, request: web.Request) -> list[bytes]:
+        """The body as received, never joined on the loop (one 64 MiB copy would stall it)."""
+        limit = self.config.max_request_bytes
+        too_large = RequestTooLarge(
+            f"request body exceeds the limit of {limit} bytes (-max_request_bytes); split it"
+        )
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return chunks
+
+    async def _respond(self, request: web.Request, pieces: list[bytes]) -> web.StreamResponse:
+        """A JSON answer from byte pieces; big ones are streamed piece by piece."""
+        if len(pieces) == 1:
+            return _json_bytes(pieces[0])
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = sum(len(piece) for piece in pieces)
+        allowed = self._allowed_origin(request.headers.get("Origin"))
+        if allowed:  # headers cannot change once streaming starts: CORS is set here, not after
+            response.headers["Access-Control-Allow-Origin"] = allowed
+            if allowed != "*":
+                response.headers["Vary"] = "Origin"
+        await response.prepare(request)
+        for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+        return response
 
     async def _run_encode(self, texts: Any, is_tokenized: bool | None, client: str) -> EncodeAnswer:
         return await self._admit(lambda: self.service.submit(texts, is_tokenized=is_tokenized), texts, client)
@@ -390,14 +449,14 @@ class HttpFrontend:
 
     # -- bert-as-service API ---------------------------------------------------------------------
 
-    async def encode(self, request: web.Request) -> web.Response:
+    async def encode(self, request: web.Request) -> web.StreamResponse:
         self._open += 1
         try:
             return await self._encode(request)
         finally:
             self._open -= 1
 
-    async def _encode(self, request: web.Request) -> web.Response:
+    async def _encode(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
@@ -409,13 +468,14 @@ class HttpFrontend:
             return self._error("encode", as_request_error(exc))
         request_id = body.get("id")
 
-        def serialize() -> bytes:
-            rows = _dump_rows(answer.embeddings)
-            return f'{{"id": {json.dumps(request_id)}, "result": {rows}, "status": 200}}'.encode()
+        def serialize() -> list[bytes]:
+            head = f'{{"id": {json.dumps(request_id)}, "result": '.encode()
+            pieces = [head, *_row_pieces(answer.embeddings), b', "status": 200}']
+            return pieces if self._large(answer) else [b"".join(pieces)]
 
-        payload = await self._off_loop(serialize) if self._large(answer) else serialize()
+        pieces = await self._off_loop(serialize) if self._large(answer) else serialize()
         self._done("encode", answer, started)
-        return _json_bytes(payload)
+        return await self._respond(request, pieces)
 
     @staticmethod
     def _large(answer: EncodeAnswer) -> bool:
@@ -479,14 +539,14 @@ class HttpFrontend:
 
     # -- OpenAI embeddings -----------------------------------------------------------------------
 
-    async def embeddings(self, request: web.Request) -> web.Response:
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
         self._open += 1
         try:
             return await self._embeddings(request)
         finally:
             self._open -= 1
 
-    async def _embeddings(self, request: web.Request) -> web.Response:
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)

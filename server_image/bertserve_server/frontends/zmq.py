@@ -267,6 +267,7 @@ class ZmqFrontend:
         self._configure(pull, 2 * self.config.max_request_bytes)
         self._configure(xpub, MAX_SUBSCRIPTION_BYTES)
         xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+        xpub.setsockopt(zmq.XPUB_NODROP, 1)  # a full subscriber queue is reported, so it can be counted
         xpub.setsockopt(zmq.XPUB_MANUAL, 1)
         for sock, port, flag in (
             (pull, self.config.port, "-port"),
@@ -360,7 +361,7 @@ class ZmqFrontend:
         now = time.monotonic()
         for identity, frames in outbox:
             if self.subscriptions.matches(identity):
-                xpub.send_multipart(frames, copy=False)
+                self._send(xpub, frames)
             else:
                 self._hold(identity, frames, now + self.subscription_wait_s)
         if outbox:
@@ -408,7 +409,18 @@ class ZmqFrontend:
     def _flush_held(self, xpub: zmq.Socket[Any], identity: bytes) -> None:
         for item in list(self._held.get(identity, ())):
             self._forget(item)
-            xpub.send_multipart(item.frames, copy=False)
+            self._send(xpub, item.frames)
+
+    def _send(self, xpub: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
+        """Publish, or count the answer as dropped when a subscriber has SNDHWM answers unread."""
+        try:
+            xpub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._dropped(
+                1,
+                "subscriber_full",
+                f"a subscriber of the client identity has {SNDHWM} answers unread on -port_out",
+            )
 
     def _expire_held(self) -> None:
         now = time.monotonic()

@@ -23,45 +23,29 @@ NODE_TIMEOUT_S = 3.0
 
 @dataclass
 class PeerNode:
-    """What one peer told us: its subscriptions (prefix topics) at gossip version ``version``."""
+    """What one peer told us: the client identities subscribed there, at gossip version ``version``."""
 
     last_heard: float
     version: int = -1
     leaving: bool = False
-    topics: set[bytes] = field(default_factory=set)
-    lengths: dict[int, int] = field(default_factory=dict)
-
-    def add(self, topic: bytes) -> None:
-        if topic not in self.topics:
-            self.topics.add(topic)
-            self.lengths[len(topic)] = self.lengths.get(len(topic), 0) + 1
-
-    def remove(self, topic: bytes) -> None:
-        if topic in self.topics:
-            self.topics.discard(topic)
-            left = self.lengths[len(topic)] - 1
-            if left:
-                self.lengths[len(topic)] = left
-            else:
-                del self.lengths[len(topic)]
-
-    def replace(self, topics: Sequence[bytes]) -> None:
-        self.topics.clear()
-        self.lengths.clear()
-        for topic in topics:
-            self.add(topic)
-
-    def matches(self, identity: bytes) -> bool:
-        if identity in self.topics:
-            return True
-        return any(identity[:n] in self.topics for n in self.lengths if n <= len(identity))
+    identities: set[bytes] = field(default_factory=set)
 
 
 class PeerTable:
-    """Every peer we have heard from, by node id."""
+    """Every peer we have heard from, by node id, and who holds which identity.
+
+    Matching is by *exact* identity, never by prefix: a SUB on ``-port_out`` receives only the
+    answers for the identity it subscribed to (the frontend refuses short subscriptions), so the
+    mesh must not route an answer to a replica whose subscriber merely shares a prefix with it.
+    ``holders`` is the one place the mesh matches identities; an index keeps it O(1). Holders come
+    most recent announcement first: when a client's SUB connection moves, the new replica
+    announces it while the old one may not have withdrawn it yet.
+    """
 
     def __init__(self) -> None:
         self.nodes: dict[bytes, PeerNode] = {}
+        self._holders: dict[bytes, dict[bytes, int]] = {}
+        self._seq = 0
 
     def heard(self, node_id: bytes, now: float) -> PeerNode:
         """The node for ``node_id`` (created on first contact), marked as heard now."""
@@ -76,48 +60,73 @@ class PeerTable:
         """Whether a ping saying ``version`` shows we missed something (a leaver sends nothing)."""
         return not node.leaving and node.version != version
 
-    @staticmethod
-    def apply_delta(node: PeerNode, version: int, topic: bytes, *, subscribed: bool) -> bool:
+    def apply_delta(
+        self, node_id: bytes, node: PeerNode, version: int, identity: bytes, *, subscribed: bool
+    ) -> bool:
         """Apply one ``+``/``-``; False (ignored) on a gap, which the next ping's check repairs."""
         if node.leaving or version != node.version + 1:
             return False
         node.version = version
         if subscribed:
-            node.add(topic)
+            self._add(node_id, node, identity)
         else:
-            node.remove(topic)
+            self._remove(node_id, node, identity)
         return True
 
-    @staticmethod
-    def apply_snapshot(node: PeerNode, version: int, topics: Sequence[bytes]) -> bool:
+    def apply_snapshot(
+        self, node_id: bytes, node: PeerNode, version: int, identities: Sequence[bytes]
+    ) -> bool:
         if node.leaving:
             return False
         node.version = version
-        node.replace(topics)
+        self._replace(node_id, node, identities)
         return True
 
-    @staticmethod
-    def mark_leaving(node: PeerNode) -> None:
+    def mark_leaving(self, node_id: bytes, node: PeerNode) -> None:
         """A leaving peer gets no more answers: forget its subscribers (they reconnect elsewhere)."""
         node.leaving = True
-        node.replace(())
+        self._replace(node_id, node, ())
 
     def forget_silent(self, now: float) -> None:
         for node_id, node in list(self.nodes.items()):
             if now - node.last_heard > NODE_TIMEOUT_S:
+                self._replace(node_id, node, ())
                 del self.nodes[node_id]
                 logger.info("peers: node %s silent for %.1fs, forgotten", node_id.decode(), NODE_TIMEOUT_S)
 
     def holders(self, identity: bytes, *, exclude: bytes | None = None) -> list[bytes]:
-        """Node ids of the peers (not leaving, not ``exclude``) that announced ``identity``."""
-        return [
-            node_id
-            for node_id, node in self.nodes.items()
-            if node_id != exclude and not node.leaving and node.matches(identity)
-        ]
+        """Node ids of the peers (not leaving, not ``exclude``) that announced exactly ``identity``,
+        most recent first."""
+        holders = self._holders.get(identity)
+        if not holders:
+            return []
+        ordered = sorted(holders, key=holders.__getitem__, reverse=True)
+        return [node_id for node_id in ordered if node_id != exclude]
 
     def announced(self, identity: bytes) -> bool:
-        return any(node.matches(identity) for node in list(self.nodes.values()))
+        return bool(self._holders.get(identity))
+
+    def _add(self, node_id: bytes, node: PeerNode, identity: bytes) -> None:
+        if identity not in node.identities:
+            node.identities.add(identity)
+            self._seq += 1
+            self._holders.setdefault(identity, {})[node_id] = self._seq
+
+    def _remove(self, node_id: bytes, node: PeerNode, identity: bytes) -> None:
+        if identity in node.identities:
+            node.identities.discard(identity)
+            holders = self._holders.get(identity)
+            if holders is not None:
+                holders.pop(node_id, None)
+                if not holders:
+                    del self._holders[identity]
+
+    def _replace(self, node_id: bytes, node: PeerNode, identities: Sequence[bytes]) -> None:
+        wanted = set(identities)
+        for identity in node.identities - wanted:
+            self._remove(node_id, node, identity)
+        for identity in wanted - node.identities:
+            self._add(node_id, node, identity)
 
 
 class LocalTopics:

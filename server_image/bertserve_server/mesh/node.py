@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import zmq
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
+from zmq.utils.monitor import parse_monitor_message
 
 from bertserve_api.contract import ServerConfig
 from bertserve_server.frontends.zmq import SUBSCRIPTION_WAIT_S, Frame, ResultRouter, ZmqFrontend
@@ -37,9 +38,11 @@ from bertserve_server.mesh.discovery import (
 )
 from bertserve_server.mesh.gossip import LocalTopics, PeerTable
 from bertserve_server.mesh.handoff import hand_off_connections
-from bertserve_server.mesh.links import PING_INTERVAL_S, Link, Links, bind_router, send_welcome
+from bertserve_server.mesh.links import PING_INTERVAL_S, Link, Links, SocketLimits, bind_router, send_welcome
 from bertserve_server.mesh.routing import Routes
+from bertserve_server.mesh.security import MeshKeys, load_secret, start_authenticator
 from bertserve_server.metrics import Metrics
+from bertserve_server.throttled_log import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +54,15 @@ LEAVE_S = 1.0
 """Upper bound for peers to confirm they stopped routing answers to a leaving replica."""
 RECV_BURST = 1000
 """Messages read from one socket per loop turn before the others get their turn."""
+HANDSHAKE_FAILURES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+"""Monitor events on the peer port: someone spoke ZMTP without the mesh key. (A connection closed
+before any handshake, such as discovery's TCP probe or a port scan, is not counted.)"""
+
+
+def max_peer_frame(config: ServerConfig) -> int:
+    """The largest frame a peer may send: an answer's array (at most ``-max_response_bytes``) or
+    its header, whose tokens come from the request text (at most ``-max_request_bytes``)."""
+    return config.max_response_bytes + 2 * config.max_request_bytes
 
 
 class PeerMesh:
@@ -80,8 +92,12 @@ class PeerMesh:
         # Defaults are read now, not at import, so tests and embedders can tune the module values.
         self.answer_wait_s = SUBSCRIPTION_WAIT_S if answer_wait_s is None else answer_wait_s
         self.grace_s = PEER_GRACE_S if grace_s is None else grace_s
+        self.keys = MeshKeys.from_secret(load_secret(config.peer_key_file))
+        self.limits = SocketLimits(self.keys, config.heartbeat_timeout, max_peer_frame(config))
         self.node_id = secrets.token_hex(8).encode("ascii")
         self._context: zmq.Context[Any] = zmq.Context()
+        self._auth: Any = None
+        self._monitor: zmq.Socket[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
         self._frontend: ZmqFrontend | None = None
         self._local_open = False
@@ -101,7 +117,7 @@ class PeerMesh:
         )
         # Owned by the I/O thread.
         self._poller = zmq.Poller()
-        self.links = Links(self._context, self._poller, self.node_id)
+        self.links = Links(self._context, self._poller, self.node_id, self.limits)
         self.peers = PeerTable()
         self.local = LocalTopics()
         self.routes = Routes(
@@ -127,6 +143,17 @@ class PeerMesh:
         self._held_count = 0
         self._summary: dict[str, Any] = {"node_id": self.node_id.decode(), "addresses": 0, "connected": 0}
         r = metrics.registry
+        self.rejected = Counter(
+            "bertserve_peer_frames_rejected",
+            "Messages and connections on the mesh refused, by reason: version (another mesh protocol "
+            "version), malformed (not a valid mesh message), handshake (a connection without the mesh "
+            "key, or not a replica), unknown_key (a CURVE client key other than the mesh's)",
+            ["reason"],
+            registry=r,
+        )
+        self._reject_logs = {
+            reason: ThrottledLog(logger) for reason in ("version", "malformed", "handshake", "unknown_key")
+        }
         self.peers_gauge = Gauge(
             "bertserve_peers_connected", "Other replicas this one can route to now", registry=r
         )
@@ -140,8 +167,17 @@ class PeerMesh:
 
     def start(self) -> None:
         """Bind ``-peer_port`` (errors surface here, in the caller), start discovery and the I/O thread."""
-        self._router = bind_router(self._context, self.config.bind_host, self.config.peer_port)
+        self._auth = start_authenticator(self._context, self.keys, lambda: self._reject("unknown_key", None))
+        try:
+            self._router = bind_router(
+                self._context, self.config.bind_host, self.config.peer_port, self.limits
+            )
+        except Exception:
+            self._auth.stop()
+            raise
+        self._monitor = self._router.get_monitor_socket(HANDSHAKE_FAILURES)
         self._poller.register(self._router, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._thread = threading.Thread(target=self._run, name="peer-mesh", daemon=True)
         self._thread.start()
@@ -190,10 +226,24 @@ class PeerMesh:
         self._post("leave", done, time.monotonic() + timeout)
         return done.wait(timeout + 0.5)
 
+    def detach(self, timeout: float = 1.0) -> None:
+        """Shutdown, before ``-port_out`` closes: from now on nothing is published here.
+
+        Answers that arrive for local subscribers after this (forwarded by peers before they saw
+        the leave) are held and follow their clients to the replica they reconnect to, instead of
+        going into the outbox of a closed socket. Waits until the I/O thread has seen it.
+        """
+        self._local_open = False
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._post("detach", done)
+        done.wait(timeout)
+
     def close(self, deadline: float) -> None:
         """Shutdown, step 3 (``-port_out`` closed): forward what still waits, within the deadline; stop."""
         self._local_open = False
-        self._post("detach")
+        self._post("detach", None)
         self._discovery.stop()
         end = time.monotonic() + min(2.0, max(0.2, deadline - time.monotonic()))
         while self._thread is not None and self._thread.is_alive() and time.monotonic() < end:
@@ -210,6 +260,8 @@ class PeerMesh:
                 return
         if self._router is not None and not self._router.closed:  # the thread never ran
             self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._context.term()
         with self._wake_lock:  # a late _post() (a slow DNS answer) must not write into a reused fd
             fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
@@ -262,8 +314,12 @@ class PeerMesh:
                 except Exception:  # the mesh must outlive any single bad message
                     logger.exception("peer mesh loop error; continuing")
         finally:
-            self.routes.drop_all()
+            self.routes.drop_all("shutdown")
             self.links.close_all(linger_ms=500)  # answers already handed to a link get a moment to leave
+            if self._monitor is not None:
+                with contextlib.suppress(zmq.ZMQError):
+                    router.disable_monitor()
+                self._monitor.close(linger=0)
             router.close(linger=0)
 
     def _turn(self, router: zmq.Socket[Any]) -> None:
@@ -281,6 +337,8 @@ class PeerMesh:
                 except zmq.Again:
                     break
                 self._on_router(router, message)
+        if self._monitor is not None and self._monitor in events:
+            self._on_monitor(self._monitor)
         for sock, link in list(self.links.by_socket.items()):
             if sock in events:
                 self._on_dealer(link)
@@ -312,6 +370,8 @@ class PeerMesh:
             self._start_leaving(command[1], command[2])
         elif kind == "detach":
             self._local_open = False
+            if command[1] is not None:
+                command[1].set()
 
     def _on_local_subscription(self, topic: bytes, subscribed: bool) -> None:
         version = self.local.change(topic, subscribed)
@@ -328,7 +388,7 @@ class PeerMesh:
             self._resolved_once = True
         for address in addresses - self.links.by_address.keys():
             link = self.links.open(address, now)
-            self.links.send(link, wire.ping(self.node_id, self.local.version))
+            self.links.ping(link, self.local.version)
         for address in self.links.by_address.keys() - addresses:
             link = self.links.remove(address)
             if not link.is_self:
@@ -425,16 +485,54 @@ class PeerMesh:
 
     # -- wire ------------------------------------------------------------------------------------
 
+    def _reject(self, reason: str, error: wire.RejectedMessageError | None, origin: str = "") -> None:
+        """Count a refused message or connection; log it (at most once per interval and reason)."""
+        self.rejected.labels(reason=reason).inc()
+        if reason == "version":
+            self._reject_logs[reason].warning(
+                "peers: refused a replica%s: it %s; mixed-version replicas cannot share a mesh, "
+                "roll every replica to one version",
+                origin,
+                error,
+            )
+        elif reason == "malformed":
+            self._reject_logs[reason].warning("peers: dropped a malformed mesh message%s: %s", origin, error)
+        elif reason == "handshake":
+            self._reject_logs[reason].warning(
+                "peers: a connection to -peer_port failed the mesh handshake (a replica with another "
+                "-peer_key_file, or not a replica); nothing was exchanged"
+            )
+        else:
+            self._reject_logs[reason].warning(
+                "peers: refused a CURVE client key that is not the mesh key (not a replica)"
+            )
+
+    def _on_monitor(self, monitor: zmq.Socket[Any]) -> None:
+        for _ in range(RECV_BURST):
+            try:
+                event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] & HANDSHAKE_FAILURES and event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._reject("handshake", None)  # AUTH failures were counted by the ZAP handler
+
     def _on_dealer(self, link: Link) -> None:
         for _ in range(RECV_BURST):
             if link.sock is None:
                 return
             try:
-                message = link.sock.recv_multipart(zmq.NOBLOCK)
+                raw = link.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(message) >= 4 and message[0] == wire.K_WELCOME:
-                self._on_welcome(link, message[1], resync=message[2] == b"1", leaving=message[3] == b"1")
+            try:
+                message = wire.decode(raw)
+                if message.kind != wire.K_WELCOME:
+                    raise wire.RejectedMessageError("malformed", "a DEALER receives only welcomes")
+            except wire.RejectedMessageError as exc:
+                self._reject(exc.reason, exc, f" at {endpoint(link.address)}")
+                continue
+            self.links.confirmed(link, message.seq)
+            self._on_welcome(link, message.node_id, resync=message.resync, leaving=message.leaving)
 
     def _on_welcome(self, link: Link, peer_id: bytes, *, resync: bool, leaving: bool) -> None:
         now = time.monotonic()
@@ -449,41 +547,49 @@ class PeerMesh:
         if leaving:
             node = self.peers.nodes.get(peer_id)
             if node is not None and not node.leaving:
-                self.peers.mark_leaving(node)
+                self.peers.mark_leaving(peer_id, node)
         if resync and not self._leaving:
             self.links.send(link, wire.snapshot(self.node_id, self.local.version, self.local.topics))
         self._retry_held()
 
-    def _on_router(self, router: zmq.Socket[Any], message: list[bytes]) -> None:
-        if len(message) < 3:
+    def _on_router(self, router: zmq.Socket[Any], raw: list[bytes]) -> None:
+        rid = raw[0]
+        try:
+            message = wire.decode(raw[1:])
+            if message.kind == wire.K_WELCOME:
+                raise wire.RejectedMessageError("malformed", "a welcome sent to the ROUTER")
+        except wire.RejectedMessageError as exc:
+            self._reject(exc.reason, exc)
             return
-        rid, kind, node_id = message[0], message[1], message[2]
+        kind, node_id = message.kind, message.node_id
         if node_id == self.node_id:  # our own link, during self-detection
             if kind == wire.K_PING:
-                send_welcome(router, rid, self.node_id, resync=False, leaving=self._leaving)
+                send_welcome(router, rid, self.node_id, resync=False, leaving=self._leaving, seq=message.seq)
             return
         now = time.monotonic()
         node = self.peers.heard(node_id, now)
-        if kind == wire.K_PING and len(message) >= 4:
-            resync = self.peers.needs_snapshot(node, int(message[3]))
-            send_welcome(router, rid, self.node_id, resync=resync, leaving=self._leaving)
-        elif kind == wire.K_ANSWER and len(message) >= 6:
-            self.routes.on_answer(node_id, hops=int(message[3]), sole=message[4] == b"1", frames=message[5:])
+        if kind == wire.K_PING:
+            resync = self.peers.needs_snapshot(node, message.version)
+            send_welcome(router, rid, self.node_id, resync=resync, leaving=self._leaving, seq=message.seq)
+        elif kind == wire.K_ANSWER:
+            self.routes.on_answer(node_id, hops=message.hops, frames=message.frames)
             self._update_held()
-        elif kind in (wire.K_SUB, wire.K_UNSUB) and len(message) >= 5:
+        elif kind in (wire.K_SUB, wire.K_UNSUB):
             subscribed = kind == wire.K_SUB
-            applied = self.peers.apply_delta(node, int(message[3]), message[4], subscribed=subscribed)
+            applied = self.peers.apply_delta(
+                node_id, node, message.version, message.identities[0], subscribed=subscribed
+            )
             if applied and subscribed:
                 self._retry_held()
-        elif kind == wire.K_SNAPSHOT and len(message) >= 4:
-            if self.peers.apply_snapshot(node, int(message[3]), message[4:]):
+        elif kind == wire.K_SNAPSHOT:
+            if self.peers.apply_snapshot(node_id, node, message.version, message.identities):
                 self._retry_held()
         elif kind == wire.K_LEAVING:
-            self.peers.mark_leaving(node)
+            self.peers.mark_leaving(node_id, node)
             link = self.links.by_node.get(node_id)
             if link is not None:
                 self.links.send(link, wire.flushed(self.node_id))  # after every answer we sent it
-            logger.info("peers: node %s is leaving", node_id.decode())
+            logger.info("peers: node %s is leaving", node_id.decode("ascii", "replace"))
         elif kind == wire.K_FLUSHED:
             self._awaiting_flush.discard(node_id)
             self._check_left(now)

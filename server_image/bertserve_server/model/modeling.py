@@ -17,7 +17,9 @@ as one fused batch matmul; and on CPU LayerNorm takes a form oneDNN runs as one 
 One saving that is not a re-arrangement but gives the same numbers: positions that cannot change
 any result (padding; see ``kept_positions``) are left out of every position-wise matmul and
 LayerNorm (``EncoderSpec.skip_padding``). Sentences vary in length and a batch is padded to its
-longest, so on real traffic this is often more than half of the work.
+longest, so on real traffic this is often more than half of the work. Likewise, when only the
+pooler reads the top layer (the classifier head), that layer is computed for ``[CLS]`` alone
+(``EncoderSpec.top_layer_first_token_only``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ class EncoderSpec:
     skip_padding: bool = False
     #: Labels of the classifier head (0: no head).
     num_labels: int = 0
+    #: Compute the top layer for the first token (``[CLS]``) only: its keys and values still come
+    #: from every position, but its query, attention output and feed-forward run on one row per
+    #: sentence. Exact when nothing but the pooler reads the top layer (the classifier head).
+    top_layer_first_token_only: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_layers <= self.config.num_hidden_layers:
@@ -92,6 +98,8 @@ class EncoderSpec:
             raise ValueError("the pooler reads the last layer: build all layers when with_pooler is set")
         if self.num_labels and not self.with_pooler:
             raise ValueError("the classifier head reads the pooled output: set with_pooler with num_labels")
+        if self.top_layer_first_token_only and not self.with_pooler:
+            raise ValueError("top_layer_first_token_only computes [CLS] for the pooler: set with_pooler")
 
 
 def prepare_weights(spec: EncoderSpec, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -288,6 +296,21 @@ def encode(
     layers: list[tf.Tensor] = []
     for layer in range(spec.num_layers):
         p = f"layer_{layer}/"
+        if spec.top_layer_first_token_only and layer == spec.num_layers - 1:
+            first = tf.reshape(expand(x), [batch, seq, hidden])[:, 0]  # [batch, hidden]
+            kv = expand(dense(x, params[p + "qkv/kernel"][:, hidden:], params[p + "qkv/bias"][hidden:]))
+            kv = tf.transpose(tf.reshape(kv, [batch, seq, 2, heads, head_size]), [2, 0, 3, 1, 4])
+            key, value = kv[0], kv[1]  # [batch, heads, seq, head_size] each
+            query = dense(first, params[p + "qkv/kernel"][:, :hidden], params[p + "qkv/bias"][:hidden])
+            query = tf.reshape(query, [batch, heads, 1, head_size])
+            scores = tf.matmul(query, key, transpose_b=True)  # [batch, heads, 1, seq]
+            scores = tf.cast(scores, tf.float32) * score_scale + mask_adder
+            probs = tf.cast(tf.nn.softmax(scores, axis=-1), compute_dtype)  # [batch, heads, 1, seq]
+            context = tf.reshape(tf.matmul(probs, value), [batch, hidden])  # [batch, hidden]
+            layers.append(
+                _feed_forward(p, params, context, first, activation=activation, fused=fused)[:, tf.newaxis]
+            )
+            break  # [batch, 1, hidden]: the top layer at [CLS] only
         qkv = dense(x, params[p + "qkv/kernel"], params[p + "qkv/bias"])  # [tokens, 3*hidden]
         qkv = tf.reshape(expand(qkv), [batch, seq, 3, heads, head_size])
         qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])  # [3, batch, heads, seq, head_size]
@@ -298,19 +321,7 @@ def encode(
         context = tf.matmul(probs, value)  # [batch, heads, seq, head_size]
         context = tf.transpose(context, [0, 2, 1, 3])  # [batch, seq, heads, head_size]
         context = compact(tf.reshape(context, [rows, hidden]))  # [tokens, hidden]
-
-        attention = dense(context, params[p + "attention_output/kernel"], params[p + "attention_output/bias"])
-        attention = layer_norm(
-            attention + x, params[p + "attention_ln/gamma"], params[p + "attention_ln/beta"], fused=fused
-        )
-
-        intermediate = activation(
-            dense(attention, params[p + "intermediate/kernel"], params[p + "intermediate/bias"])
-        )  # [tokens, intermediate]
-        output = dense(intermediate, params[p + "output/kernel"], params[p + "output/bias"])
-        x = layer_norm(
-            output + attention, params[p + "output_ln/gamma"], params[p + "output_ln/beta"], fused=fused
-        )
+        x = _feed_forward(p, params, context, x, activation=activation, fused=fused)  # [tokens, hidden]
         layers.append(tf.reshape(expand(x), [batch, seq, hidden]))  # [batch, seq, hidden]
 
     pooled = None
@@ -318,6 +329,29 @@ def encode(
         first = layers[-1][:, 0]  # [batch, hidden]
         pooled = tf.tanh(dense(first, params["pooler/kernel"], params["pooler/bias"]))  # [batch, hidden]
     return layers, pooled
+
+
+def _feed_forward(
+    p: str,
+    params: Mapping[str, tf.Tensor],
+    context: tf.Tensor,
+    residual: tf.Tensor,
+    *,
+    activation: Callable[[tf.Tensor], tf.Tensor],
+    fused: bool,
+) -> tf.Tensor:
+    """The rest of layer ``p`` after attention, row by row: output projection, LayerNorm, FFN, LayerNorm."""
+    attention = dense(context, params[p + "attention_output/kernel"], params[p + "attention_output/bias"])
+    attention = layer_norm(
+        attention + residual, params[p + "attention_ln/gamma"], params[p + "attention_ln/beta"], fused=fused
+    )
+    intermediate = activation(
+        dense(attention, params[p + "intermediate/kernel"], params[p + "intermediate/bias"])
+    )  # [rows, intermediate]
+    output = dense(intermediate, params[p + "output/kernel"], params[p + "output/bias"])
+    return layer_norm(
+        output + attention, params[p + "output_ln/gamma"], params[p + "output_ln/beta"], fused=fused
+    )
 
 
 def classifier_logits(pooled: tf.Tensor, params: Mapping[str, tf.Tensor]) -> tf.Tensor:

@@ -244,6 +244,7 @@ class TFEncoder:
                 num_layers=self.config.num_hidden_layers,
                 with_pooler=True,
                 num_labels=loaded.num_labels,
+                top_layer_first_token_only=True,  # the head reads only the pooled [CLS]
             )
         self.checkpoint_path = loaded.path
         on_gpu = _is_gpu(device)
