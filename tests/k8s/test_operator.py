@@ -153,6 +153,10 @@ def test_every_example_becomes_ready_with_truthful_columns(cluster: Any, operato
         wanted[yaml.safe_load(path.read_text())["metadata"]["name"]] = path
     for name in wanted:
         wait_ready(cluster, operator, ns, name)
+    # Ready needs one ready pod (Available); the columns below need every replica.
+    wait_for(
+        lambda: bs(cluster, ns, "uri-model")["status"].get("replicasSummary") == "2/2", 60, "uri-model 2/2"
+    )
 
     rows = {}
     for line in cluster.kubectl("get", "bertservers", "-n", ns).stdout.splitlines()[1:]:
