@@ -5,6 +5,9 @@ connection (``bertserve_server.mesh``). That adds one replica-to-replica hop to 
 PUSH and SUB connections landed on different replicas. This measures, in one run, on the same
 processes and weights:
 
+The replicas' mesh runs as in a cluster: CurveZMQ with a shared ``-peer_key_file``, every peer
+frame versioned and checked, answers routed by exact identity.
+
 * **path overhead** — one replica answering its own subscribers (*local*), against requests
   pushed to replica A while the client subscribes on replica B, so that *every* answer is
   forwarded (*forwarded*), against a plain server without ``-peer_service`` (*direct*): throughput
@@ -46,6 +49,7 @@ from machine_facts import cores, cpu_model, memory_gib
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from peer_keys import write_peer_key  # noqa: E402
 from ports import free_ports  # noqa: E402
 from replicas import Replica  # noqa: E402  (test helpers: the same process harness as the tests)
 from tcp_balancer import TcpBalancer  # noqa: E402
@@ -193,8 +197,17 @@ def run(rounds: int, seconds: float, latency_count: int, log_dir: Path) -> Resul
     peer_ports = free_ports(3)
     spec = ",".join(f"127.0.0.1:{p}" for p in peer_ports)
     procs = [Replica("direct", model, log_dir, peer_spec=None, peer_port=None)]
+    key = write_peer_key(log_dir / "secrets")  # the mesh is authenticated (CurveZMQ), as in a cluster
     procs += [
-        Replica(f"replica-{i}", model, log_dir, peer_spec=spec, peer_port=peer_ports[i]) for i in range(3)
+        Replica(
+            f"replica-{i}",
+            model,
+            log_dir,
+            peer_spec=spec,
+            peer_port=peer_ports[i],
+            flags=[f"-peer_key_file={key}"],
+        )
+        for i in range(3)
     ]
     try:
         for p in procs:

@@ -69,8 +69,9 @@ PROBE_PERIOD_SECONDS = 10
 """Startup-probe period; the failure threshold is derived from ``spec.startupTimeoutSeconds``."""
 
 PROGRESS_DEADLINE_MARGIN_SECONDS = 300
-"""The Deployment's progress deadline = the model-loading budget plus this margin, so loading a
-large checkpoint is never reported as ``ProgressDeadlineExceeded``."""
+"""Default of ``RenderOptions.progress_deadline_margin_seconds``: the Deployment's progress
+deadline = the model-loading budget plus this margin, so loading a large checkpoint is never
+reported as ``ProgressDeadlineExceeded``."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class RenderOptions:
     fetch_cpu_request: str = "100m"
     fetch_memory_request: str = "256Mi"
     fetch_memory_limit: str = "1Gi"
+    progress_deadline_margin_seconds: int = PROGRESS_DEADLINE_MARGIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -671,7 +673,8 @@ def deployment(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> di
                 },
             },
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": spec.startup_timeout_seconds + PROGRESS_DEADLINE_MARGIN_SECONDS,
+            "progressDeadlineSeconds": spec.startup_timeout_seconds
+            + options.progress_deadline_margin_seconds,
             "template": {
                 "metadata": {
                     "labels": {**spec.pod_labels, **labels},

@@ -893,12 +893,27 @@ class RealNode:
             str(archive),
             timeout=timeout,
         )
+        self._drop_superseded(base_name, name)
         got = self.image_unpacked().get(name)
         if got != desc["digest"]:
             raise RealNodeError(
                 f"importing {archive} gave {name} at {got} (unpacked), expected {desc['digest']}"
             )
         return name
+
+    def _drop_superseded(self, base_name: str, keep: str) -> None:
+        """Delete older tags of ``base_name`` and the digest-named records ``ctr import`` adds.
+
+        containerd's root persists between sessions; without this every changed image would
+        keep its predecessor's GBs (the server image is 6.8 GB unpacked) alive forever.
+        """
+        stale = [
+            n
+            for n in self.image_digests()
+            if n != keep and (n.startswith(base_name + ":") or n.startswith("sha256:"))
+        ]
+        if stale:
+            self._ctr("images", "rm", "--sync", *stale, check=False, timeout=300)
 
     def _pause_archive(self) -> Path:
         archive = self.state_dir / "pause.oci.tar"

@@ -61,6 +61,10 @@ class Settings:
         1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
     )
 
+    progress_deadline_margin_seconds: int = _opt(
+        300, "seconds added to spec.startupTimeoutSeconds for the Deployment's progressDeadlineSeconds"
+    )
+
     def render_options(self) -> RenderOptions:
         """The subset of settings the pure manifest builders take."""
         return RenderOptions(
@@ -68,6 +72,7 @@ class Settings:
             cluster_domain=self.cluster_domain,
             server_log_format=self.server_log_format,
             network_policies=self.network_policies,
+            progress_deadline_margin_seconds=self.progress_deadline_margin_seconds,
         )
 
     def policy(self) -> Policy:
@@ -118,6 +123,8 @@ def _validate(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise ValueError(f"{name}: must be positive")
+    if settings.progress_deadline_margin_seconds < 0:
+        raise ValueError("progress_deadline_margin_seconds: must be at least 0")
     if settings.max_image_rollouts < 1:
         raise ValueError("max_image_rollouts: must be at least 1")
     if settings.workers < 1 or settings.handler_threads < 1:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import KWOK_MODEL, bertserver_yaml
 from operator_harness import (
     REPO_ROOT,
     OperatorProcess,
@@ -55,18 +56,7 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def bertserver(name: str, **spec: Any) -> str:
-    body: dict[str, Any] = {
-        "model": {
-            "source": {"hostPath": {"path": "/data/bert"}},
-            "pretrainedPath": "uncased_L-12_H-768_A-12",
-            "tunedModelDir": "mrpc_output",
-            "ckptName": "model.ckpt-343",
-        },
-        "resources": {"gpus": 0},
-    }
-    body.update(spec)
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
+    return bertserver_yaml(name, {"model": KWOK_MODEL, "resources": {"gpus": 0}, **spec})
 
 
 def wait_ready(cluster: Any, op: OperatorProcess, ns: str, name: str, timeout: int = 120) -> None:
@@ -493,8 +483,7 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
 def test_invalid_manifests_are_rejected_with_the_cel_message(
     cluster: Any, operator: OperatorProcess, spec: dict[str, Any], message: str
 ) -> None:
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "bad"}, "spec": spec}
-    proc = apply_yaml(cluster, yaml.safe_dump(obj), "default", check=False)
+    proc = apply_yaml(cluster, bertserver_yaml("bad", spec), "default", check=False)
     assert proc.returncode != 0, proc.stdout
     assert message in proc.stderr, proc.stderr
     assert get_json(cluster, "bertserver", "bad", "-n", "default", check=False) is None

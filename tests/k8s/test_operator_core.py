@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -51,6 +52,8 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "BERTSERVE_RESYNC_SECONDS": str(RESYNC_S),
         "BERTSERVE_RETRY_DELAY_SECONDS": str(RETRY_S),
         "BERTSERVE_MAX_RETRY_DELAY_SECONDS": str(MAX_RETRY_S),
+        # progressDeadlineSeconds = startupTimeoutSeconds (>= 30) + this: a deadline a test can wait for
+        "BERTSERVE_PROGRESS_DEADLINE_MARGIN_SECONDS": "0",
     }
     # The BertServers here name a node directory (kwok never reads it).
     op = operator_as_chart_account(
@@ -69,8 +72,7 @@ def bertserver(name: str, **spec: Any) -> str:
         "resources": {"gpus": 0},
     }
     body.update(spec)
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
+    return bertserver_yaml(name, body)
 
 
 def bs(cluster: Any, ns: str, name: str) -> dict[str, Any]:
@@ -598,6 +600,45 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     )
     assert cond["status"] == "True" and cond["message"] == f"pod {name}: {message}"
     assert ready_reason(cluster, ns, "v")[1] == reason
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --------------------------------------------------------------------------- progress deadline
+
+
+def test_pods_that_never_become_ready_report_progress_deadline_exceeded(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """Real Deployment controller, real deadline: the pods run but never pass readiness.
+
+    The kwok stage ``pod-never-ready`` (hack/cluster/kwok-stages.yaml) keeps annotated pods
+    Running with Ready=False, as a readiness probe that keeps failing would.
+    """
+    ns = "deadline"
+    cluster.create_namespace(ns)
+    spec = {"startupTimeoutSeconds": 30, "podAnnotations": {"kwok.bertserve.io/never-ready": "true"}}
+    apply_yaml(cluster, bertserver("pd", **spec), ns)
+    dep = wait_for(lambda: get_json(cluster, "deployment", "pd", "-n", ns, check=False), 30, "the Deployment")
+    assert dep["spec"]["progressDeadlineSeconds"] == 30
+
+    def progressing() -> dict[str, Any]:
+        cond = condition(bs(cluster, ns, "pd"), "Progressing")
+        return cond if cond.get("reason") == "ProgressDeadlineExceeded" else {}
+
+    cond = wait_for(progressing, 90, "Progressing=False reason ProgressDeadlineExceeded")
+    assert cond["status"] == "False"
+    obj = bs(cluster, ns, "pd")
+    assert condition(obj, "Ready")["status"] == "False", obj["status"]
+    degraded = condition(obj, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ProgressDeadlineExceeded"), obj["status"]
+    (pod,) = get_json(cluster, "pods", "-n", ns)["items"]
+    assert pod["status"]["phase"] == "Running", pod["status"]
+    reasons = wait_for(
+        lambda: {e["reason"] for e in events_for(cluster, ns, "pd")} & {"ProgressDeadlineExceeded"},
+        30,
+        "an event for the transition",
+    )
+    assert reasons
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import zmq
 from peer_keys import write_peer_key
-from ports import free_port
+from ports import free_ports
 from server_harness import fake_server, wait_until
 
 from bertserve_server.app import BertServer
@@ -36,7 +36,7 @@ def identity(n: int) -> bytes:
 @contextlib.contextmanager
 def mesh(tmp_path: Path, count: int) -> Iterator[tuple[list[BertServer], str]]:
     key = write_peer_key(tmp_path / "key")
-    ports = [free_port() for _ in range(count)]
+    ports = free_ports(count)
     spec = ",".join(f"127.0.0.1:{p}" for p in ports)
     with contextlib.ExitStack() as stack:
         servers = [

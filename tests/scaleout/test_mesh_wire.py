@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import zmq
 from peer_keys import write_peer_key
-from ports import free_port
+from ports import free_ports
 from server_harness import fake_server, wait_until
 
 from bertserve_server.app import BertServer
@@ -33,7 +33,7 @@ IDENTITY = b"0123456789abcdef0123456789abcdef-sub"
 @contextlib.contextmanager
 def pair(tmp_path: Path) -> Iterator[tuple[BertServer, BertServer, str]]:
     key = write_peer_key(tmp_path / "key")
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = ",".join(f"127.0.0.1:{p}" for p in ports)
     with contextlib.ExitStack() as stack:
         a, b = (
@@ -131,7 +131,7 @@ def test_forged_ping_leaving_and_answer_without_the_key_get_nothing_and_change_n
 
 
 def test_a_replica_with_another_key_completes_no_handshake(tmp_path):
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     spec = ",".join(f"127.0.0.1:{p}" for p in ports)
     keys = [write_peer_key(tmp_path / "k0"), write_peer_key(tmp_path / "k1")]
     with contextlib.ExitStack() as stack:
@@ -152,6 +152,23 @@ def test_a_replica_with_another_key_completes_no_handshake(tmp_path):
             wait_until(lambda s=s: "connecting to 1 peer" in (s.service.unready_reason() or ""), 5, "self")
         assert a.peering.describe()["connected"] == 0 and b.peering.describe()["connected"] == 0
         assert not a.peering.peers.nodes and not b.peering.peers.nodes
+
+
+def test_a_client_key_other_than_the_mesh_key_is_refused_even_with_the_server_key(tmp_path):
+    """The mesh's public key is not meant to leak, but if it does, ZAP still admits only the mesh
+    key as a client: a CURVE client with its own key pair gets no handshake."""
+    with pair(tmp_path) as (a, _b, key):
+        mesh_public = MeshKeys.from_secret(load_secret(key)).public
+        own_public, own_secret = zmq.curve_keypair()
+        with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.CURVE_SERVERKEY, mesh_public)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, own_public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, own_secret)
+            sock.connect(f"tcp://127.0.0.1:{a.config.peer_port}")
+            sock.send_multipart(wire.ping(b"0123456789abcdef", 0))
+            assert not sock.poll(1000)
+        wait_until(lambda: rejected(a, "unknown_key") >= 1, 5, "the ZAP refusal to be counted")
 
 
 def test_another_protocol_version_is_refused_with_a_log_line(tmp_path, caplog):

@@ -67,5 +67,6 @@ def test_healthz_answers_within_100ms_while_a_64_mib_request_is_parsed_and_answe
     assert probes > 10, "the request finished before it could be probed"
     latencies.sort()
     p95 = latencies[int(len(latencies) * 0.95)]
-    assert p95 < PROBE_LIMIT_S, f"/healthz p95 {p95 * 1000:.0f} ms during the request"
-    assert slowest < NOISE_LIMIT_S, f"/healthz took {slowest * 1000:.0f} ms during the request"
+    seen = f"{len(latencies)} probes: p95 {p95 * 1000:.0f} ms, slowest {slowest * 1000:.0f} ms"
+    assert p95 < PROBE_LIMIT_S, seen
+    assert slowest < NOISE_LIMIT_S, seen

@@ -1,0 +1,104 @@
+"""Real failures and the other model source on the real node: what the operator reports for a real
+crash loop, a real missing volume and an image that is not there; a ``uri`` model fetched by the
+rendered init container from an HTTP server in the namespace; ``helm test`` run for real."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from realnode_helpers import (
+    NS,
+    OPERATOR_NS,
+    apply,
+    bertserver,
+    get_json,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.realnode, pytest.mark.slow, pytest.mark.timeout(600)]
+
+GROUP = "bertservers.bertserve.io"
+
+
+def _conditions(cluster: Any, name: str) -> dict[str, dict[str, Any]]:
+    obj = get_json(cluster, GROUP, "-n", NS, name)
+    return {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+
+
+def _degraded_reason(cluster: Any, name: str, reason: str, timeout: float = 240) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        degraded = _conditions(cluster, name).get("Degraded", {})
+        return degraded if degraded.get("status") == "True" and degraded.get("reason") == reason else None
+
+    try:
+        return wait_for(check, timeout, f"{name}: Degraded=True reason {reason}", interval=1)
+    except AssertionError as exc:
+        pods = get_json(cluster, "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={name}")["items"]
+        states = [p["status"].get("containerStatuses") or p["status"].get("conditions") for p in pods]
+        raise AssertionError(f"{exc}\nconditions: {_conditions(cluster, name)}\npods: {states}") from None
+
+
+@pytest.fixture(scope="module")
+def namespace(real_cluster: Any, operator: dict[str, Any]) -> str:
+    real_cluster.create_namespace(NS)
+    return NS
+
+
+def test_a_real_crash_loop_is_reported_as_crash_loop_back_off(
+    real_cluster: Any, namespace: str, model_dir: Path
+) -> None:
+    """maxSeqLen above the model's max_position_embeddings: the server exits at start, again and again."""
+    apply(
+        real_cluster,
+        [bertserver("crashy", {"hostPath": {"path": str(model_dir)}}, serving={"maxSeqLen": 200})],
+    )
+    degraded = _degraded_reason(real_cluster, "crashy", "CrashLoopBackOff")
+    assert "crashy" in degraded["message"] and "last exit" in degraded["message"], degraded
+    ready = _conditions(real_cluster, "crashy")["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "CrashLoopBackOff", ready
+    logs = real_cluster.kubectl(
+        "logs", "-n", NS, "-l", "app.kubernetes.io/instance=crashy", "--previous", check=False
+    )
+    assert "max_position_embeddings" in logs.stdout + logs.stderr, logs
+
+
+def test_a_real_missing_volume_is_reported_as_failed_mount(real_cluster: Any, namespace: str) -> None:
+    apply(real_cluster, [bertserver("nomount", {"hostPath": {"path": "/nonexistent/bertserve-models"}})])
+    degraded = _degraded_reason(real_cluster, "nomount", "FailedMount")
+    assert "/nonexistent/bertserve-models" in degraded["message"], degraded
+
+
+def test_an_image_that_is_not_there_is_reported_as_err_image_never_pull(
+    real_cluster: Any, namespace: str, model_dir: Path
+) -> None:
+    apply(
+        real_cluster,
+        [
+            bertserver(
+                "noimage",
+                {"hostPath": {"path": str(model_dir)}},
+                image="localhost/bertserve-server:not-there",
+            )
+        ],
+    )
+    degraded = _degraded_reason(real_cluster, "noimage", "ErrImageNeverPull")
+    assert "not-there" in degraded["message"], degraded
+
+
+def _model_archive(model_dir: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(model_dir / "tiny", arcname="tiny")
+    return buf.getvalue()
+
+
+def _operator_cluster_role(cluster: Any) -> dict[str, Any]:
+    bindings = get_json(cluster, "clusterrolebindings", "-l", "app.kubernetes.io/instance=bs")["items"]
+    (binding,) = [
+        b for b in bindings if any(s.get("namespace") == OPERATOR_NS for s in b.get("subjects", []))
+    ]
+    return dict(get_json(cluster, "clusterrole", binding["roleRef"]["name"]))
