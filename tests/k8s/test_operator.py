@@ -143,6 +143,10 @@ def test_every_example_becomes_ready_with_truthful_columns(cluster: Any, operato
         wanted[yaml.safe_load(path.read_text())["metadata"]["name"]] = path
     for name in wanted:
         wait_ready(cluster, operator, ns, name)
+    # Ready needs one ready pod (Available); the columns below need every replica.
+    wait_for(
+        lambda: bs(cluster, ns, "uri-model")["status"].get("replicasSummary") == "2/2", 60, "uri-model 2/2"
+    )
 
     rows = {}
     for line in cluster.kubectl("get", "bertservers", "-n", ns).stdout.splitlines()[1:]:
@@ -404,6 +408,8 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
             obj["metadata"]["uid"],
             True,
         )
+    # A crash-looping (never ready) replica must not block node drains.
+    assert get_json(cluster, "pdb", "g", "-n", ns)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     cluster.kubectl("delete", "bertserver", "g", "-n", ns, "--timeout=30s")
     for kind, name in children:
         wait_for(
