@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from bert_serving.client import BertClient
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -31,7 +31,7 @@ from peer_keys import write_peer_key
 from ports import free_ports
 from readyz import wait_readyz
 
-from bertserve_api import manifests, names
+from bertserve_api import manifests
 from bertserve_api.contract import parse_argv
 
 pytestmark = [
@@ -99,22 +99,17 @@ def test_the_rendered_command_runs_the_real_server(
 
     ns = "render"
     cluster.create_namespace(ns)
-    obj = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "model": {
-                "source": {"hostPath": {"path": "/srv/models"}},
-                "pretrainedPath": "bert/uncased_tiny",
-                "tunedModelDir": "bert/mrpc_output",
-                "ckptName": "model.ckpt-343",
-            },
-            "serving": {"maxSeqLen": 32, "poolingLayer": [-1], "maxBatchSize": 64},
-            "resources": {"gpus": 0},
+    spec = {
+        "model": {
+            "source": {"hostPath": {"path": "/srv/models"}},
+            "pretrainedPath": "bert/uncased_tiny",
+            "tunedModelDir": "bert/mrpc_output",
+            "ckptName": "model.ckpt-343",
         },
+        "serving": {"maxSeqLen": 32, "poolingLayer": [-1], "maxBatchSize": 64},
+        "resources": {"gpus": 0},
     }
-    apply_yaml(cluster, yaml.safe_dump(obj), ns)
+    apply_yaml(cluster, bertserver_yaml("tiny", spec), ns)
     cluster.kubectl("wait", "--for=condition=Ready", "bertserver/tiny", "-n", ns, "--timeout=120s")
 
     dep = get_json(cluster, "deployment", "tiny", "-n", ns)
