@@ -47,6 +47,8 @@ from machine_facts import cores, cpu_model, memory_gib
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
+from bertserver_manifests import KWOK_MODEL  # noqa: E402  (test helpers: the one manifest factory)
+from bertserver_manifests import bertserver as bertserver_manifest  # noqa: E402
 from operator_harness import localcluster  # noqa: E402  (test helpers: loads hack/cluster/localcluster.py)
 
 NAMESPACE = "bench"
@@ -153,21 +155,12 @@ class Observer:
 
 
 def bertserver(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "bertserve.io/v1alpha1",
-        "kind": "BertServer",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {
-                "source": {"hostPath": {"path": "/data/bert"}},
-                "pretrainedPath": "uncased_L-12_H-768_A-12",
-                "tunedModelDir": "mrpc_output",
-                "ckptName": "model.ckpt-343",
-            },
-            "replicas": replicas,
-            "resources": {"gpus": 0, "cpu": "10m", "memory": "16Mi"},
-        },
+    spec = {
+        "model": KWOK_MODEL,
+        "replicas": replicas,
+        "resources": {"gpus": 0, "cpu": "10m", "memory": "16Mi"},
     }
+    return bertserver_manifest(name, spec, NAMESPACE)
 
 
 # --------------------------------------------------------------------------- the operator

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 from ports import free_ports  # noqa: E402  (test helpers: distinct loopback ports)
+from readyz import wait_readyz  # noqa: E402  (test helpers: the one /readyz wait)
 
 CACHE = ROOT / ".local" / "bench"
 NUM_LABELS = 2
@@ -213,17 +214,7 @@ def server(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int) -> I
             argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{log.read_text(errors='replace')}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    break
-            time.sleep(0.2)
+        wait_readyz(proc, http_port, log, 600, interval=0.2)
         yield http_port, proc.pid
     finally:
         proc.terminate()

@@ -428,8 +428,10 @@ def compute_status(
     }
     if spec is not None:
         # What ready pods serve, not what the spec asks for (a rollout to a new checkpoint
-        # that never becomes ready must not be reported as served).
-        status["model"] = served_models(pods)
+        # that never becomes ready must not be reported as served). Read once the Deployment
+        # counts a ready pod too: a pod turns ready before its Deployment says so, and taking
+        # both together costs one status write instead of two.
+        status["model"] = served_models(pods) if ready > 0 else ""
         classifier = served_classifiers(pods)
         if classifier:
             status["classifierLabels"] = classifier

@@ -473,3 +473,20 @@ def test_classifier_labels_are_what_ready_pods_serve() -> None:
     # A pod that is not ready yet does not serve its labels.
     status = compute(deployment=deployment(), pods=[served_pod("a", ready=False, spec=named)])
     assert "classifierLabels" not in status
+
+
+def test_every_reason_the_operator_sets_is_in_the_troubleshooting_table() -> None:
+    """docs/user-guide.md section 9 is keyed by the reason ``kubectl get`` shows."""
+    import pathlib
+    import re
+
+    guide = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text()
+    section = guide.split("## 9. Troubleshooting", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`([A-Z][A-Za-z]+)`", section))
+    reasons = {
+        st.AVAILABLE, st.CREATING, st.STARTING, st.SCALED_TO_ZERO, st.ROLLING_OUT, st.ROLLOUT_COMPLETE,
+        st.AS_EXPECTED, st.INVALID_SPEC, st.APPLY_FAILED, st.CHILD_CONFLICT, st.UNSCHEDULABLE,
+        st.PROGRESS_DEADLINE_EXCEEDED, st.REPLICA_FAILURE, st.CRASH_LOOP, st.EVICTED,
+        *st.BAD_WAITING_REASONS, *st.STUCK_EVENT_REASONS, *st.HPA_CONDITION_TYPES,
+    }  # fmt: skip
+    assert reasons - listed == set()

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import polling
 from ports import free_port
 
+from bertserve_api import names
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "bertserve-operator"
 DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"
@@ -68,6 +70,31 @@ def condition(obj: Mapping[str, Any] | None, ctype: str) -> dict[str, Any]:
         if cond.get("type") == ctype:
             return dict(cond)
     return {}
+
+
+def get_bertserver(cluster: Any, ns: str, name: str) -> dict[str, Any]:
+    """The BertServer ``ns/name`` as the API server has it."""
+    return dict(get_json(cluster, "bertserver", name, "-n", ns))
+
+
+def bertserver_events(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    """The Events whose involved object is the BertServer ``ns/name``."""
+    items = get_json(cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e for e in items if e["involvedObject"].get("kind") == names.KIND]
+
+
+def wait_bertserver_ready(cluster: Any, op: OperatorProcess, ns: str, name: str, timeout: int = 120) -> None:
+    """``kubectl wait --for=condition=Ready`` with the evidence attached when it fails."""
+    proc = cluster.kubectl(
+        "wait", "--for=condition=Ready", f"bertserver/{name}", "-n", ns, f"--timeout={timeout}s",
+        check=False, timeout=timeout + 30,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        describe = cluster.kubectl("describe", "bertserver", name, "-n", ns, check=False).stdout
+        pods = cluster.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+        raise AssertionError(
+            f"{ns}/{name} not Ready: {proc.stderr}\n{describe}\n{pods}\noperator log:\n{op.tail()}"
+        )
 
 
 def apply_yaml(cluster: Any, text: str, namespace: str | None = None, check: bool = True) -> Any:

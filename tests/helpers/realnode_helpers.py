@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
+from bertserver_manifests import bertserver as bertserver_manifest
 from operator_harness import localcluster
 
 rn = localcluster().realnode()
@@ -80,19 +81,15 @@ def pod_logs(cluster: Any, namespace: str, selector: str) -> str:
 
 
 def bertserver(name: str, source: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "bertserve.io/v1alpha1",
-        "kind": "BertServer",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "model": {"source": source, "pretrainedPath": "tiny"},
-            "resources": {"gpus": 0},
-            "imagePullPolicy": "Never",
-            "terminationGracePeriodSeconds": 20,
-            **ON_REAL_NODE,
-            **extra,
-        },
+    spec = {
+        "model": {"source": source, "pretrainedPath": "tiny"},
+        "resources": {"gpus": 0},
+        "imagePullPolicy": "Never",
+        "terminationGracePeriodSeconds": 20,
+        **ON_REAL_NODE,
+        **extra,
     }
+    return bertserver_manifest(name, spec, NS)
 
 
 CLIENT = """

@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import requests
 from peer_keys import write_peer_key
 from ports import free_ports
+from readyz import wait_readyz
 from tcp_balancer import TcpBalancer
 
 BERT_SERVING_START = str(Path(sys.executable).parent / "bert-serving-start")
@@ -97,18 +97,7 @@ class Replica:
             return 0, str(exc)
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last: tuple[int, str] = (0, "")
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log[-3000:]}")
-            last = self.readyz()
-            if last[0] == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(
-            f"{self.name} not ready after {timeout}s (last /readyz: {last}):\n{self.log[-3000:]}"
-        )
+        wait_readyz(self.proc, self.http_port, lambda: self.log, timeout, what=self.name)
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from ``GET /metrics`` (0 when absent)."""

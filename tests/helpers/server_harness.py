@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polling
 import zmq
 from fake_encoder import FakeEncoder
@@ -18,6 +19,7 @@ from ports import free_ports
 
 from bertserve_api.contract import PoolingStrategy, ServerConfig
 from bertserve_server.app import BertServer, default_tokenizer
+from bertserve_server.encoder import pad_batch
 from bertserve_server.model.config import BertConfig
 from bertserve_server.model.synthetic import DEFAULT_VOCAB, write_vocab
 from bertserve_server.service import Tokenizer
@@ -83,6 +85,23 @@ def fake_encoder_for(config: ServerConfig, **kw: Any) -> FakeEncoder:
         num_labels=(len(config.classifier_labels) or 2) if config.classifier else 0,
         **kw,
     )
+
+
+def encode_rows_alone(
+    tokenizer: Tokenizer, encoder: Any, texts: list[str], is_tokenized: bool = False
+) -> np.ndarray:
+    """The expected vectors: each text tokenized and encoded on its own, without batching.
+
+    A served answer must equal this whatever batch the server formed (padding, grouping and
+    the order of rows must not change a row's vector).
+    """
+    rows = tokenizer.tokenize_batch(texts, is_tokenized)
+    return np.stack([encoder.encode(pad_batch([row], len(row)))[0] for row in rows])
+
+
+def expected_vectors(server: BertServer, texts: list[str], is_tokenized: bool = False) -> np.ndarray:
+    """:func:`encode_rows_alone` with an in-process server's own tokenizer and encoder."""
+    return encode_rows_alone(server.service.tokenizer, server.encoders[0], texts, is_tokenized)
 
 
 @contextlib.contextmanager

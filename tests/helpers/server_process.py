@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 from bert_serving.client import BertClient
 from ports import free_ports
+from readyz import wait_readyz
 from server_harness import write_model_dir
 
 HELPERS = Path(__file__).resolve().parent
@@ -50,18 +50,8 @@ class ServerProcess:
         return BertClient(ip="127.0.0.1", port=self.port, port_out=self.port_out, timeout=30000, **kw)
 
     def wait_ready(self, timeout: float) -> list[int]:
-        """Poll /readyz until 200; the statuses seen on the way."""
-        seen: list[int] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log}"
-            r = self.get("/readyz")
-            if r is not None:
-                seen.append(r.status_code)
-                if r.status_code == 200:
-                    return seen
-            time.sleep(0.05)
-        raise AssertionError(f"not ready after {timeout}s:\n{self.log}")
+        """Poll /readyz until 200; the statuses answered on the way."""
+        return wait_readyz(self.proc, self.http_port, self.log_path, timeout, interval=0.05)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import REPO_ROOT
 
 from bertserve_api import names
@@ -93,9 +93,9 @@ def crd(cluster: Any) -> None:
 
 
 def _dry_run(cluster: Any, name: str, spec: dict[str, Any]) -> Any:
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": spec}
+    manifest = bertserver_yaml(name, spec)
     return cluster.kubectl(
-        "create", "--dry-run=server", "-n", "default", "-f", "-", input=yaml.safe_dump(obj), check=False
+        "create", "--dry-run=server", "-n", "default", "-f", "-", input=manifest, check=False
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+from bertserver_manifests import bertserver as bertserver_manifest
 
 pytestmark = pytest.mark.k8s
 
@@ -66,15 +67,11 @@ def crd(cluster: Any) -> dict[str, Any]:
 
 
 def bertserver(name: str, source: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "bertserve.io/v1alpha1",
-        "kind": "BertServer",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"source": source, "pretrainedPath": "uncased_L-12_H-768_A-12"},
-            "resources": {"gpus": 0},
-        },
+    spec = {
+        "model": {"source": source, "pretrainedPath": "uncased_L-12_H-768_A-12"},
+        "resources": {"gpus": 0},
     }
+    return bertserver_manifest(name, spec)
 
 
 def source_cel_message(crd: dict[str, Any]) -> str:

@@ -16,13 +16,17 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import KWOK_MODEL, bertserver_yaml
 from operator_harness import (
     REPO_ROOT,
     OperatorProcess,
     apply_yaml,
+    bertserver_events,
     condition,
+    get_bertserver,
     get_json,
     operator_as_chart_account,
+    wait_bertserver_ready,
     wait_for,
 )
 
@@ -55,39 +59,12 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def bertserver(name: str, **spec: Any) -> str:
-    body: dict[str, Any] = {
-        "model": {
-            "source": {"hostPath": {"path": "/data/bert"}},
-            "pretrainedPath": "uncased_L-12_H-768_A-12",
-            "tunedModelDir": "mrpc_output",
-            "ckptName": "model.ckpt-343",
-        },
-        "resources": {"gpus": 0},
-    }
-    body.update(spec)
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
-
-
-def wait_ready(cluster: Any, op: OperatorProcess, ns: str, name: str, timeout: int = 120) -> None:
-    """``kubectl wait --for=condition=Ready`` with the evidence attached when it fails."""
-    proc = cluster.kubectl(
-        "wait", "--for=condition=Ready", f"bertserver/{name}", "-n", ns, f"--timeout={timeout}s",
-        check=False, timeout=timeout + 30,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        describe = cluster.kubectl("describe", "bertserver", name, "-n", ns, check=False).stdout
-        pods = cluster.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
-        pytest.fail(f"{ns}/{name} not Ready: {proc.stderr}\n{describe}\n{pods}\noperator log:\n{op.tail()}")
-
-
-def bs(cluster: Any, ns: str, name: str) -> dict[str, Any]:
-    return dict(get_json(cluster, "bertserver", name, "-n", ns))
+    return bertserver_yaml(name, {"model": KWOK_MODEL, "resources": {"gpus": 0}, **spec})
 
 
 def handled_spec(cluster: Any, ns: str, name: str) -> dict[str, Any]:
     """The spec kopf recorded as handled (written after the handler pass returned)."""
-    annotations = bs(cluster, ns, name)["metadata"].get("annotations", {})
+    annotations = get_bertserver(cluster, ns, name)["metadata"].get("annotations", {})
     raw = annotations.get("kopf.bertserve.io/last-handled-configuration")
     return dict(json.loads(raw).get("spec", {})) if raw else {}
 
@@ -99,11 +76,6 @@ def deployment(cluster: Any, ns: str, name: str) -> dict[str, Any] | None:
 
 def container_of(dep: dict[str, Any]) -> dict[str, Any]:
     return dict(dep["spec"]["template"]["spec"]["containers"][0])
-
-
-def events_for(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
-    items = get_json(cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
-    return [e for e in items if e["involvedObject"].get("kind") == names.KIND]
 
 
 def delete_all(cluster: Any, ns: str) -> None:
@@ -152,7 +124,13 @@ def test_every_example_becomes_ready_with_truthful_columns(cluster: Any, operato
         cluster.kubectl("apply", "-f", str(path), "-n", ns)
         wanted[yaml.safe_load(path.read_text())["metadata"]["name"]] = path
     for name in wanted:
-        wait_ready(cluster, operator, ns, name)
+        wait_bertserver_ready(cluster, operator, ns, name)
+    # Ready needs one ready pod (Available); the columns below need every replica.
+    wait_for(
+        lambda: get_bertserver(cluster, ns, "uri-model")["status"].get("replicasSummary") == "2/2",
+        60,
+        "uri-model 2/2",
+    )
 
     rows = {}
     for line in cluster.kubectl("get", "bertservers", "-n", ns).stdout.splitlines()[1:]:
@@ -163,13 +141,13 @@ def test_every_example_becomes_ready_with_truthful_columns(cluster: Any, operato
     assert rows["minimal-cpu"][1:5] == ["True", "Available", "1/1", "0"]
     assert rows["uri-model"][1:5] == ["True", "Available", "2/2", "1"]
 
-    status = bs(cluster, ns, "mrpc")["status"]
+    status = get_bertserver(cluster, ns, "mrpc")["status"]
     assert status["endpoints"] == {
         "zmq": f"mrpc.{ns}.svc:5555",
         "zmqOut": f"mrpc.{ns}.svc:5556",
         "http": f"http://mrpc.{ns}.svc:8125",
     }
-    assert status["observedGeneration"] == bs(cluster, ns, "mrpc")["metadata"]["generation"]
+    assert status["observedGeneration"] == get_bertserver(cluster, ns, "mrpc")["metadata"]["generation"]
 
     # The seed's MRPC example: pods request a GPU and land on a GPU node.
     pods = get_json(cluster, "pods", "-n", ns, "-l", f"{names.LABEL_INSTANCE}=mrpc")["items"]
@@ -187,7 +165,7 @@ def test_every_example_becomes_ready_with_truthful_columns(cluster: Any, operato
     assert init["command"][0] == "bertserve-fetch"
     assert any(m["name"] == "model-auth" for m in init["volumeMounts"])
     assert all(m["name"] != "model-auth" for m in uri_pod["spec"]["containers"][0]["volumeMounts"])
-    ready_events = [e for e in events_for(cluster, ns, "mrpc") if e["reason"] == "Available"]
+    ready_events = [e for e in bertserver_events(cluster, ns, "mrpc") if e["reason"] == "Available"]
     assert ready_events and ready_events[0]["type"] == "Normal"
     delete_all(cluster, ns)
 
@@ -199,25 +177,25 @@ def test_gpu_pods_schedule_on_gpu_nodes_and_over_requests_report_unschedulable(
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("two-gpus", replicas=2, resources={"gpus": 2}), ns)
     apply_yaml(cluster, bertserver("too-many", resources={"gpus": 5}), ns)
-    wait_ready(cluster, operator, ns, "two-gpus")
+    wait_bertserver_ready(cluster, operator, ns, "two-gpus")
     for pod in get_json(cluster, "pods", "-n", ns, "-l", f"{names.LABEL_INSTANCE}=two-gpus")["items"]:
         assert pod["spec"]["nodeName"].startswith("gpu-node-")
         assert pod["spec"]["containers"][0]["resources"]["limits"][names.GPU_RESOURCE] == "2"
         assert "-device_map" in pod["spec"]["containers"][0]["args"]
 
     def degraded() -> dict[str, Any]:
-        cond = condition(bs(cluster, ns, "too-many"), "Degraded")
+        cond = condition(get_bertserver(cluster, ns, "too-many"), "Degraded")
         return cond if cond.get("status") == "True" else {}
 
     cond = wait_for(degraded, 90, "too-many to be Degraded")
     assert cond["reason"] == "Unschedulable"
     assert cond["message"].startswith("0/3 nodes are available"), cond["message"]
     assert "Insufficient nvidia.com/gpu" in cond["message"], cond["message"]
-    ready = condition(bs(cluster, ns, "too-many"), "Ready")
+    ready = condition(get_bertserver(cluster, ns, "too-many"), "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
     row = cluster.kubectl("get", "bertserver", "too-many", "-n", ns, "--no-headers").stdout.split()
     assert row[1:4] == ["False", "Unschedulable", "0/1"]
-    warnings = [e for e in events_for(cluster, ns, "too-many") if e["type"] == "Warning"]
+    warnings = [e for e in bertserver_events(cluster, ns, "too-many") if e["type"] == "Warning"]
     assert any(
         e["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in e["message"] for e in warnings
     )
@@ -231,7 +209,7 @@ def test_spec_changes_roll_pods_and_metadata_changes_do_not(cluster: Any, operat
     ns = "rollout"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("r"), ns)
-    wait_ready(cluster, operator, ns, "r")
+    wait_bertserver_ready(cluster, operator, ns, "r")
     before = deployment(cluster, ns, "r")
     assert before is not None
     hash_before = before["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
@@ -241,7 +219,7 @@ def test_spec_changes_roll_pods_and_metadata_changes_do_not(cluster: Any, operat
     wait_for(
         lambda: (
             "team"
-            in bs(cluster, ns, "r")["metadata"]["annotations"].get(
+            in get_bertserver(cluster, ns, "r")["metadata"]["annotations"].get(
                 "kopf.bertserve.io/last-handled-configuration", ""
             )
         ),
@@ -267,8 +245,8 @@ def test_spec_changes_roll_pods_and_metadata_changes_do_not(cluster: Any, operat
     )
     hash_seq = rolled["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_CONFIG_HASH]
     assert hash_seq != hash_before
-    wait_ready(cluster, operator, ns, "r")
-    obj = bs(cluster, ns, "r")
+    wait_bertserver_ready(cluster, operator, ns, "r")
+    obj = get_bertserver(cluster, ns, "r")
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"] == 2
 
     # Same paths, new files: a revision bump rolls the pods although the arguments are unchanged.
@@ -293,19 +271,21 @@ def test_scale_subresource_scales_the_deployment(cluster: Any, operator: Operato
     ns = "scaling"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("s"), ns)
-    wait_ready(cluster, operator, ns, "s")
+    wait_bertserver_ready(cluster, operator, ns, "s")
     for replicas in (3, 1):
         cluster.kubectl("scale", "bertserver/s", f"--replicas={replicas}", "-n", ns)
         wait_for(
-            lambda r=replicas: bs(cluster, ns, "s")["status"].get("replicasSummary") == f"{r}/{r}",
+            lambda r=replicas: (
+                get_bertserver(cluster, ns, "s")["status"].get("replicasSummary") == f"{r}/{r}"
+            ),
             60,
             f"{replicas}/{replicas} ready replicas",
         )
         assert deployment(cluster, ns, "s")["spec"]["replicas"] == replicas  # type: ignore[index]
         scale = get_json(cluster, "bertserver", "s", "-n", ns, "--subresource=scale")
         assert scale["status"]["replicas"] == replicas
-        assert scale["status"]["selector"] == bs(cluster, ns, "s")["status"]["selector"]
-    wait_ready(cluster, operator, ns, "s")
+        assert scale["status"]["selector"] == get_bertserver(cluster, ns, "s")["status"]["selector"]
+    wait_bertserver_ready(cluster, operator, ns, "s")
     delete_all(cluster, ns)
 
 
@@ -313,7 +293,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa(cluster: Any, operator: Operator
     ns = "autoscaling"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("a", replicas=3), ns)
-    wait_ready(cluster, operator, ns, "a")
+    wait_bertserver_ready(cluster, operator, ns, "a")
     patch = {
         "spec": {
             "resources": {"gpus": 0, "cpu": "1"},
@@ -342,7 +322,9 @@ def test_autoscaling_leaves_replicas_to_the_hpa(cluster: Any, operator: Operator
     cluster.kubectl("scale", "deployment/a", "--replicas=4", "-n", ns)
     # Status 4/4 is written by a pass that observed the scaled Deployment: it did not undo it.
     wait_for(
-        lambda: bs(cluster, ns, "a")["status"].get("replicasSummary") == "4/4", 60, "status to follow the HPA"
+        lambda: get_bertserver(cluster, ns, "a")["status"].get("replicasSummary") == "4/4",
+        60,
+        "status to follow the HPA",
     )
     assert deployment(cluster, ns, "a")["spec"]["replicas"] == 4  # type: ignore[index]
 
@@ -361,7 +343,7 @@ def test_drift_is_repaired(cluster: Any, operator: OperatorProcess) -> None:
     ns = "drift"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("d"), ns)
-    wait_ready(cluster, operator, ns, "d")
+    wait_bertserver_ready(cluster, operator, ns, "d")
     svc_uid = get_json(cluster, "service", "d", "-n", ns)["metadata"]["uid"]
     cluster.kubectl("delete", "service", "d", "-n", ns)
     wait_for(
@@ -389,7 +371,7 @@ def test_drift_is_repaired(cluster: Any, operator: OperatorProcess) -> None:
         30,
         "the deleted Deployment to be recreated",
     )
-    wait_ready(cluster, operator, ns, "d")
+    wait_bertserver_ready(cluster, operator, ns, "d")
     delete_all(cluster, ns)
 
 
@@ -401,8 +383,8 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
         bertserver("g", autoscaling={"enabled": True, "metric": "queue"}, disruptionBudget={"enabled": True}),
         ns,
     )
-    wait_ready(cluster, operator, ns, "g")
-    obj = bs(cluster, ns, "g")
+    wait_bertserver_ready(cluster, operator, ns, "g")
+    obj = get_bertserver(cluster, ns, "g")
     assert not obj["metadata"].get("finalizers"), "BertServers must not carry finalizers"
     children = [("deployment", "g"), ("service", "g"), ("service", "g-peers"), ("hpa", "g"), ("pdb", "g")]
     for kind, name in children:
@@ -414,6 +396,8 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
             obj["metadata"]["uid"],
             True,
         )
+    # A crash-looping (never ready) replica must not block node drains.
+    assert get_json(cluster, "pdb", "g", "-n", ns)["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     cluster.kubectl("delete", "bertserver", "g", "-n", ns, "--timeout=30s")
     for kind, name in children:
         wait_for(
@@ -487,8 +471,7 @@ def test_deleting_a_bertserver_garbage_collects_its_children(cluster: Any, opera
 def test_invalid_manifests_are_rejected_with_the_cel_message(
     cluster: Any, operator: OperatorProcess, spec: dict[str, Any], message: str
 ) -> None:
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": "bad"}, "spec": spec}
-    proc = apply_yaml(cluster, yaml.safe_dump(obj), "default", check=False)
+    proc = apply_yaml(cluster, bertserver_yaml("bad", spec), "default", check=False)
     assert proc.returncode != 0, proc.stdout
     assert message in proc.stderr, proc.stderr
     assert get_json(cluster, "bertserver", "bad", "-n", "default", check=False) is None
@@ -503,7 +486,7 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
     apply_yaml(cluster, bertserver("inv", priorityClassName="High_Priority"), ns)
 
     def invalid() -> dict[str, Any]:
-        cond = condition(bs(cluster, ns, "inv"), "Ready")
+        cond = condition(get_bertserver(cluster, ns, "inv"), "Ready")
         return cond if cond.get("reason") == "InvalidSpec" else {}
 
     cond = wait_for(invalid, 30, "Ready=False reason InvalidSpec")
@@ -520,10 +503,10 @@ def test_spec_errors_the_schema_lets_through_are_reported_without_retrying(
     cluster.kubectl(
         "patch", "bertserver", "inv", "-n", ns, "--type=merge", "-p", '{"spec":{"priorityClassName":null}}'
     )
-    wait_ready(cluster, operator, ns, "inv")
-    fixed = bs(cluster, ns, "inv")
+    wait_bertserver_ready(cluster, operator, ns, "inv")
+    fixed = get_bertserver(cluster, ns, "inv")
     assert fixed["status"]["observedGeneration"] == fixed["metadata"]["generation"] == 2, fixed["status"]
-    warnings = [e for e in events_for(cluster, ns, "inv") if e["reason"] == "InvalidSpec"]
+    warnings = [e for e in bertserver_events(cluster, ns, "inv") if e["reason"] == "InvalidSpec"]
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning" and warnings[0].get("count", 1) == 1, (
         warnings
     )

@@ -23,12 +23,16 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
+    bertserver_events,
     condition,
+    get_bertserver,
     get_json,
     operator_as_chart_account,
+    wait_bertserver_ready,
     wait_for,
 )
 from ports import free_port
@@ -71,38 +75,12 @@ def bertserver(name: str, **spec: Any) -> str:
         "resources": {"gpus": 0},
     }
     body.update(spec)
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
-
-
-def bs(cluster: Any, ns: str, name: str) -> dict[str, Any]:
-    return dict(get_json(cluster, "bertserver", name, "-n", ns))
+    return bertserver_yaml(name, body)
 
 
 def ready_reason(cluster: Any, ns: str, name: str) -> tuple[str, str, str]:
-    cond = condition(bs(cluster, ns, name), "Ready")
+    cond = condition(get_bertserver(cluster, ns, name), "Ready")
     return cond.get("status", ""), cond.get("reason", ""), cond.get("message", "")
-
-
-def wait_ready(cluster: Any, op: OperatorProcess, ns: str, name: str, timeout: int = 90) -> None:
-    def ready() -> bool:
-        return ready_reason(cluster, ns, name)[0] == "True"
-
-    try:
-        wait_for(ready, timeout, f"{ns}/{name} Ready")
-    except AssertionError as exc:
-        describe = cluster.kubectl("describe", "bertserver", name, "-n", ns, check=False).stdout
-        raise AssertionError(f"{exc}\n{describe}\noperator log:\n{op.tail()}") from None
-
-
-def events_for(cluster: Any, ns: str, name: str) -> list[dict[str, Any]]:
-    items = get_json(cluster, "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
-    return [e for e in items if e["involvedObject"].get("kind") == names.KIND]
-
-
-def health(op: OperatorProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(op.health_url, timeout=5) as resp:
-        return dict(json.loads(resp.read())["bertserve"])
 
 
 def retry_delays(op: OperatorProcess, ns: str, name: str) -> list[float]:
@@ -135,7 +113,7 @@ def test_foreign_objects_of_a_childs_name_are_never_adopted(cluster: Any, operat
     # Retried with back-off (positive marker: several retries logged), still one event each.
     wait_for(lambda: len(retry_delays(operator, ns, "svc")) >= 4, 30, "four retries of svc")
     for name in ("svc", "dep"):
-        conflicts = [e for e in events_for(cluster, ns, name) if e["reason"] == "ChildConflict"]
+        conflicts = [e for e in bertserver_events(cluster, ns, name) if e["reason"] == "ChildConflict"]
         assert len(conflicts) == 1 and conflicts[0].get("count", 1) == 1, conflicts
         assert conflicts[0]["type"] == "Warning"
 
@@ -159,7 +137,7 @@ def test_foreign_objects_of_a_childs_name_are_never_adopted(cluster: Any, operat
 
     # Once the user removes their object, the BertServer converges (the back-off keeps retrying).
     cluster.kubectl("delete", "service", "svc", "-n", ns)
-    wait_ready(cluster, operator, ns, "svc")
+    wait_bertserver_ready(cluster, operator, ns, "svc")
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -212,7 +190,7 @@ def test_quota_refusal_is_reported_with_backoff_and_one_event(
     delays = retry_delays(operator, ns, "q")
     assert delays[0] == RETRY_S, delays
     assert all(b in (a, 2 * a, MAX_RETRY_S) and b >= a for a, b in itertools.pairwise(delays)), delays
-    failed = [e for e in events_for(cluster, ns, "q") if e["reason"] == "ApplyFailed"]
+    failed = [e for e in bertserver_events(cluster, ns, "q") if e["reason"] == "ApplyFailed"]
     assert len(failed) == 1 and failed[0].get("count", 1) == 1, failed
 
     # The Deployment allowed, the Services not: ApplyFailed names the Service refusal now.
@@ -223,7 +201,7 @@ def test_quota_refusal_is_reported_with_backoff_and_one_event(
         "ApplyFailed for the Service",
     )
     cluster.kubectl("delete", "resourcequota", "no-services", "-n", ns)
-    wait_ready(cluster, operator, ns, "q")
+    wait_bertserver_ready(cluster, operator, ns, "q")
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -236,8 +214,8 @@ def test_owner_reference_permission_enforcement_is_on(cluster: Any, operator: Op
     ns = "ownerrefs"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("o"), ns)
-    wait_ready(cluster, operator, ns, "o")
-    uid = bs(cluster, ns, "o")["metadata"]["uid"]
+    wait_bertserver_ready(cluster, operator, ns, "o")
+    uid = get_bertserver(cluster, ns, "o")["metadata"]["uid"]
     cluster.kubectl("create", "serviceaccount", "writer", "-n", ns)
     cluster.kubectl("create", "role", "cm-writer", "--verb=create", "--resource=configmaps", "-n", ns)
     cluster.kubectl(
@@ -292,7 +270,7 @@ def test_hand_added_fields_are_removed(cluster: Any, operator: OperatorProcess) 
     ns = "handedits"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("h", **CONVERGING_SPEC), ns)
-    wait_ready(cluster, operator, ns, "h")
+    wait_bertserver_ready(cluster, operator, ns, "h")
     cluster.kubectl(
         "patch", "service", "h", "-n", ns, "--type=merge", "-p", '{"spec":{"selector":{"extra":"x"}}}'
     )
@@ -317,7 +295,7 @@ def test_hand_added_fields_are_removed(cluster: Any, operator: OperatorProcess) 
     wait_for(clean, RESYNC_S + 5, "the hand-added selector key, nodeSelector entry and limit to be removed")
     pod = get_json(cluster, "deployment", "h", "-n", ns)["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {"memory": "2Gi"}
-    wait_ready(cluster, operator, ns, "h")
+    wait_bertserver_ready(cluster, operator, ns, "h")
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -332,10 +310,10 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
     ns = "idle"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("i", **CONVERGING_SPEC), ns)
-    wait_ready(cluster, operator, ns, "i")
+    wait_bertserver_ready(cluster, operator, ns, "i")
     cluster.kubectl("set", "env", "deployment/i", "-n", ns, "ADDED_BY_HAND=1")
     cluster.kubectl("rollout", "status", "deployment/i", "-n", ns, "--timeout=60s")
-    wait_ready(cluster, operator, ns, "i")
+    wait_bertserver_ready(cluster, operator, ns, "i")
     dep = get_json(cluster, "deployment", "i", "-n", ns, "--show-managed-fields")
     res = dep["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"] == {"cpu": "500m", "memory": "2Gi"}, res  # the API server canonicalized them
@@ -344,10 +322,10 @@ def test_a_converged_spec_makes_no_writes_while_idle(cluster: Any, operator: Ope
         return len(re.findall(rf"(applied|from) Deployment {ns}/i\n", operator.log()))
 
     patches = writes()
-    start = health(operator)["passes"]  # kopf caches probe results for up to 10 s: a lower bound
+    start = operator.health_detail()["passes"]  # kopf caches probe results for up to 10 s: a lower bound
     rounds = 4
     wait_for(
-        lambda: health(operator)["passes"] >= start + (rounds + 2) * len(operator_keys(cluster)),
+        lambda: operator.health_detail()["passes"] >= start + (rounds + 2) * len(operator_keys(cluster)),
         (rounds + 2) * RESYNC_S + 30,
         f"{rounds} resync rounds",
     )
@@ -380,9 +358,9 @@ def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: O
     ns = "restart"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("fine") + "---\n" + bertserver("stuck", resources={"gpus": 9}), ns)
-    wait_ready(cluster, operator, ns, "fine")
+    wait_bertserver_ready(cluster, operator, ns, "fine")
     wait_for(
-        lambda: condition(bs(cluster, ns, "stuck"), "Degraded").get("reason") == "Unschedulable",
+        lambda: condition(get_bertserver(cluster, ns, "stuck"), "Degraded").get("reason") == "Unschedulable",
         60,
         "stuck to be Degraded/Unschedulable",
     )
@@ -397,15 +375,15 @@ def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: O
                     meta["annotations"].get(f"{names.GROUP}/applied-hash"),
                 )
         for name in ("fine", "stuck"):
-            out[name] = bs(cluster, ns, name)["status"]["conditions"]
-            out[f"events/{name}"] = len(events_for(cluster, ns, name))
+            out[name] = get_bertserver(cluster, ns, name)["status"]["conditions"]
+            out[f"events/{name}"] = len(bertserver_events(cluster, ns, name))
         return out
 
     before = snapshot()
     operator.stop()
     operator.start()
     passes = len(operator_keys(cluster))
-    wait_for(lambda: health(operator)["passes"] >= 2 * passes, 60, "two passes over every BertServer")
+    wait_for(lambda: operator.health_detail()["passes"] >= 2 * passes, 60, "two passes over every BertServer")
     assert snapshot() == before, operator.tail()
     assert "cache primed" in operator.log()
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
@@ -434,7 +412,7 @@ def test_autoscaling_renders_what_its_metric_needs_and_reports_the_hpas_conditio
     apply_yaml(cluster, bertserver("cpu", **cpu) + "---\n" + bertserver("queue", **queue), ns)
 
     def scaling_active(name: str) -> dict[str, Any]:
-        cond = condition(bs(cluster, ns, name), "ScalingActive")
+        cond = condition(get_bertserver(cluster, ns, name), "ScalingActive")
         return cond if cond.get("status") == "False" else {}
 
     cond = wait_for(lambda: scaling_active("cpu"), 60, "cpu: ScalingActive=False mirrored from the HPA")
@@ -443,7 +421,7 @@ def test_autoscaling_renders_what_its_metric_needs_and_reports_the_hpas_conditio
     assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
     dep = get_json(cluster, "deployment", "cpu", "-n", ns)
     assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "500m"
-    assert condition(bs(cluster, ns, "cpu"), "AbleToScale").get("status") == "True"
+    assert condition(get_bertserver(cluster, ns, "cpu"), "AbleToScale").get("status") == "True"
 
     cond = wait_for(lambda: scaling_active("queue"), 60, "queue: ScalingActive=False mirrored from the HPA")
     assert cond["reason"] == "FailedGetPodsMetric", cond
@@ -455,7 +433,7 @@ def test_autoscaling_renders_what_its_metric_needs_and_reports_the_hpas_conditio
             "target": {"type": "AverageValue", "averageValue": "64"},
         },
     }
-    warnings = [e for e in events_for(cluster, ns, "queue") if e["type"] == "Warning"]
+    warnings = [e for e in bertserver_events(cluster, ns, "queue") if e["type"] == "Warning"]
     assert any("ScalingActive=False" in e["message"] for e in warnings), warnings
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
@@ -522,8 +500,10 @@ def test_a_crash_loop_stays_degraded_through_its_restarts(cluster: Any, operator
     ns = "crashloop"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("c"), ns)
-    wait_ready(cluster, operator, ns, "c")
-    assert bs(cluster, ns, "c")["status"]["model"] == "base/bert_model.ckpt"  # what the ready pod serves
+    wait_bertserver_ready(cluster, operator, ns, "c")
+    assert (
+        get_bertserver(cluster, ns, "c")["status"]["model"] == "base/bert_model.ckpt"
+    )  # what the ready pod serves
     pod = only_pod(cluster, ns, "c")["metadata"]["name"]
     back_off = {
         "waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container"}
@@ -533,7 +513,7 @@ def test_a_crash_loop_stays_degraded_through_its_restarts(cluster: Any, operator
         set_pod_status(cluster, ns, pod, container_status(state, restarts))
         cond = wait_for(
             lambda r=restarts: (
-                (c := condition(bs(cluster, ns, "c"), "Degraded"))
+                (c := condition(get_bertserver(cluster, ns, "c"), "Degraded"))
                 and f"after {r} restarts" in c["message"]
                 and c
             ),
@@ -541,10 +521,10 @@ def test_a_crash_loop_stays_degraded_through_its_restarts(cluster: Any, operator
             f"Degraded after restart {restarts}",
         )
         assert (cond["status"], cond["reason"]) == ("True", "CrashLoopBackOff"), cond
-    assert bs(cluster, ns, "c")["status"]["model"] == ""  # no ready pod serves anything
-    events = [e for e in events_for(cluster, ns, "c") if e["type"] == "Warning"]
+    assert get_bertserver(cluster, ns, "c")["status"]["model"] == ""  # no ready pod serves anything
+    events = [e for e in bertserver_events(cluster, ns, "c") if e["type"] == "Warning"]
     assert [e["reason"] for e in events] == ["CrashLoopBackOff"], events
-    assert not any("Degraded=False" in e["message"] for e in events_for(cluster, ns, "c"))
+    assert not any("Degraded=False" in e["message"] for e in bertserver_events(cluster, ns, "c"))
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -572,7 +552,7 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     ns = f"stuck-{reason.lower()}"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("v"), ns)
-    wait_ready(cluster, operator, ns, "v")
+    wait_bertserver_ready(cluster, operator, ns, "v")
     pod = only_pod(cluster, ns, "v")
     name = pod["metadata"]["name"]
     creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0)
@@ -594,7 +574,7 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     }
     cluster.kubectl("create", "-f", "-", "-n", ns, input=json.dumps(event))
     cond = wait_for(
-        lambda: (c := condition(bs(cluster, ns, "v"), "Degraded")).get("reason") == reason and c,
+        lambda: (c := condition(get_bertserver(cluster, ns, "v"), "Degraded")).get("reason") == reason and c,
         30,
         f"Degraded reason {reason}",
     )
@@ -622,19 +602,19 @@ def test_pods_that_never_become_ready_report_progress_deadline_exceeded(
     assert dep["spec"]["progressDeadlineSeconds"] == 30
 
     def progressing() -> dict[str, Any]:
-        cond = condition(bs(cluster, ns, "pd"), "Progressing")
+        cond = condition(get_bertserver(cluster, ns, "pd"), "Progressing")
         return cond if cond.get("reason") == "ProgressDeadlineExceeded" else {}
 
     cond = wait_for(progressing, 90, "Progressing=False reason ProgressDeadlineExceeded")
     assert cond["status"] == "False"
-    obj = bs(cluster, ns, "pd")
+    obj = get_bertserver(cluster, ns, "pd")
     assert condition(obj, "Ready")["status"] == "False", obj["status"]
     degraded = condition(obj, "Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "ProgressDeadlineExceeded"), obj["status"]
     (pod,) = get_json(cluster, "pods", "-n", ns)["items"]
     assert pod["status"]["phase"] == "Running", pod["status"]
     reasons = wait_for(
-        lambda: {e["reason"] for e in events_for(cluster, ns, "pd")} & {"ProgressDeadlineExceeded"},
+        lambda: {e["reason"] for e in bertserver_events(cluster, ns, "pd")} & {"ProgressDeadlineExceeded"},
         30,
         "an event for the transition",
     )
@@ -662,7 +642,7 @@ def test_the_operator_serves_its_metrics_on_its_health_port(
         ns = "metrics"
         cluster.create_namespace(ns)
         apply_yaml(cluster, bertserver("m"), ns)
-        wait_ready(cluster, own, ns, "m")
+        wait_bertserver_ready(cluster, own, ns, "m")
         assert "bertserve" in json.loads(urllib.request.urlopen(own.health_url, timeout=5).read())
 
         def scrape() -> dict[str, float]:
@@ -709,7 +689,7 @@ def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operat
         docs = [bertserver(n, nodeSelector={label: "yes"}) for n in servers]
         apply_yaml(cluster, "---\n".join(docs), ns)
         for name in servers:
-            wait_ready(cluster, operator, ns, name)
+            wait_bertserver_ready(cluster, operator, ns, name)
 
         def images() -> dict[str, str]:
             return {
@@ -726,9 +706,9 @@ def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operat
         operator.env["BERTSERVE_DEFAULT_IMAGE"] = new
         operator.start()
         wait_for(lambda: list(images().values()).count(new) == 1, 60, "one BertServer on the new image")
-        start = health(operator)["passes"]
+        start = operator.health_detail()["passes"]
         wait_for(
-            lambda: health(operator)["passes"] >= start + 3 * len(operator_keys(cluster)),
+            lambda: operator.health_detail()["passes"] >= start + 3 * len(operator_keys(cluster)),
             60,
             "three more rounds",
         )

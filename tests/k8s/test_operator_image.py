@@ -16,7 +16,7 @@ from typing import Any
 
 import oci_images
 import pytest
-import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import apply_yaml, condition, get_json, install_chart, service_account_kubeconfig
 from polling import wait_for
 from ports import free_port
@@ -108,18 +108,14 @@ def _image_entrypoint(bundle: Path) -> list[str]:
 
 
 def _bertserver(name: str) -> str:
-    return yaml.safe_dump(
+    return bertserver_yaml(
+        name,
         {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": name},
-            "spec": {
-                "model": {
-                    "source": {"hostPath": {"path": "/data/bert"}},
-                    "pretrainedPath": "uncased_L-2_H-32_A-4",
-                },
-                "replicas": 1,
-                "resources": {"gpus": 0, "cpu": "1"},
+            "model": {
+                "source": {"hostPath": {"path": "/data/bert"}},
+                "pretrainedPath": "uncased_L-2_H-32_A-4",
             },
-        }
+            "replicas": 1,
+            "resources": {"gpus": 0, "cpu": "1"},
+        },
     )

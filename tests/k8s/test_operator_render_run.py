@@ -19,20 +19,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import requests
-import yaml
 from bert_serving.client import BertClient
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
     get_json,
     operator_as_chart_account,
-    wait_for,
 )
 from peer_keys import write_peer_key
 from ports import free_ports
+from readyz import wait_readyz
 
-from bertserve_api import manifests, names
+from bertserve_api import manifests
 from bertserve_api.contract import parse_argv
 
 pytestmark = [
@@ -100,22 +99,17 @@ def test_the_rendered_command_runs_the_real_server(
 
     ns = "render"
     cluster.create_namespace(ns)
-    obj = {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": "tiny"},
-        "spec": {
-            "model": {
-                "source": {"hostPath": {"path": "/srv/models"}},
-                "pretrainedPath": "bert/uncased_tiny",
-                "tunedModelDir": "bert/mrpc_output",
-                "ckptName": "model.ckpt-343",
-            },
-            "serving": {"maxSeqLen": 32, "poolingLayer": [-1], "maxBatchSize": 64},
-            "resources": {"gpus": 0},
+    spec = {
+        "model": {
+            "source": {"hostPath": {"path": "/srv/models"}},
+            "pretrainedPath": "bert/uncased_tiny",
+            "tunedModelDir": "bert/mrpc_output",
+            "ckptName": "model.ckpt-343",
         },
+        "serving": {"maxSeqLen": 32, "poolingLayer": [-1], "maxBatchSize": 64},
+        "resources": {"gpus": 0},
     }
-    apply_yaml(cluster, yaml.safe_dump(obj), ns)
+    apply_yaml(cluster, bertserver_yaml("tiny", spec), ns)
     cluster.kubectl("wait", "--for=condition=Ready", "bertserver/tiny", "-n", ns, "--timeout=120s")
 
     dep = get_json(cluster, "deployment", "tiny", "-n", ns)
@@ -149,19 +143,7 @@ def test_the_rendered_command_runs_the_real_server(
     with log_path.open("wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        base_url = f"http://127.0.0.1:{ports['http_port']}"
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"server exited {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-            try:
-                return requests.get(f"{base_url}/readyz", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        try:
-            wait_for(ready, 300, "the rendered server to become ready")
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nserver log:\n{log_path.read_text()[-4000:]}") from None
+        wait_readyz(proc, ports["http_port"], log_path, 300, what="the rendered server")
         texts = ["hello world", "the dog is not a cat ||| good night"]
         with BertClient(ip="127.0.0.1", port=ports["port"], port_out=ports["port_out"], timeout=60000) as bc:
             vectors = bc.encode(texts)

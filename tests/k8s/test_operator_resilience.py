@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from bertserver_manifests import bertserver
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -20,8 +21,6 @@ from operator_harness import (
     operator_as_chart_account,
     wait_for,
 )
-
-from bertserve_api import names
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,21 +46,12 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def bertservers(names_: list[str]) -> str:
-    docs = []
-    for name in names_:
-        docs.append(
-            {
-                "apiVersion": names.API_VERSION,
-                "kind": names.KIND,
-                "metadata": {"name": name},
-                "spec": {
-                    "model": {"source": {"hostPath": {"path": "/data/bert"}}, "pretrainedPath": "base"},
-                    "resources": {"gpus": 0},
-                    "replicas": 0,
-                },
-            }
-        )
-    return yaml.safe_dump_all(docs)
+    spec = {
+        "model": {"source": {"hostPath": {"path": "/data/bert"}}, "pretrainedPath": "base"},
+        "resources": {"gpus": 0},
+        "replicas": 0,
+    }
+    return yaml.safe_dump_all([bertserver(name, spec) for name in names_])
 
 
 def converged(cluster: Any, ns: str, expected: set[str]) -> bool:

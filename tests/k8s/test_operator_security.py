@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
+from bertserver_manifests import bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -69,8 +69,7 @@ def bertserver(name: str, source: dict[str, Any] | None = None, **spec: Any) -> 
         "resources": {"gpus": 0},
         **spec,
     }
-    obj = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": {"name": name}, "spec": body}
-    return yaml.safe_dump(obj)
+    return bertserver_yaml(name, body)
 
 
 def ready(cluster: Any, ns: str, name: str, op: OperatorProcess) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
+from bertserver_manifests import KWOK_MODEL, bertserver_yaml
 from operator_harness import (
     OperatorProcess,
     apply_yaml,
@@ -50,24 +50,15 @@ def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _manifest(max_seq_len: int) -> str:
-    return yaml.safe_dump(
+    return bertserver_yaml(
+        NAME,
         {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": NAME},
-            "spec": {
-                "model": {
-                    "source": {"hostPath": {"path": "/data/bert"}},
-                    "pretrainedPath": "uncased_L-12_H-768_A-12",
-                    "tunedModelDir": "mrpc_output",
-                    "ckptName": "model.ckpt-343",
-                },
-                "serving": {"maxSeqLen": max_seq_len},
-                "replicas": REPLICAS,
-                "resources": {"gpus": 1},
-                "tolerations": [{"key": names.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        }
+            "model": KWOK_MODEL,
+            "serving": {"maxSeqLen": max_seq_len},
+            "replicas": REPLICAS,
+            "resources": {"gpus": 1},
+            "tolerations": [{"key": names.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+        },
     )
 
 

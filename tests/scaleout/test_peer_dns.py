@@ -26,6 +26,7 @@ import requests
 from peer_keys import write_peer_key
 from polling import wait_for
 from ports import free_ports
+from readyz import readyz_status
 from server_harness import write_model_dir
 
 pytestmark = [pytest.mark.slow]
@@ -141,10 +142,7 @@ class PeerProcess:
         return None
 
     def readyz(self) -> int:
-        try:
-            return requests.get(f"http://{self.ip}:{self.http_port}/readyz", timeout=2).status_code
-        except requests.RequestException:
-            return 0
+        return readyz_status(self.http_port, self.ip)
 
     def membership(self) -> tuple[float | None, float | None]:
         """(addresses the name resolves to, peers connected), as this replica reports them."""

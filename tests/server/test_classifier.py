@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import pytest
 import requests
 from numpy_bert import NumpyBert, reference_classifier
 from ports import free_ports
+from readyz import wait_readyz
 
 from bertserve_server.classifier import LabelError, ranked, resolve_labels, softmax
 from bertserve_server.encoder import pad_batch
@@ -276,16 +276,7 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], http_port: int, log: Path, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited early:\n{log.read_text(errors='replace')}"
-        try:
-            if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=2).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not listening yet, or busy building the model (a loaded machine)
-        time.sleep(0.1)
-    raise AssertionError(f"not ready after {timeout}s:\n{log.read_text(errors='replace')}")
+    wait_readyz(proc, http_port, log, timeout)
 
 
 @pytest.mark.tf

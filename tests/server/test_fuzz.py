@@ -20,10 +20,9 @@ import pytest
 import requests
 import zmq
 from bert_serving.client import BertClient
-from server_harness import fake_encoder_for, make_tokenizer, write_model_dir
+from server_harness import encode_rows_alone, fake_encoder_for, make_tokenizer, write_model_dir
 
 from bertserve_api.contract import ServerConfig
-from bertserve_server.encoder import pad_batch
 
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -104,9 +103,7 @@ def addressable(frames: list[bytes], identity: bytes) -> bool:
 def expected_vectors(model_dir, texts: list[str]) -> np.ndarray:
     """What the served numpy model must answer, computed here row by row."""
     config = ServerConfig(model_dir=str(model_dir))
-    encoder = fake_encoder_for(config)
-    rows = make_tokenizer(config).tokenize_batch(texts)
-    return np.stack([encoder.encode(pad_batch([row], len(row)))[0] for row in rows])
+    return encode_rows_alone(make_tokenizer(config), fake_encoder_for(config), texts)
 
 
 def test_fuzzed_frames_and_bodies_are_answered_and_the_server_keeps_serving(fake_process, tmp_path):

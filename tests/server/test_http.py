@@ -8,18 +8,11 @@ import threading
 import numpy as np
 import pytest
 import requests
-from server_harness import client_for, fake_server, wait_until
-
-from bertserve_server.encoder import pad_batch
+from server_harness import client_for, expected_vectors, fake_server, wait_until
 
 
 def url(server, path: str) -> str:
     return f"http://127.0.0.1:{server.config.http_port}{path}"
-
-
-def expected(server, texts):
-    rows = server.service.tokenizer.tokenize_batch(texts, False)
-    return np.stack([server.encoders[0].encode(pad_batch([r], len(r)))[0] for r in rows])
 
 
 @pytest.fixture
@@ -36,7 +29,7 @@ def test_encode_returns_id_result_status(server):
     assert r.status_code == 200
     body = r.json()
     assert body["id"] == 123 and body["status"] == 200
-    np.testing.assert_allclose(np.array(body["result"]), expected(server, texts), rtol=1e-6)
+    np.testing.assert_allclose(np.array(body["result"]), expected_vectors(server, texts), rtol=1e-6)
 
 
 def test_encode_pre_tokenized(server):
@@ -95,7 +88,7 @@ def test_openai_embeddings_float(server):
     assert body["object"] == "list" and body["model"] == "m"
     assert [d["index"] for d in body["data"]] == [0, 1] and body["data"][0]["object"] == "embedding"
     got = np.array([d["embedding"] for d in body["data"]])
-    np.testing.assert_allclose(got, expected(server, ["hello world", "good day"]), rtol=1e-6)
+    np.testing.assert_allclose(got, expected_vectors(server, ["hello world", "good day"]), rtol=1e-6)
     assert body["usage"] == {"prompt_tokens": 8, "total_tokens": 8}  # [CLS] w w [SEP] twice
 
 
@@ -107,7 +100,7 @@ def test_openai_embeddings_base64_and_single_string(server):
     data = r.json()["data"]
     assert len(data) == 1
     vector = np.frombuffer(base64.b64decode(data[0]["embedding"]), dtype="<f4")
-    np.testing.assert_allclose(vector, expected(server, ["hello world"])[0], rtol=1e-6)
+    np.testing.assert_allclose(vector, expected_vectors(server, ["hello world"])[0], rtol=1e-6)
     assert r.json()["model"] == "model"  # defaults to the model directory's name
 
 

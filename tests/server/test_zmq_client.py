@@ -9,17 +9,9 @@ import warnings
 import numpy as np
 import pytest
 from bert_serving.client import BertClient, ConcurrentBertClient
-from server_harness import client_for, fake_server, wait_until
-
-from bertserve_server.encoder import pad_batch
+from server_harness import client_for, expected_vectors, fake_server, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def expected(server, texts, is_tokenized=False):
-    rows = server.service.tokenizer.tokenize_batch(texts, is_tokenized)
-    encoder = server.encoders[0]
-    return np.stack([encoder.encode(pad_batch([r], len(r)))[0] for r in rows])
 
 
 @pytest.fixture
@@ -33,14 +25,14 @@ def test_encode_strings(server):
     with client_for(server) as bc:
         vecs = bc.encode(texts)
     assert vecs.shape == (3, 8) and vecs.dtype == np.float32
-    np.testing.assert_allclose(vecs, expected(server, texts), rtol=1e-6)
+    np.testing.assert_allclose(vecs, expected_vectors(server, texts), rtol=1e-6)
 
 
 def test_encode_sentence_pairs(server):
     texts = ["hello world ||| good day", "the dog ||| the cat"]
     with client_for(server) as bc:
         vecs, tokens = bc.encode(texts, show_tokens=True)
-    np.testing.assert_allclose(vecs, expected(server, texts), rtol=1e-6)
+    np.testing.assert_allclose(vecs, expected_vectors(server, texts), rtol=1e-6)
     assert tokens[0] == ["[CLS]", "hello", "world", "[SEP]", "good", "day", "[SEP]"]
 
 
@@ -48,7 +40,7 @@ def test_encode_pre_tokenized(server):
     texts = [["hello", "world"], ["the", "dog", "|||", "a", "cat"]]
     with client_for(server) as bc:
         vecs, tokens = bc.encode(texts, is_tokenized=True, show_tokens=True)
-    np.testing.assert_allclose(vecs, expected(server, texts, is_tokenized=True), rtol=1e-6)
+    np.testing.assert_allclose(vecs, expected_vectors(server, texts, is_tokenized=True), rtol=1e-6)
     assert tokens[1] == ["[CLS]", "the", "dog", "[SEP]", "a", "cat", "[SEP]"]
 
 
@@ -70,7 +62,7 @@ def test_blocking_false_then_fetch_all_returns_every_request_in_order(server):
         results = bc.fetch_all(sort=True)
     assert len(results) == len(batches)
     for texts, got in zip(batches, results, strict=True):
-        np.testing.assert_allclose(got, expected(server, texts), rtol=1e-6)
+        np.testing.assert_allclose(got, expected_vectors(server, texts), rtol=1e-6)
 
 
 def test_fetch_all_concat(server):
@@ -78,7 +70,7 @@ def test_fetch_all_concat(server):
         bc.encode(["a b"], blocking=False)
         bc.encode(["c d", "e f"], blocking=False)
         got = bc.fetch_all(concat=True)
-    np.testing.assert_allclose(got, expected(server, ["a b", "c d", "e f"]), rtol=1e-6)
+    np.testing.assert_allclose(got, expected_vectors(server, ["a b", "c d", "e f"]), rtol=1e-6)
 
 
 def test_encode_async_yields_every_batch(server):
@@ -87,7 +79,7 @@ def test_encode_async_yields_every_batch(server):
         results = list(bc.encode_async(iter(batches), max_num_batch=10))
     assert sorted(r.id for r in results) == list(range(2, 12))  # id 1 was SHOW_CONFIG
     for r in results:
-        np.testing.assert_allclose(r.embedding, expected(server, batches[r.id - 2]), rtol=1e-6)
+        np.testing.assert_allclose(r.embedding, expected_vectors(server, batches[r.id - 2]), rtol=1e-6)
 
 
 def test_concurrent_bert_client_from_threads(server):
@@ -103,7 +95,7 @@ def test_concurrent_bert_client_from_threads(server):
     def call(k: int) -> None:
         try:
             texts = [f"thread {k} line {i}" for i in range(1 + k % 3)]
-            np.testing.assert_allclose(bc.encode(texts), expected(server, texts), rtol=1e-6)
+            np.testing.assert_allclose(bc.encode(texts), expected_vectors(server, texts), rtol=1e-6)
         except BaseException as exc:
             errors.append(exc)
 
@@ -122,7 +114,7 @@ def test_request_larger_than_max_batch_size_keeps_row_order(server):
     texts = [f"{'word ' * (i % 7 + 1)}number {i}" for i in range(50)]  # max_batch_size is 8
     with client_for(server) as bc:
         vecs = bc.encode(texts)
-    np.testing.assert_allclose(vecs, expected(server, texts), rtol=1e-6)
+    np.testing.assert_allclose(vecs, expected_vectors(server, texts), rtol=1e-6)
     assert max(server.encoders[0].batches)[0] <= 8
 
 
@@ -136,7 +128,7 @@ def test_several_clients_at_once_get_their_own_answers(server):
                 for i in range(5):
                     texts = [f"client {k} request {i} row {j}" for j in range(1 + (k + i) % 4)]
                     got = bc.encode(texts)
-                    np.testing.assert_allclose(got, expected(server, texts), rtol=1e-6)
+                    np.testing.assert_allclose(got, expected_vectors(server, texts), rtol=1e-6)
                     results[k * 10 + i] = got
         except BaseException as exc:
             errors.append(exc)

@@ -9,9 +9,8 @@ import time
 import numpy as np
 import pytest
 import zmq
-from server_harness import RawClient, fake_server, wait_until
+from server_harness import RawClient, expected_vectors, fake_server, wait_until
 
-from bertserve_server.encoder import pad_batch
 from bertserve_server.frontends.zmq import LocalResultRouter, SubscriptionRegistry
 
 # §3.6: keys of the 1.10.0 SHOW_CONFIG document besides the CLI dests.
@@ -52,14 +51,6 @@ STATISTIC_KEYS = {
     for p in ("avg", "min", "max", "num_min", "num_max")
     for name in ("request_per_client", "size_per_request", "last_two_interval", "request_per_second")
 }
-
-
-def expected_rows(server, texts):
-    tokenizer = server.service.tokenizer
-    encoder = server.encoders[0]
-    return np.stack(
-        [encoder.encode(pad_batch([r], len(r)))[0] for r in tokenizer.tokenize_batch(texts, False)]
-    )
 
 
 def test_show_config_is_a_three_frame_answer_with_every_1_10_0_key(tmp_path):
@@ -103,7 +94,7 @@ def test_encode_answer_is_four_frames_with_raw_c_order_bytes(tmp_path):
         assert info == {"dtype": "float32", "shape": [2, 8], "tokens": ""}
         assert len(data) == 2 * 8 * 4
         got = np.frombuffer(data, dtype="<f4").reshape(2, 8)
-        np.testing.assert_allclose(got, expected_rows(server, texts), rtol=1e-6)
+        np.testing.assert_allclose(got, expected_vectors(server, texts), rtol=1e-6)
 
 
 def test_tokens_travel_in_the_header_with_show_tokens_to_client(tmp_path):
