@@ -4,15 +4,12 @@ rendered init container from an HTTP server in the namespace; ``helm test`` run 
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from realnode_helpers import (
     NS,
-    OPERATOR_NS,
     apply,
     bertserver,
     get_json,
@@ -22,6 +19,8 @@ from realnode_helpers import (
 pytestmark = [pytest.mark.realnode, pytest.mark.slow, pytest.mark.timeout(600)]
 
 GROUP = "bertservers.bertserve.io"
+MISSING = "/nonexistent/bertserve-models"
+MODELS = {"pvc": {"claimName": "status-models"}}
 
 
 def _conditions(cluster: Any, name: str) -> dict[str, dict[str, Any]]:
@@ -42,9 +41,39 @@ def _degraded_reason(cluster: Any, name: str, reason: str, timeout: float = 240)
         raise AssertionError(f"{exc}\nconditions: {_conditions(cluster, name)}\npods: {states}") from None
 
 
+def _claim(name: str, path: str) -> list[dict[str, Any]]:
+    """A PVC bound to a hostPath-backed PV (the chart's operator refuses hostPath sources)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{NS}-{name}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "hostPath": {"path": path, "type": "Directory"},
+                "persistentVolumeReclaimPolicy": "Retain",
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "accessModes": ["ReadOnlyMany"],
+                "storageClassName": "",
+                "volumeName": f"{NS}-{name}",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    ]
+
+
 @pytest.fixture(scope="module")
-def namespace(real_cluster: Any, operator: dict[str, Any]) -> str:
+def namespace(real_cluster: Any, operator: dict[str, Any], model_dir: Path) -> str:
     real_cluster.create_namespace(NS)
+    apply(real_cluster, [*_claim("status-models", str(model_dir)), *_claim("missing-models", MISSING)])
     return NS
 
 
@@ -54,7 +83,7 @@ def test_a_real_crash_loop_is_reported_as_crash_loop_back_off(
     """maxSeqLen above the model's max_position_embeddings: the server exits at start, again and again."""
     apply(
         real_cluster,
-        [bertserver("crashy", {"hostPath": {"path": str(model_dir)}}, serving={"maxSeqLen": 200})],
+        [bertserver("crashy", MODELS, serving={"maxSeqLen": 200})],
     )
     degraded = _degraded_reason(real_cluster, "crashy", "CrashLoopBackOff")
     assert "crashy" in degraded["message"] and "last exit" in degraded["message"], degraded
@@ -67,9 +96,10 @@ def test_a_real_crash_loop_is_reported_as_crash_loop_back_off(
 
 
 def test_a_real_missing_volume_is_reported_as_failed_mount(real_cluster: Any, namespace: str) -> None:
-    apply(real_cluster, [bertserver("nomount", {"hostPath": {"path": "/nonexistent/bertserve-models"}})])
+    """The claim's PersistentVolume points at a node directory that does not exist."""
+    apply(real_cluster, [bertserver("nomount", {"pvc": {"claimName": "missing-models"}})])
     degraded = _degraded_reason(real_cluster, "nomount", "FailedMount")
-    assert "/nonexistent/bertserve-models" in degraded["message"], degraded
+    assert MISSING in degraded["message"], degraded
 
 
 def test_an_image_that_is_not_there_is_reported_as_err_image_never_pull(
@@ -80,25 +110,10 @@ def test_an_image_that_is_not_there_is_reported_as_err_image_never_pull(
         [
             bertserver(
                 "noimage",
-                {"hostPath": {"path": str(model_dir)}},
+                MODELS,
                 image="localhost/bertserve-server:not-there",
             )
         ],
     )
     degraded = _degraded_reason(real_cluster, "noimage", "ErrImageNeverPull")
     assert "not-there" in degraded["message"], degraded
-
-
-def _model_archive(model_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(model_dir / "tiny", arcname="tiny")
-    return buf.getvalue()
-
-
-def _operator_cluster_role(cluster: Any) -> dict[str, Any]:
-    bindings = get_json(cluster, "clusterrolebindings", "-l", "app.kubernetes.io/instance=bs")["items"]
-    (binding,) = [
-        b for b in bindings if any(s.get("namespace") == OPERATOR_NS for s in b.get("subjects", []))
-    ]
-    return dict(get_json(cluster, "clusterrole", binding["roleRef"]["name"]))
