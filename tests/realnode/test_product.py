@@ -26,10 +26,12 @@ from realnode_helpers import (
     TEXTS,
     apply,
     bertserver,
+    encode_in_node,
     get_json,
     in_node,
     pod_logs,
     rn,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -187,6 +189,32 @@ def test_bertserver_becomes_ready_only_when_the_real_readiness_probe_passes(
     assert volumes["model"]["persistentVolumeClaim"]["claimName"] == "models"
 
 
+def test_unmodified_client_in_the_node_network_gets_the_numpy_reference_through_the_cluster_ip(
+    served: dict[str, Any], reference: np.ndarray
+) -> None:
+    got = encode_in_node(served["cluster_ip"], TEXTS)
+    assert got.shape == reference.shape
+    np.testing.assert_allclose(got, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_three_replicas_split_clients_through_kube_proxy_and_find_peers_through_coredns(
+    real_cluster: Any, served: dict[str, Any], reference: np.ndarray
+) -> None:
+    real_cluster.kubectl("patch", GROUP, NAME, "-n", NS, "--type=merge", "-p", '{"spec":{"replicas":3}}')
+    wait_for(lambda: len(_ready_pods(real_cluster)) == 3, READY_TIMEOUT, "3 ready replicas", interval=1)
+    pods = _ready_pods(real_cluster)
+    ips = [p["status"]["podIP"] for p in pods]
+    # Each replica resolved <name>-peers.<ns>.svc.cluster.local (CoreDNS) to all three pod IPs.
+    wait_for(lambda: all(_metric(ip, "bertserve_peer_addresses") == 3 for ip in ips), 60, "peer discovery")
+    before = {ip: _metric(ip, "bertserve_sentences_total") for ip in ips}
+    for _ in range(12):  # every client connects anew through the ClusterIP
+        np.testing.assert_allclose(
+            encode_in_node(served["cluster_ip"], TEXTS), reference, atol=1e-4, rtol=1e-4
+        )
+    served_by = {ip: _metric(ip, "bertserve_sentences_total") - before[ip] for ip in ips}
+    assert sum(1 for v in served_by.values() if v > 0) >= 2, served_by
+
+
 def _load(
     served: dict[str, Any], reference: np.ndarray, tmp: Path
 ) -> tuple[subprocess.Popen[str], Path, Path]:
@@ -217,3 +245,48 @@ def _finish(proc: subprocess.Popen[str], stop: Path, out: Path) -> dict[str, Any
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
     return dict(json.loads(out.read_text()))
+
+
+def test_spec_change_rolls_pods_with_prestop_and_drain_and_a_client_under_load_loses_nothing(
+    real_cluster: Any, served: dict[str, Any], reference: np.ndarray, tmp_path: Path
+) -> None:
+    old = {p["metadata"]["name"] for p in _ready_pods(real_cluster)}
+    proc, stop, out = _load(served, reference, tmp_path)
+    time.sleep(3)  # let the client get going before the disruption (not a synchronisation)
+    # A serving change that does not change the vectors (and so rolls every pod).
+    real_cluster.kubectl(
+        "patch", GROUP, NAME, "-n", NS, "--type=merge", "-p", '{"spec":{"serving":{"maxBatchSize":64}}}'
+    )
+    wait_for(
+        lambda: (
+            len(pods := _ready_pods(real_cluster)) == 3 and not old & {p["metadata"]["name"] for p in pods}
+        ),
+        READY_TIMEOUT,
+        "the rollout to replace every pod",
+        interval=1,
+    )
+    counts = _finish(proc, stop, out)
+    assert counts["ok"] > 0 and counts["wrong"] == 0 and counts["failed"] == 0, counts
+    pod = _ready_pods(real_cluster)[0]
+    (container,) = pod["spec"]["containers"]
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+
+
+def test_a_deleted_pod_is_survived_by_a_client_under_load(
+    real_cluster: Any, served: dict[str, Any], reference: np.ndarray, tmp_path: Path
+) -> None:
+    proc, stop, out = _load(served, reference, tmp_path)
+    time.sleep(3)  # let the client get going before the disruption (not a synchronisation)
+    victim = _ready_pods(real_cluster)[0]["metadata"]["name"]
+    real_cluster.kubectl("delete", "pod", "-n", NS, victim, "--wait=false")
+    wait_for(
+        lambda: (
+            len(pods := _ready_pods(real_cluster)) == 3
+            and victim not in {p["metadata"]["name"] for p in pods}
+        ),
+        READY_TIMEOUT,
+        "a replacement pod",
+        interval=1,
+    )
+    counts = _finish(proc, stop, out)
+    assert counts["ok"] > 0 and counts["wrong"] == 0 and counts["failed"] == 0, counts
