@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -133,9 +132,7 @@ def test_an_answer_waits_for_a_late_subscription_instead_of_being_lost(tmp_path)
             push.connect(f"tcp://127.0.0.1:{server.config.port}")
             push.send_multipart([b"late", b'["hello world"]', b"1", b"1"])
             # The answer is ready long before anyone listens; the XPUB socket holds it.
-            deadline = time.monotonic() + 5
-            while server.zmq.held_count() == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: server.zmq.held_count() > 0, 5, "the answer to be held")
             assert server.zmq.held_count() == 1
             sub = context.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
@@ -160,10 +157,13 @@ def test_an_answer_nobody_subscribes_to_is_dropped_after_the_bounded_wait(tmp_pa
             push.setsockopt(zmq.LINGER, 0)
             push.connect(f"tcp://127.0.0.1:{server.config.port}")
             push.send_multipart([b"nobody", b'["hello world"]', b"1", b"1"])
-            deadline = time.monotonic() + 5
-            while server.metrics.value("bertserve_answers_dropped_total", {"reason": "no_subscriber"}) < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_until(
+                lambda: (
+                    server.metrics.value("bertserve_answers_dropped_total", {"reason": "no_subscriber"}) >= 1
+                ),
+                5,
+                "the unsubscribed answer to be dropped",
+            )
             assert server.zmq.held_count() == 0
         finally:
             push.close()
@@ -191,10 +191,7 @@ def test_termination_from_the_network_is_refused_by_default(tmp_path, caplog):
 def test_termination_is_honoured_with_enable_termination(tmp_path):
     with fake_server(tmp_path, enable_termination=True) as server, RawClient(server, b"t") as raw:
         raw.send(b"0", b"TERMINATION", b"0", b"0")
-        deadline = time.monotonic() + 5
-        while not server.shutdown_requested:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: server.shutdown_requested, 5, "the shutdown request")
 
 
 def test_clients_sharing_an_identity_all_receive_the_answer(tmp_path):
