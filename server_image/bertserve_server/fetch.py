@@ -189,15 +189,29 @@ def unpack_zip(archive: Path, into: Path) -> None:
 
 
 def unpack_tar(archive: Path, into: Path) -> None:
+    """Copy regular files and folders out one by one, as :func:`unpack_zip` does.
+
+    Not ``extractall(filter="data")``: extraction filters exist only from Python 3.11.4, and the
+    image's Debian Python is 3.11.2. Copying file contents also never applies the archive's
+    owners or modes, which a non-root fetch could not set anyway.
+    """
     with tarfile.open(archive) as tf:
-        for member in tf.getmembers():
+        members = tf.getmembers()
+        for member in members:
             _safe_member(member.name)
             if not (member.isfile() or member.isdir()):
                 raise FetchError(f"archive member {member.name!r} is not a regular file; refusing to unpack")
-        try:
-            tf.extractall(into, filter="data")
-        except tarfile.FilterError as exc:
-            raise FetchError(f"unsafe archive: {exc}") from None
+        for member in members:
+            target = into.joinpath(*_safe_member(member.name).parts)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tf.extractfile(member)
+            if source is None:  # pragma: no cover - isfile() members always have contents
+                raise FetchError(f"archive member {member.name!r} has no contents")
+            with source, open(target, "wb") as sink:
+                shutil.copyfileobj(source, sink, CHUNK)
 
 
 IGNORED_TOP_ENTRIES = frozenset({"__MACOSX"})

@@ -388,6 +388,8 @@ def test_helm_upgrade_serves_a_new_crd_field(cluster: Any, tmp_path: Path) -> No
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
 
 
+@pytest.mark.k8s
+@pytest.mark.helm
 def test_helm_test_hook_command_passes_with_the_charts_rbac_and_fails_without_a_required_permission(
     cluster: Any, tmp_path: Path
 ) -> None:

@@ -157,6 +157,9 @@ def test_answers_arriving_while_port_out_closes_follow_the_client(pair):
     stop = a.zmq.stop
 
     def stop_then_receive(*args, **kwargs):
+        # Once: the fixture's teardown stops the server again, and a second forward would leave
+        # a subscriber behind whose context, collected unclosed, blocks interpreter exit.
+        a.zmq.stop = stop  # type: ignore[method-assign]
         stop(*args, **kwargs)
         forward(a, key, b.peering.node_id, ident, b"33")
         wait_until(lambda: metric(a, "bertserve_peer_answers_received_total") == 1, 5, "the forward")
