@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_FINETUNED_STEP
 from numpy_bert import NumpyBert, reference_pool
 from replicas import Replica
 
 from bertserve_server.tokenization import BertTokenizer
+from conftest import TINY_FINETUNED_STEP
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
