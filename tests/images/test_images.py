@@ -350,12 +350,19 @@ def test_server_image_matches_what_the_rendered_deployment_expects(server_bundle
     assert config.get("User", "").split(":")[0] == str(pod["securityContext"]["runAsUser"])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    # Every path the pod mounts is a declared volume of the image, and nothing else must be written.
-    # (the model mount may be narrowed to a subPath below /models).
+    # Every path the pod mounts is a declared volume of the image, and nothing else must be written
+    # (the model mount may be narrowed to a subPath below /models; Secrets such as the mesh key are
+    # mounted read-only wherever they are).
     mounted = {m["mountPath"] for m in container["volumeMounts"]}
     model_root = manifests.MODEL_MOUNT + "/"
-    assert {manifests.TMP_MOUNT} <= mounted, mounted
-    assert all(m in (manifests.TMP_MOUNT, manifests.MODEL_MOUNT) or m.startswith(model_root) for m in mounted)
+    assert {manifests.TMP_MOUNT, manifests.PEER_KEY_MOUNT} <= mounted, mounted
+    elsewhere = [
+        m
+        for m in container["volumeMounts"]
+        if m["mountPath"] not in (manifests.TMP_MOUNT, manifests.MODEL_MOUNT)
+        and not m["mountPath"].startswith(model_root)
+    ]
+    assert all(m.get("readOnly") is True for m in elsewhere), elsewhere
     volumes = set(config.get("Volumes") or {})
     assert {manifests.MODEL_MOUNT, manifests.TMP_MOUNT} <= volumes, volumes
     assert {e["name"]: e["value"] for e in container["env"]}.get("HOME") == manifests.TMP_MOUNT
