@@ -109,13 +109,23 @@ def test_pods_run_for_real_with_ips_from_the_node_bridge(real_cluster: Any, web:
 
 
 def test_cluster_ip_routes_to_every_ready_pod_through_kube_proxy(web: dict[str, Any]) -> None:
+    # kube-proxy writes a Service's rules and each new endpoint a moment after the pod turns Ready, so
+    # keep asking (at most 200 answers, 60 s) until every pod has answered; a Service that never
+    # reaches one of them still fails.
+    want = sorted(set(web["pods"].values()))
     code = (
-        "import json, urllib.request as u\n"
-        f"names = [u.urlopen('http://{web['cluster_ip']}/name', timeout=5).read().decode().strip() for _ in range(40)]\n"
-        "print(json.dumps(names))"
+        "import json, time, urllib.request as u\n"
+        f"want = set({want!r}); names = []; end = time.monotonic() + 60\n"
+        "errors = []\n"
+        "while len(names) < 200 and time.monotonic() < end and not want <= set(names):\n"
+        "    try:\n"
+        f"        names.append(u.urlopen('http://{web['cluster_ip']}/name', timeout=5).read().decode().strip())\n"
+        "    except OSError as exc:  # refused until kube-proxy has written the Service's rules\n"
+        "        errors.append(str(exc)); time.sleep(0.2)\n"
+        "print(json.dumps({'names': names, 'errors': errors[-3:]}))"
     )
-    names = json.loads(in_node(sys.executable, "-c", code).stdout.strip().splitlines()[-1])
-    assert set(names) == set(web["pods"].values()), names
+    got = json.loads(in_node(sys.executable, "-c", code).stdout.strip().splitlines()[-1])
+    assert set(got["names"]) == set(want), got
 
 
 def test_coredns_resolves_services_and_headless_peers_to_pod_ips_inside_pods(

@@ -97,7 +97,7 @@ def test_a_real_crash_loop_is_reported_as_crash_loop_back_off(
     ready = _conditions(real_cluster, "crashy")["Ready"]
     assert ready["status"] == "False" and ready["reason"] == "CrashLoopBackOff", ready
     logs = real_cluster.kubectl(
-        "logs", "-n", NS, "-l", "app.kubernetes.io/instance=crashy", "--previous", check=False
+        "logs", "-n", NS, "-l", "app.kubernetes.io/instance=crashy", "--previous", "--tail=-1", check=False
     )
     assert "max_position_embeddings" in logs.stdout + logs.stderr, logs
 
