@@ -133,12 +133,6 @@ def _model_archive(model_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="bertserve-fetch used tar extraction filters, which the image's Python 3.11.2 lacks "
-    "(AttributeError: module 'tarfile' has no attribute 'FilterError', init container Init:Error); "
-    "fetch now copies members itself. Kept non-strict until this has passed on the real node in CI",
-)
 def test_a_uri_model_is_fetched_by_the_init_container_from_an_http_server_in_the_namespace(
     real_cluster: Any, namespace: str, operator: dict[str, Any], model_dir: Path, reference: np.ndarray
 ) -> None:
