@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import pytest
+from polling import wait_for
 from realnode_helpers import ON_REAL_NODE, apply, get_json, in_node, rn
 
 pytestmark = [pytest.mark.realnode, pytest.mark.slow]
@@ -138,10 +139,17 @@ def test_coredns_resolves_services_and_headless_peers_to_pod_ips_inside_pods(
         "svc = socket.gethostbyname('web')\n"  # the pod's search path: <ns>.svc.cluster.local
         "print(json.dumps({'peers': sorted(peers), 'svc': svc}))"
     )
-    out = real_cluster.kubectl("exec", "-n", NS, name, "--", "python3", "-c", code).stdout
-    got = json.loads(out.strip().splitlines()[-1])
-    assert got["peers"] == sorted(web["pods"]), got
-    assert got["svc"] == web["cluster_ip"]
+
+    def answer() -> dict[str, Any] | None:
+        out = real_cluster.kubectl("exec", "-n", NS, name, "--", "python3", "-c", code, check=False)
+        lines = out.stdout.strip().splitlines()
+        got: dict[str, Any] = json.loads(lines[-1]) if out.returncode == 0 and lines else {}
+        return got if got.get("peers") == sorted(web["pods"]) else None
+
+    # CoreDNS serves a headless Service's records from the EndpointSlices, which list a pod a
+    # moment after it turns Ready: ask again (bounded) until both pods are there.
+    got = wait_for(answer, 60, "CoreDNS to answer web-peers with both pod IPs", interval=1.0)
+    assert got["svc"] == web["cluster_ip"], got
 
 
 def test_refuses_in_one_line_without_root() -> None:
