@@ -78,12 +78,14 @@ reported as ``ProgressDeadlineExceeded``."""
 class RenderOptions:
     """Operator-wide inputs of the builders (taken from the operator's settings by the caller).
 
-    ``default_image`` serves BertServers without ``spec.image``; ``cluster_domain`` completes
-    the peer Service's DNS name; ``server_log_format`` is passed as ``-log_format``;
+    ``default_image`` serves BertServers without ``spec.image``, and ``default_cpu_image`` (when
+    set) those among them with ``resources.gpus: 0`` (see :func:`server_image_for`);
+    ``cluster_domain`` completes the peer Service's DNS name; ``server_log_format`` is passed as ``-log_format``;
     ``network_policies=False`` renders no NetworkPolicy whatever the specs say.
     """
 
     default_image: str
+    default_cpu_image: str = ""
     cluster_domain: str = "cluster.local"
     server_log_format: str = "text"
     network_policies: bool = True
@@ -542,9 +544,23 @@ def _tolerations(spec: BertServerSpec) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- builders
 
 
+def server_image_for(spec: BertServerSpec, options: RenderOptions) -> str:
+    """The server image a BertServer runs: ``spec.image`` when set, else the operator's default.
+
+    A CPU-only BertServer (``resources.gpus: 0``) gets ``default_cpu_image`` when there is one:
+    it carries no CUDA wheels, which a pod without a GPU never loads but every node still pulls
+    and unpacks (GBs). Without a CPU default every BertServer gets ``default_image``.
+    """
+    if spec.image:
+        return spec.image
+    if spec.resources.gpus == 0 and options.default_cpu_image:
+        return options.default_cpu_image
+    return options.default_image
+
+
 def pod_spec(owner: Owner, spec: BertServerSpec, options: RenderOptions) -> tuple[dict[str, Any], list[str]]:
     """The pod spec and the server arguments rendered into it."""
-    image = spec.image or options.default_image
+    image = server_image_for(spec, options)
     args = server_args(server_config(owner, spec, options))
     ports = spec.serving.ports
     model_volume, model_mount = _model_volume(spec)

@@ -47,6 +47,11 @@ DEFAULT_SERVER_IMAGE = f"{SERVER_IMAGE_REPOSITORY}:{__version__}"
 """The server image for BertServers without ``spec.image``: the operator's default and the one
 ``bertserve render`` shows (the chart passes its ``serverImage`` to the operator instead)."""
 
+DEFAULT_SERVER_CPU_IMAGE = f"{SERVER_IMAGE_REPOSITORY}:{__version__}-cpu"
+"""The server image for BertServers with ``resources.gpus: 0`` and without ``spec.image``: the same
+server built on TensorFlow's CPU-only package, without the CUDA wheels (about a fifth of the
+GPU image's size, so a CPU node pulls and imports it faster). The chart passes ``serverCpuImage``."""
+
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
 """Pod-template annotation: hash of the rendered config + model revision (rolls pods on change)."""
 

@@ -20,6 +20,8 @@ from bertserve_api.spec import SpecError, parse_spec
 
 DEFAULT_IMAGE = names.DEFAULT_SERVER_IMAGE
 """The operator's default server image (a chart install passes its ``serverImage`` instead)."""
+DEFAULT_CPU_IMAGE = names.DEFAULT_SERVER_CPU_IMAGE
+"""The operator's default for BertServers with ``resources.gpus: 0`` (the chart passes ``serverCpuImage``)."""
 
 
 def _load_documents(path: str) -> list[dict[str, Any]]:
@@ -65,7 +67,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    options = manifests.RenderOptions(default_image=args.image, cluster_domain=args.cluster_domain)
+    options = manifests.RenderOptions(
+        default_image=args.image, default_cpu_image=args.cpu_image, cluster_domain=args.cluster_domain
+    )
     objects: list[dict[str, Any]] = []
     for doc in _bertservers(_load_documents(args.file), args.file):
         meta = doc.get("metadata", {})
@@ -108,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_IMAGE,
         help=f"server image when spec.image is unset: the operator's default ({DEFAULT_IMAGE}); "
         "pass your chart's serverImage to see what your operator applies",
+    )
+    p.add_argument(
+        "--cpu-image",
+        default=DEFAULT_CPU_IMAGE,
+        help=f"server image when spec.image is unset and resources.gpus is 0 ({DEFAULT_CPU_IMAGE}); "
+        "pass your chart's serverCpuImage ('' = --image for every BertServer)",
     )
     p.add_argument("--cluster-domain", default="cluster.local")
     p.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")

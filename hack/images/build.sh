@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Build the project's two container images with buildah (no daemon, no registry) -> `make images`.
+# Build the project's container images with buildah (no daemon, no registry) -> `make images`.
 #
-#   localhost/bertserve-server:<version>    from server_image/Dockerfile
-#   localhost/bertserve-operator:<version>  from operator/Dockerfile
+#   localhost/bertserve-server:<version>      from server_image/Dockerfile (TensorFlow + CUDA wheels)
+#   localhost/bertserve-server:<version>-cpu  the same Dockerfile with tensorflow-cpu, no CUDA
+#   localhost/bertserve-operator:<version>    from operator/Dockerfile
 #
 # <version> is pyproject.toml's project version: the operator's default server image and the
 # chart's image values derive from it too (tests/images/test_images.py checks they agree).
@@ -14,7 +15,7 @@
 # live under $BERTSERVE_CACHE/images-<suite>-<key>/, so a fresh clone with unchanged sources
 # rebuilds nothing; an archive is re-exported only when its image id changed.
 #
-# Usage: hack/images/build.sh [server|operator]...     (default: both)
+# Usage: hack/images/build.sh [server|server-cpu|operator]...     (default: all three)
 # Env:   BERTSERVE_SERVER_DOCKERFILE / BERTSERVE_OPERATOR_DOCKERFILE   build another Dockerfile
 #        BERTSERVE_IMAGES_VERBOSE=1            stream buildah's output (it always goes to a log)
 set -euo pipefail
@@ -33,9 +34,18 @@ mkdir -p "$IMAGES_OUT"
 
 dockerfile_for() {
     case "$1" in
-        server) echo "${BERTSERVE_SERVER_DOCKERFILE:-$IMAGES_ROOT/server_image/Dockerfile}" ;;
+        server | server-cpu) echo "${BERTSERVE_SERVER_DOCKERFILE:-$IMAGES_ROOT/server_image/Dockerfile}" ;;
         operator) echo "${BERTSERVE_OPERATOR_DOCKERFILE:-$IMAGES_ROOT/operator/Dockerfile}" ;;
-        *) echo "error: unknown image '$1' (server or operator)" >&2; exit 2 ;;
+        *) echo "error: unknown image '$1' (server, server-cpu or operator)" >&2; exit 2 ;;
+    esac
+}
+
+# The image's tag: the CPU server is a variant of the server image (same repository, `-cpu` tag),
+# so a registry holds one bertserve-server repository with both.
+tag_for() {
+    case "$1" in
+        server-cpu) echo "localhost/bertserve-server:$VERSION-cpu" ;;
+        *) echo "localhost/bertserve-$1:$VERSION" ;;
     esac
 }
 
@@ -71,10 +81,11 @@ finalize() {
 }
 
 build_one() {
-    local name="$1" dockerfile ref stem log start build_s export_s iid
+    local name="$1" dockerfile ref tag stem log start build_s export_s iid
     dockerfile="$(dockerfile_for "$name")"
     [[ -f "$dockerfile" ]] || { echo "error: $dockerfile does not exist" >&2; exit 1; }
-    ref="localhost/bertserve-$name:$VERSION"
+    ref="$(tag_for "$name")"
+    tag="${ref##*:}"
     stem="$IMAGES_OUT/bertserve-$name-$VERSION"
     log="$stem.build.log"
 
@@ -83,6 +94,10 @@ build_one() {
         --label "org.opencontainers.image.version=$VERSION"
         --label "org.opencontainers.image.title=bertserve-$name"
         --iidfile "$stem.iid.new" -f "$dockerfile" -t "$ref-unscrubbed")
+    if [[ "$name" == server-cpu ]]; then
+        # TensorFlow's CPU-only build instead of its CUDA one (see server_image/Dockerfile).
+        args+=(--build-arg TENSORFLOW_PACKAGE=tensorflow-cpu --build-arg TENSORFLOW_EXTRA=)
+    fi
     local with_ca=false
     if [[ -d "$IMAGES_CA_DIR" ]] && compgen -G "$IMAGES_CA_DIR/*.crt" >/dev/null; then
         args+=(-v "$IMAGES_CA_DIR:/usr/local/share/ca-certificates:ro")
@@ -112,9 +127,10 @@ build_one() {
         echo "==> exporting $ref to an OCI archive (gzip layers)"
         start=$(date +%s)
         mkdir -p "$IMAGES_STATE/export"
-        # Older archives of this image are superseded (and GBs each).
-        find "$IMAGES_STATE/export" -name "bertserve-$name-*" -delete
-        buildah push --quiet --signature-policy "$IMAGES_POLICY" "$ref" "oci-archive:$cached.new:$VERSION" >/dev/null
+        # Older archives of this image are superseded (and GBs each). `-[0-9]`: the server's
+        # pattern must not match the server-cpu archives.
+        find "$IMAGES_STATE/export" -name "bertserve-$name-[0-9]*" -delete
+        buildah push --quiet --signature-policy "$IMAGES_POLICY" "$ref" "oci-archive:$cached.new:$tag" >/dev/null
         mv "$cached.new" "$cached"
         echo $(($(date +%s) - start)) >"$cached.seconds"
         exported_now=true
@@ -127,9 +143,9 @@ build_one() {
     # buildah reports the uncompressed size in SI units ("1.87 GB"); 3 digits are enough here.
     size="$(buildah images --format '{{.Size}}' "$ref" | head -n1)"
     python3 - "$stem.json" "$ref" "$iid" "$size" "$build_s" "$export_s" "$exported_now" "$stem.tar" \
-        "$dockerfile" "$VERSION" <<'PYEOF'
+        "$dockerfile" "$VERSION" "$tag" <<'PYEOF'
 import json, os, sys
-out, ref, iid, size, build_s, export_s, exported_now, tar, dockerfile, version = sys.argv[1:]
+out, ref, iid, size, build_s, export_s, exported_now, tar, dockerfile, version, tag = sys.argv[1:]
 num, unit = size.split()
 size_bytes = round(float(num) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit])
 summary = {
@@ -140,7 +156,7 @@ summary = {
     "size_bytes": size_bytes,
     "archive": tar,
     "archive_bytes": os.path.getsize(tar),
-    "archive_ref": version,
+    "archive_ref": tag,
     "build_seconds": int(build_s),
     # How long writing this archive took, and whether this run did it (else it came from the cache).
     "export_seconds": int(export_s),
@@ -153,7 +169,7 @@ PYEOF
 
 total_start=$(date +%s)
 names=("$@")
-((${#names[@]})) || names=(server operator)
+((${#names[@]})) || names=(server server-cpu operator)
 for n in "${names[@]}"; do
     build_one "$n"
 done

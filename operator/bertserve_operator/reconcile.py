@@ -103,6 +103,22 @@ def server_image(deployment: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+def requests_gpus(deployment: Mapping[str, Any]) -> bool:
+    """Whether the server container of a Deployment asks for any extended (GPU) resource.
+
+    The builders limit only ``memory`` besides the GPU resource (whatever its name:
+    ``resources.gpuResourceName``), so any other positive limit is the GPU request.
+    """
+    pod = (((deployment.get("spec") or {}).get("template") or {}).get("spec")) or {}
+    for container in pod.get("containers") or []:
+        if container.get("name") == manifests.SERVER_CONTAINER:
+            limits = (container.get("resources") or {}).get("limits") or {}
+            return any(
+                k not in ("cpu", "memory", "ephemeral-storage") and str(v) != "0" for k, v in limits.items()
+            )
+    return False
+
+
 def rolling_out(deployment: Mapping[str, Any]) -> bool:
     """Whether a Deployment's rollout is unfinished (not observed, not updated or not available)."""
     meta, status = deployment.get("metadata") or {}, deployment.get("status") or {}
@@ -340,25 +356,31 @@ class Reconciler:
     ) -> tuple[RenderOptions, contextlib.AbstractContextManager[Any]]:
         """Options for this BertServer, pacing moves onto a new default server image.
 
-        A new chart ``serverImage`` (the operator's ``default_image``) would otherwise roll every
-        BertServer without ``spec.image`` at once: all their pods restart and reload their models
-        together. Instead an existing Deployment keeps the image it runs until fewer than
-        ``max_image_rollouts`` Deployments are still rolling onto the new image; a new image that
-        never becomes ready so stops after the first few BertServers. The decision and the apply
-        happen under one lock, so concurrent passes cannot both take the last slot. New
-        BertServers and ``spec.image`` changes are never held back.
+        A new chart ``serverImage`` or ``serverCpuImage`` (the operator's ``default_image`` and
+        ``default_cpu_image``) would otherwise roll every BertServer without ``spec.image`` at
+        once: all their pods restart and reload their models together. Instead an existing
+        Deployment keeps the image it runs until fewer than ``max_image_rollouts`` Deployments are
+        still rolling onto a default image (either one: the cap is on restarts, whichever image
+        causes them); a new image that never becomes ready so stops after the first few
+        BertServers. The decision and the apply happen under one lock, so concurrent passes cannot
+        both take the last slot. New BertServers, ``spec.image`` changes and a switch between
+        ``resources.gpus: 0`` and more (its pods restart for the new resources anyway, and must
+        get the image that matches them) are never held back.
         """
-        new = self.options.default_image
         if spec.image is not None:
             return self.options, contextlib.nullcontext()
+        new = manifests.server_image_for(spec, self.options)
         observed = self.cache.child("Deployment", owner.namespace, manifests.deployment_name(owner.name))
         current = server_image(observed)
-        if current is None or current == new:
+        if observed is None or current is None or current == new:
             return self.options, contextlib.nullcontext()
+        if requests_gpus(observed) != (spec.resources.gpus > 0):
+            return self.options, contextlib.nullcontext()
+        defaults = {self.options.default_image, self.options.default_cpu_image} - {""}
         self._image_lock.acquire()
         try:
             rolling = self.cache.count_children(
-                "Deployment", lambda d: server_image(d) == new and rolling_out(d)
+                "Deployment", lambda d: server_image(d) in defaults and rolling_out(d)
             )
         except BaseException:
             self._image_lock.release()
@@ -378,7 +400,8 @@ class Reconciler:
             rolling,
             new,
         )
-        return dataclasses.replace(self.options, default_image=current), contextlib.nullcontext()
+        held = dataclasses.replace(self.options, default_image=current, default_cpu_image=current)
+        return held, contextlib.nullcontext()
 
     # ------------------------------------------------------------------ children
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bertserve_api.manifests import RenderOptions
-from bertserve_api.names import DEFAULT_SERVER_IMAGE
+from bertserve_api.names import DEFAULT_SERVER_CPU_IMAGE, DEFAULT_SERVER_IMAGE
 from bertserve_api.policy import Policy
 
 ENV_PREFIX = "BERTSERVE_"
@@ -35,6 +35,11 @@ class Settings:
     """Everything configurable about one operator process (units in the names)."""
 
     default_image: str = _opt(DEFAULT_SERVER_IMAGE, "server image for BertServers without spec.image")
+    default_cpu_image: str = _opt(
+        DEFAULT_SERVER_CPU_IMAGE,
+        "server image for BertServers with resources.gpus 0 and without spec.image (no CUDA); "
+        "empty = default_image",
+    )
     namespaces: tuple[str, ...] = _opt((), "namespaces to watch; empty = all (comma-separated in env)")
     cluster_domain: str = _opt("cluster.local", "DNS suffix of Services; completes the peer Service name")
     server_log_format: str = _opt("text", "-log_format of the encoder servers: text or json")
@@ -58,7 +63,9 @@ class Settings:
     )
     network_policies: bool = _opt(True, "render a NetworkPolicy per BertServer (spec.network can opt out)")
     max_image_rollouts: int = _opt(
-        1, "BertServers rolling onto a new default_image at once (the others keep their image meanwhile)"
+        1,
+        "BertServers rolling onto a new default_image or default_cpu_image at once "
+        "(the others keep their image meanwhile)",
     )
 
     progress_deadline_margin_seconds: int = _opt(
@@ -69,6 +76,7 @@ class Settings:
         """The subset of settings the pure manifest builders take."""
         return RenderOptions(
             default_image=self.default_image,
+            default_cpu_image=self.default_cpu_image,
             cluster_domain=self.cluster_domain,
             server_log_format=self.server_log_format,
             network_policies=self.network_policies,

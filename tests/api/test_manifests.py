@@ -409,6 +409,24 @@ def test_default_image_comes_from_the_options_and_spec_image_wins() -> None:
     assert _container(_deployment({**MRPC, "image": "mine:1"}))["image"] == "mine:1"
 
 
+def test_cpu_bertservers_get_the_cpu_image_gpu_ones_the_default_and_spec_image_wins() -> None:
+    options = RenderOptions(default_image="reg/server:1", default_cpu_image="reg/server:1-cpu")
+    cpu = {**MRPC, "resources": {"gpus": 0, "memory": "2Gi"}}
+
+    def image(raw: dict[str, Any], opts: RenderOptions = options) -> str:
+        dep = render(OWNER, parse_spec(raw), opts).deployment
+        return str(_container(dep)["image"])
+
+    assert image(cpu) == "reg/server:1-cpu"
+    assert image(MRPC) == "reg/server:1"  # gpus: 1
+    assert image({**MRPC, "resources": {"gpus": 2}}) == "reg/server:1"
+    assert image({**cpu, "image": "mine:1"}) == "mine:1"
+    assert image({**MRPC, "image": "mine:1"}) == "mine:1"
+    # Without a CPU default every BertServer runs the one default image (as before it existed).
+    assert image(cpu, RenderOptions(default_image="reg/server:1")) == "reg/server:1"
+    assert manifests.server_image_for(parse_spec(cpu), options) == "reg/server:1-cpu"
+
+
 def test_status_helpers_name_the_model_and_endpoints() -> None:
     spec = parse_spec(MRPC)
     assert manifests.model_summary(spec.model) == "uncased_L-12_H-768_A-12 + mrpc_output/model.ckpt-343"

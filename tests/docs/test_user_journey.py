@@ -100,13 +100,22 @@ def test_one_crd_upgrade_command_everywhere() -> None:
 def test_chart_defaults_are_the_images_make_images_builds() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     build = (ROOT / "hack" / "images" / "build.sh").read_text()
-    (tagged,) = re.findall(r'ref="(localhost/[^"]+)"', build)
-    assert tagged == "localhost/bertserve-$name:$VERSION"
+    tagged = dict(re.findall(r'^\s+([-a-z*]+)\) echo "(localhost/[^"]+)" ;;$', build, re.MULTILINE))
+    assert tagged == {
+        "server-cpu": "localhost/bertserve-server:$VERSION-cpu",
+        "*": "localhost/bertserve-$1:$VERSION",
+    }
     assert values["serverImage"] == names.DEFAULT_SERVER_IMAGE == f"localhost/bertserve-server:{VERSION}"
+    assert (
+        values["serverCpuImage"]
+        == names.DEFAULT_SERVER_CPU_IMAGE
+        == f"localhost/bertserve-server:{VERSION}-cpu"
+    )
     assert values["image"]["repository"] == names.OPERATOR_IMAGE_REPOSITORY == "localhost/bertserve-operator"
     from bertserve_operator.settings import Settings
 
     assert Settings().default_image == names.DEFAULT_SERVER_IMAGE
+    assert Settings().default_cpu_image == names.DEFAULT_SERVER_CPU_IMAGE
 
 
 def test_one_namespace_story() -> None:
@@ -127,3 +136,4 @@ def test_render_defaults_to_the_operators_image() -> None:
 
     args = build_parser().parse_args(["render", "-f", os.devnull])
     assert args.image == names.DEFAULT_SERVER_IMAGE
+    assert args.cpu_image == names.DEFAULT_SERVER_CPU_IMAGE

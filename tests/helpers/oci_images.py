@@ -37,7 +37,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("buildah", "runc", "skopeo", "umoci", "debootstrap")
-IMAGE_NAMES = ("server", "operator")
+IMAGE_NAMES = ("server", "server-cpu", "operator")
 CONTAINER_PREFIX = "bertserve-test-"
 IMAGE_CONFIG = "image-config.json"
 HOST_CA_DIR = os.environ.get("BERTSERVE_CA_DIR", "/usr/local/share/ca-certificates")

@@ -37,6 +37,8 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 EXAMPLE = ROOT / "crds/examples/minimal-cpu.yaml"
 READY_TIMEOUT_S = 300
 READY_LOG_LINE = "all set, ready to serve request!"  # what bert-as-service 1.10.0 logs when ready
+CPU_IMAGE_MAX_BYTES = 1_500_000_000  # issue 15: a CPU node pulls at most 1.5 GB
+SERVER_IMAGES = ("server", "server-cpu")  # the GPU-capable image and the CPU-only one, same Dockerfile
 TOOLS_NEVER_IN_IMAGES = ("gcc", "cc", "make", "git", "apt-get-build-dep", "g++")
 
 
@@ -55,8 +57,13 @@ def _build(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server_image() -> dict[str, Any]:
+def gpu_server_image() -> dict[str, Any]:
     return _build("server")
+
+
+@pytest.fixture(scope="module")
+def cpu_server_image() -> dict[str, Any]:
+    return _build("server-cpu")
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +72,21 @@ def operator_image() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def server_bundle(server_image: dict[str, Any]) -> Path:
-    return oci_images.unpack(server_image)
+def gpu_server_bundle(gpu_server_image: dict[str, Any]) -> Path:
+    return oci_images.unpack(gpu_server_image)
+
+
+@pytest.fixture(scope="module")
+def cpu_server_bundle(cpu_server_image: dict[str, Any]) -> Path:
+    return oci_images.unpack(cpu_server_image)
+
+
+@pytest.fixture(scope="module", params=SERVER_IMAGES)
+def server_bundle(request: pytest.FixtureRequest) -> Path:
+    """Each server image in turn: every server test runs against both (the operator picks either)."""
+    return Path(
+        request.getfixturevalue("gpu_server_bundle" if request.param == "server" else "cpu_server_bundle")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -291,6 +311,45 @@ def test_images_do_not_trust_the_build_hosts_local_cas(server_bundle: Path, oper
         assert not dangling, dangling
 
 
+def _distributions(bundle: Path) -> dict[str, str]:
+    """The Python distributions installed in the image (name -> version), as its own pip sees them."""
+    code = (
+        "import importlib.metadata as md, json\n"
+        "print(json.dumps({d.metadata['Name'].lower(): d.version for d in md.distributions()}))\n"
+    )
+    return dict(json.loads(_run_python(bundle, manifests.SERVER_COMMAND, code).strip().splitlines()[-1]))
+
+
+def test_cpu_server_image_is_small_and_carries_no_cuda(
+    cpu_server_image: dict[str, Any], cpu_server_bundle: Path
+) -> None:
+    """What a CPU node pulls: at most 1.5 GB, TensorFlow's CPU build, not one nvidia-* wheel."""
+    assert cpu_server_image["size_bytes"] <= CPU_IMAGE_MAX_BYTES, cpu_server_image
+    dists = _distributions(cpu_server_bundle)
+    assert dists.get("tensorflow-cpu") == "2.21.0", sorted(dists)
+    assert "tensorflow" not in dists
+    assert [d for d in dists if d.startswith("nvidia")] == []
+    site = cpu_server_bundle / "rootfs/opt/bertserve/lib/python3.11/site-packages"
+    assert not (site / "nvidia").exists()
+    cuda_libs = [p.name for p in site.rglob("libcu*.so*")]
+    assert cuda_libs == [], cuda_libs
+
+
+def test_gpu_server_image_ships_each_shared_library_once(gpu_server_bundle: Path) -> None:
+    """No library twice (say CUDA from a wheel and again elsewhere), no C++ headers for custom ops."""
+    rootfs = gpu_server_bundle / "rootfs"
+    seen: dict[str, list[str]] = {}
+    for path in rootfs.rglob("*.so*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_size > 1_000_000:
+            seen.setdefault(path.name, []).append(str(path.relative_to(rootfs)))
+    twice = {name: where for name, where in seen.items() if len(where) > 1}
+    assert twice == {}, twice
+    assert any(name.startswith("libcudnn") for name in seen), "the GPU image lost cuDNN"
+    site = rootfs / "opt/bertserve/lib/python3.11/site-packages"
+    assert not (site / "tensorflow/include").exists()
+    assert "tensorflow" in _distributions(gpu_server_bundle)
+
+
 # --------------------------------------------------------------------------- operator image
 
 
@@ -309,11 +368,18 @@ def test_operator_image_starts_and_prints_its_help(operator_bundle: Path) -> Non
 
 
 def test_built_tags_and_archives_carry_the_project_version(
-    server_image: dict[str, Any], operator_image: dict[str, Any]
+    gpu_server_image: dict[str, Any], cpu_server_image: dict[str, Any], operator_image: dict[str, Any]
 ) -> None:
-    for name, image in (("server", server_image), ("operator", operator_image)):
-        assert image["ref"] == f"localhost/bertserve-{name}:{VERSION}"
+    built = (("server", gpu_server_image), ("server-cpu", cpu_server_image), ("operator", operator_image))
+    refs = {name: image["ref"] for name, image in built}
+    assert refs == {
+        "server": f"localhost/bertserve-server:{VERSION}",
+        "server-cpu": f"localhost/bertserve-server:{VERSION}-cpu",
+        "operator": f"localhost/bertserve-operator:{VERSION}",
+    }
+    for name, image in built:
         assert Path(image["archive"]).name == f"bertserve-{name}-{VERSION}.tar"
+        assert image["archive_ref"] == image["ref"].rpartition(":")[2]
         config = oci_images.image_config(image["archive"], image["archive_ref"])
         assert config["config"]["Labels"]["org.opencontainers.image.version"] == VERSION
 
@@ -325,6 +391,7 @@ def test_operator_default_server_image_and_chart_values_derive_from_the_project_
     repository, _, tag = default_image.rpartition(":")
     assert tag == VERSION, default_image
     assert repository.endswith("/bertserve-server"), default_image
+    assert settings.Settings().default_cpu_image == f"{default_image}-cpu"
 
     chart_dir = ROOT / "helm/bertserve-operator"
     chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
@@ -336,6 +403,9 @@ def test_operator_default_server_image_and_chart_values_derive_from_the_project_
     server_image = values.get("serverImage") or ""
     if server_image:
         assert server_image.rpartition(":")[2] == VERSION, server_image
+    cpu_image = values.get("serverCpuImage") or ""
+    if cpu_image:
+        assert cpu_image.rpartition(":")[2] == f"{VERSION}-cpu", cpu_image
 
 
 def test_server_image_matches_what_the_rendered_deployment_expects(server_bundle: Path) -> None:

@@ -144,6 +144,7 @@ def test_operator_deployment_is_single_recreate_non_root_with_liveness(helm: Any
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["BERTSERVE_DEFAULT_IMAGE"] == names.DEFAULT_SERVER_IMAGE
+    assert env["BERTSERVE_DEFAULT_CPU_IMAGE"] == names.DEFAULT_SERVER_CPU_IMAGE
     assert pod["serviceAccountName"] == "rel-bertserve-operator"
     settings = from_env(env)
     assert settings.clusterwide and settings.liveness_endpoint == "http://0.0.0.0:8080/healthz"

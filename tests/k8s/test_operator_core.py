@@ -672,7 +672,11 @@ def test_the_operator_serves_its_metrics_on_its_health_port(
 
 
 def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operator: OperatorProcess) -> None:
-    """A chart ``serverImage`` bump moves BertServers one at a time (``max_image_rollouts`` = 1).
+    """A chart ``serverCpuImage`` bump moves BertServers one at a time (``max_image_rollouts`` = 1).
+
+    The BertServers here have ``resources.gpus: 0``, so they run the CPU default image and its
+    moves are paced exactly like ``serverImage``'s (one mechanism: a Deployment rolling onto
+    either default takes a slot).
 
     The BertServers' pods may only run on a labelled node; removing the label before the bump
     makes every rollout that starts unable to finish (its new pod stays Pending). Exactly one
@@ -703,7 +707,8 @@ def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operat
         assert old != new and set(images().values()) == {old}
         cluster.kubectl("label", "node", node, f"{label}-")
         operator.stop()
-        operator.env["BERTSERVE_DEFAULT_IMAGE"] = new
+        assert old == operator.env["BERTSERVE_DEFAULT_CPU_IMAGE"], (old, operator.env)
+        operator.env["BERTSERVE_DEFAULT_CPU_IMAGE"] = new
         operator.start()
         wait_for(lambda: list(images().values()).count(new) == 1, 60, "one BertServer on the new image")
         start = operator.health_detail()["passes"]
@@ -722,3 +727,59 @@ def test_a_new_default_image_rolls_one_bertserver_at_a_time(cluster: Any, operat
         operator.env.clear()
         operator.env.update(env_before)
         operator.start()
+
+
+def test_cpu_bertservers_run_the_cpu_image_gpu_ones_the_gpu_image_and_spec_image_wins(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """The chart's two server images reach the right Deployments; a gpus switch switches images.
+
+    ``resources.gpus: 0`` gets ``serverCpuImage`` (no CUDA wheels), ``gpus: 1`` ``serverImage``,
+    ``spec.image`` beats both; moving a BertServer from 0 GPUs to 1 and back moves its image
+    with it, without waiting for the pacing of default-image rollouts.
+    """
+    ns = "cpuimage"
+    cpu_image, gpu_image = (
+        operator.env["BERTSERVE_DEFAULT_CPU_IMAGE"],
+        operator.env["BERTSERVE_DEFAULT_IMAGE"],
+    )
+    assert cpu_image == names.DEFAULT_SERVER_CPU_IMAGE and gpu_image == names.DEFAULT_SERVER_IMAGE
+    assert cpu_image != gpu_image
+    cluster.create_namespace(ns)
+    try:
+        apply_yaml(
+            cluster,
+            "---\n".join(
+                [
+                    bertserver("c0"),
+                    bertserver("g1", resources={"gpus": 1}),
+                    bertserver("own", image="registry.example/mine:1"),
+                    bertserver("own-gpu", image="registry.example/mine:1", resources={"gpus": 1}),
+                ]
+            ),
+            ns,
+        )
+
+        def image(name: str) -> str | None:
+            dep = get_json(cluster, "deployment", name, "-n", ns, check=False)
+            return dep["spec"]["template"]["spec"]["containers"][0]["image"] if dep else None
+
+        want = {
+            "c0": cpu_image,
+            "g1": gpu_image,
+            "own": "registry.example/mine:1",
+            "own-gpu": "registry.example/mine:1",
+        }
+        wait_for(lambda: all(image(n) for n in want), 60, "the four Deployments")
+        assert {n: image(n) for n in want} == want
+        cluster.kubectl(
+            "patch", "bertserver", "c0", "-n", ns, "--type=merge", "-p", '{"spec":{"resources":{"gpus":1}}}'
+        )
+        wait_for(lambda: image("c0") == gpu_image, 60, "c0 on the GPU image after gpus: 1")
+        cluster.kubectl(
+            "patch", "bertserver", "c0", "-n", ns, "--type=merge", "-p", '{"spec":{"resources":{"gpus":0}}}'
+        )
+        wait_for(lambda: image("c0") == cpu_image, 60, "c0 back on the CPU image after gpus: 0")
+        assert image("g1") == gpu_image
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

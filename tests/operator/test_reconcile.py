@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bertserve_api import names
+from bertserve_api import manifests, names
 from bertserve_api.manifests import RenderOptions
 from bertserve_api.policy import Policy
 from bertserve_operator.cache import Cache
@@ -20,6 +20,7 @@ from bertserve_operator.reconcile import (
     is_subset,
     manager_owns,
     needs_apply,
+    requests_gpus,
     server_image,
 )
 
@@ -559,3 +560,85 @@ def test_a_new_default_image_moves_one_bertserver_at_a_time() -> None:
     explicit["metadata"].update(name="a", uid="u-a")
     new.reconcile(explicit)  # spec.image is never held back
     assert server_image(kube.objects["Deployment", "ml", "a"]) == "mine:9"
+
+
+def _cpu_world(names_: tuple[str, ...]) -> tuple[FakeKube, Cache, list[dict[str, Any]]]:
+    """BertServers with ``gpus: 0`` applied by an operator whose CPU default is ``cpu:1``, rolled out."""
+    kube, cache = FakeKube(), Cache()
+    old = Reconciler(
+        kube, cache, RenderOptions(default_image="img:1", default_cpu_image="cpu:1"), clock=lambda: NOW
+    )  # type: ignore[arg-type]
+    bodies = []
+    for name in names_:
+        body = bertserver(resources={"gpus": 0, "cpu": "1"})
+        body["metadata"].update(name=name, uid=f"u-{name}")
+        bodies.append(body)
+        old.reconcile(body)
+        cache.put_child(_rolled(kube, name, done=True))
+    return kube, cache, bodies
+
+
+def test_cpu_bertservers_run_the_cpu_default_and_a_new_one_moves_them_one_at_a_time() -> None:
+    kube, cache, bodies = _cpu_world(("a", "b", "c"))
+    assert {server_image(kube.objects["Deployment", "ml", n]) for n in "abc"} == {"cpu:1"}
+    # A new GPU default alone moves no CPU BertServer: they do not run it.
+    gpu_bump = Reconciler(
+        kube, cache, RenderOptions(default_image="img:2", default_cpu_image="cpu:1"), clock=lambda: NOW
+    )  # type: ignore[arg-type]
+    for body in bodies:
+        gpu_bump.reconcile(body)
+    assert {server_image(kube.objects["Deployment", "ml", n]) for n in "abc"} == {"cpu:1"}
+    new = Reconciler(
+        kube,
+        cache,
+        RenderOptions(default_image="img:2", default_cpu_image="cpu:2"),
+        clock=lambda: NOW,
+        max_image_rollouts=1,
+    )  # type: ignore[arg-type]
+    for body in bodies:
+        outcome = new.reconcile(body)
+        if server_image(kube.objects["Deployment", "ml", body["metadata"]["name"]]) == "cpu:1":
+            assert outcome.recheck_after > 0
+    images = {n: server_image(kube.objects["Deployment", "ml", n]) for n in "abc"}
+    assert sorted(images.values()) == ["cpu:1", "cpu:1", "cpu:2"], images
+    moved = next(n for n, image in images.items() if image == "cpu:2")
+    cache.put_child(_rolled(kube, moved, done=True))
+    for body in bodies:
+        new.reconcile(body)
+    assert [server_image(kube.objects["Deployment", "ml", n]) for n in "abc"].count("cpu:2") == 2
+
+
+def test_switching_between_cpu_and_gpu_switches_the_image_without_waiting_for_a_slot() -> None:
+    kube, cache, (a, b) = _cpu_world(("a", "b"))
+    new = Reconciler(
+        kube,
+        cache,
+        RenderOptions(default_image="img:2", default_cpu_image="cpu:2"),
+        clock=lambda: NOW,
+        max_image_rollouts=1,
+    )  # type: ignore[arg-type]
+    new.reconcile(a)  # takes the one slot: its rollout onto cpu:2 has not finished
+    cache.put_child(copy.deepcopy(kube.objects["Deployment", "ml", "a"]))
+    assert server_image(kube.objects["Deployment", "ml", "a"]) == "cpu:2"
+    new.reconcile(b)
+    assert server_image(kube.objects["Deployment", "ml", "b"]) == "cpu:1"  # held back
+    to_gpu = copy.deepcopy(b)
+    to_gpu["spec"]["resources"] = {"gpus": 1, "cpu": "1"}
+    new.reconcile(to_gpu)  # its pods restart for the GPU anyway: the GPU image comes with them
+    dep = kube.objects["Deployment", "ml", "b"]
+    assert server_image(dep) == "img:2" and requests_gpus(dep)
+    cache.put_child(_rolled(kube, "b", done=True))
+    new.reconcile(b)  # and back to gpus: 0
+    dep = kube.objects["Deployment", "ml", "b"]
+    assert server_image(dep) == "cpu:2" and not requests_gpus(dep)
+
+
+def test_requests_gpus_reads_the_server_containers_extended_resources() -> None:
+    def dep(limits: dict[str, str]) -> dict[str, Any]:
+        container = {"name": manifests.SERVER_CONTAINER, "resources": {"limits": limits}}
+        return {"spec": {"template": {"spec": {"containers": [container]}}}}
+
+    assert requests_gpus(dep({"nvidia.com/gpu": "1", "memory": "8Gi"}))
+    assert requests_gpus(dep({"amd.com/gpu": "2"}))
+    assert not requests_gpus(dep({"memory": "8Gi"}))
+    assert not requests_gpus(dep({}))

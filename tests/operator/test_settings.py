@@ -77,3 +77,12 @@ def test_author_limits_come_from_the_environment_and_reach_the_policy() -> None:
         "a",
         "b",
     )
+
+
+def test_cpu_bertservers_get_the_cpu_image_tag_by_default_and_it_can_be_turned_off() -> None:
+    s = settings.from_env({})
+    assert s.default_cpu_image == settings.DEFAULT_SERVER_CPU_IMAGE == s.default_image + "-cpu"
+    assert s.render_options().default_cpu_image == s.default_cpu_image
+    mine = settings.from_env({"BERTSERVE_DEFAULT_CPU_IMAGE": "reg/server:2-cpu"})
+    assert mine.render_options().default_cpu_image == "reg/server:2-cpu"
+    assert settings.from_env({"BERTSERVE_DEFAULT_CPU_IMAGE": ""}).render_options().default_cpu_image == ""
