@@ -52,7 +52,7 @@ demo: venv ## the whole product on this machine: control plane, operator via hel
 demo-down: ## stop everything the demo started
 	$(PY) hack/demo.py down
 
-images: venv ## build the server and operator images with buildah (OCI archives under .local/images)
+images: venv ## build the server (GPU and -cpu) and operator images with buildah (OCI archives under .local/images)
 	bash hack/images/build.sh
 
 operator-run: venv ## run the operator locally against the local control plane (after make cluster-up)
