@@ -2,7 +2,7 @@
 # Build the project's container images with buildah (no daemon, no registry) -> `make images`.
 #
 #   localhost/bertserve-server:<version>      from server_image/Dockerfile (TensorFlow + CUDA wheels)
-#   localhost/bertserve-server:<version>-cpu  the same Dockerfile with tensorflow-cpu, no CUDA
+#   localhost/bertserve-server:<version>-cpu  the same Dockerfile's `cpu` stage: tensorflow-cpu, no CUDA
 #   localhost/bertserve-operator:<version>    from operator/Dockerfile
 #
 # <version> is pyproject.toml's project version: the operator's default server image and the
@@ -94,10 +94,12 @@ build_one() {
         --label "org.opencontainers.image.version=$VERSION"
         --label "org.opencontainers.image.title=bertserve-$name"
         --iidfile "$stem.iid.new" -f "$dockerfile" -t "$ref-unscrubbed")
-    if [[ "$name" == server-cpu ]]; then
-        # TensorFlow's CPU-only build instead of its CUDA one (see server_image/Dockerfile).
-        args+=(--build-arg TENSORFLOW_PACKAGE=tensorflow-cpu --build-arg TENSORFLOW_EXTRA=)
-    fi
+    # The server Dockerfile has two stages: `gpu` (TensorFlow + CUDA wheels) and `cpu`
+    # (tensorflow-cpu, no CUDA); see server_image/Dockerfile.
+    case "$name" in
+        server) args+=(--target gpu) ;;
+        server-cpu) args+=(--target cpu) ;;
+    esac
     local with_ca=false
     if [[ -d "$IMAGES_CA_DIR" ]] && compgen -G "$IMAGES_CA_DIR/*.crt" >/dev/null; then
         args+=(-v "$IMAGES_CA_DIR:/usr/local/share/ca-certificates:ro")

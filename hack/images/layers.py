@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class Layer:
     step: str  # the Dockerfile step (history entry) that made the layer
     disk_bytes: int  # uncompressed, as unpacked on a node
-    archive_bytes: int  # gzip-compressed, as pulled
+    archive_bytes: int  # gzip-compressed, as pulled (-1: the image has not been exported)
 
 
 def _store() -> dict[str, str]:
@@ -98,7 +98,8 @@ def layers(name: str) -> list[Layer]:
     }
     # build.sh keeps each exported archive in the store by image id (and links it into .local/images).
     iid = str(inspect["FromImageID"])
-    packed = _archive_layer_sizes(conf / "export" / f"bertserve-{name}-{version}-{iid[:12]}.tar")
+    archive = conf / "export" / f"bertserve-{name}-{version}-{iid[:12]}.tar"
+    packed = _archive_layer_sizes(archive) if archive.exists() else [-1] * len(diff_ids)  # not exported
     return [
         Layer(_short(step), disk.get(diff_id, 0), size)
         for step, diff_id, size in zip(steps, diff_ids, packed, strict=True)
@@ -113,7 +114,8 @@ def main(names: list[str]) -> int:
         print("| # | layer (the step that made it) | on disk | in the archive (gzip) |")
         print("|---|---|---:|---:|")
         for i, r in enumerate(rows, 1):
-            print(f"| {i} | `{r.step}` | {r.disk_bytes / 1e6:.1f} MB | {r.archive_bytes / 1e6:.1f} MB |")
+            packed = f"{r.archive_bytes / 1e6:.1f} MB" if r.archive_bytes >= 0 else "not exported"
+            print(f"| {i} | `{r.step}` | {r.disk_bytes / 1e6:.1f} MB | {packed} |")
     return 0
 
 

@@ -12,6 +12,7 @@ loopback. Missing tools are a failure with the reason, never a skip.
 from __future__ import annotations
 
 import json
+import re
 import time
 import tomllib
 import urllib.error
@@ -312,12 +313,14 @@ def test_images_do_not_trust_the_build_hosts_local_cas(server_bundle: Path, oper
 
 
 def _distributions(bundle: Path) -> dict[str, str]:
-    """The Python distributions installed in the image (name -> version), as its own pip sees them."""
+    """The Python distributions installed in the image (normalised name -> version)."""
     code = (
         "import importlib.metadata as md, json\n"
-        "print(json.dumps({d.metadata['Name'].lower(): d.version for d in md.distributions()}))\n"
+        "print(json.dumps({d.metadata['Name']: d.version for d in md.distributions()}))\n"
     )
-    return dict(json.loads(_run_python(bundle, manifests.SERVER_COMMAND, code).strip().splitlines()[-1]))
+    found = json.loads(_run_python(bundle, manifests.SERVER_COMMAND, code).strip().splitlines()[-1])
+    # PEP 503 names: tensorflow_cpu and tensorflow-cpu are one distribution.
+    return {re.sub(r"[-_.]+", "-", name).lower(): version for name, version in found.items()}
 
 
 def test_cpu_server_image_is_small_and_carries_no_cuda(
@@ -336,7 +339,7 @@ def test_cpu_server_image_is_small_and_carries_no_cuda(
 
 
 def test_gpu_server_image_ships_each_shared_library_once(gpu_server_bundle: Path) -> None:
-    """No library twice (say CUDA from a wheel and again elsewhere), no C++ headers for custom ops."""
+    """No library twice (say CUDA from a wheel and again from TensorFlow or the system)."""
     rootfs = gpu_server_bundle / "rootfs"
     seen: dict[str, list[str]] = {}
     for path in rootfs.rglob("*.so*"):
@@ -345,9 +348,38 @@ def test_gpu_server_image_ships_each_shared_library_once(gpu_server_bundle: Path
     twice = {name: where for name, where in seen.items() if len(where) > 1}
     assert twice == {}, twice
     assert any(name.startswith("libcudnn") for name in seen), "the GPU image lost cuDNN"
-    site = rootfs / "opt/bertserve/lib/python3.11/site-packages"
-    assert not (site / "tensorflow/include").exists()
-    assert "tensorflow" in _distributions(gpu_server_bundle)
+
+
+def _stages(dockerfile: Path) -> dict[str, list[str]]:
+    """Each stage's instructions (continuation lines joined, comments dropped), by stage name."""
+    stages: dict[str, list[str]] = {}
+    current: list[str] = []
+    joined = re.sub(r"\\\n\s*", " ", dockerfile.read_text())
+    for line in joined.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.startswith("FROM "):
+            current = stages.setdefault(line.split(" AS ")[-1].strip(), [])
+        current.append(" ".join(line.split()))
+    return stages
+
+
+def test_cpu_and_gpu_stages_keep_the_same_steps_but_the_tensorflow_install() -> None:
+    """The two server images come from one file; only how TensorFlow is installed differs."""
+    stages = _stages(ROOT / "server_image/Dockerfile")
+    assert list(stages) == ["cpu", "gpu"], list(stages)  # gpu last: the default target
+
+    def common(steps: list[str]) -> list[str]:
+        return [
+            s
+            for s in steps
+            if not s.startswith(("FROM ", "ARG "))
+            and not (s.startswith("RUN ") and "pip install --constraint" in s)
+        ]
+
+    assert common(stages["cpu"]) == common(stages["gpu"])
+    (cpu_install,) = [s for s in stages["cpu"] if "pip install --constraint" in s]
+    assert "tensorflow-cpu==" in cpu_install and "and-cuda" not in cpu_install
 
 
 # --------------------------------------------------------------------------- operator image
