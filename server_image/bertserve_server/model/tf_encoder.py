@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -294,18 +295,26 @@ class TFEncoder:
 
         # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
         # function object, and each encoder legitimately traces its own.
-        function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
+        function = tf.function(
+            forward, input_signature=signature, jit_compile=self._xla or None, autograph=False
+        )
         # Trace now (one graph serves every [batch, seq] thanks to the signature); the numpy
         # copies of the weights embedded as constants are then no longer needed.
+        tracing = time.perf_counter()
         with tf.device(device):
             self._function = function.get_concrete_function()
             self._classify_function = None
             if self.classifier_spec is not None:
                 head = tf.function(
-                    forward_classifier, input_signature=signature, jit_compile=self._xla or None
+                    forward_classifier,
+                    input_signature=signature,
+                    jit_compile=self._xla or None,
+                    autograph=False,
                 )
                 self._classify_function = head.get_concrete_function()
         self._numpy_params.clear()
+        #: Seconds spent tracing (the server reports it as the ``trace`` start-up phase).
+        self.trace_seconds = time.perf_counter() - tracing
         logger.info(
             "encoder built: %d of %d layers, pooling %s %s, device %s, %s matmuls%s",
             num_layers,
