@@ -64,7 +64,7 @@ bench: bench-model bench-server bench-predict bench-scaleout bench-operator benc
 bench-model: venv ## our TF2 encoder vs transformers+torch (own venv), tokenizer, fp32 peak
 	$(PY) benchmarks/bench_model.py
 
-bench-server: venv ## end-to-end through bert-serving-client vs the raw model
+bench-server: venv ## natural-length traffic (ZeroMQ + HTTP, p50/p99) vs ONNX Runtime as a batching server; end-to-end vs raw model
 	$(PY) benchmarks/bench_server.py
 
 bench-predict: venv ## /predict (classifier head) vs /encode on the same inputs, model and HTTP

