@@ -39,7 +39,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,12 +48,10 @@ from typing import Any
 import numpy as np
 
 from machine_facts import cpu_flags, cpu_model, memory_gib
+from peer_process import PeerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".local" / "bench"
-SHARED_CACHE = Path(os.environ.get("BERTSERVE_CACHE", Path.home() / ".cache" / "bertserve"))
-TORCH_PINS = ("torch==2.15.0", "transformers==5.23.0", "safetensors==0.8.0", "numpy==2.4.6")
-TORCH_VENV = SHARED_CACHE / "bench-torch-2.15.0-tf5.23.0"
 RESULTS = ROOT / "benchmarks" / "results" / "model.md"
 SEQS = (25, 128)
 BATCHES = (32, 256)
@@ -184,46 +181,6 @@ def matmul_peak() -> tuple[float, str]:
     return best, where
 
 
-class TorchPeer:
-    """``torch_peer.py`` in its own virtual environment, driven over JSON lines."""
-
-    def __init__(self) -> None:
-        python = ensure_torch_venv()
-        self.proc = subprocess.Popen(
-            [str(python), str(ROOT / "benchmarks" / "torch_peer.py")],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def request(self, **payload: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(payload) + "\n")
-        self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
-        if "error" in reply:
-            raise RuntimeError(f"torch peer: {reply['error']}")
-        return reply
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-def ensure_torch_venv() -> Path:
-    python = TORCH_VENV / "bin" / "python"
-    if (TORCH_VENV / ".complete").is_file():
-        return python
-    print(f"creating {TORCH_VENV} ({', '.join(TORCH_PINS)}); first run downloads PyTorch", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(TORCH_VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--progress-bar", "off", *TORCH_PINS], check=True
-    )
-    (TORCH_VENV / ".complete").touch()
-    return python
-
-
 @dataclass
 class Row:
     model: str
@@ -255,7 +212,7 @@ def run_model(
     google: Path,
     hf: Path,
     *,
-    peer: TorchPeer | None,
+    peer: PeerProcess | None,
     batches: tuple[int, ...],
     rounds: int,
     with_default_layer: bool = True,
@@ -491,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_runtime()
     info = machine()
-    peer = None if args.no_torch else TorchPeer()
+    peer = None if args.no_torch else PeerProcess("torch")
     versions = {"ours": f"TensorFlow {tf.__version__}"}
     if peer is not None:
         versions.update(peer.request(cmd="versions"))

@@ -21,8 +21,6 @@ Pooling is 1.10.0's masked REDUCE_MEAN over the last layer.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from typing import Any
 
@@ -32,6 +30,7 @@ import transformers
 from transformers import BertModel
 
 from bench_model import make_inputs
+from peer_process import serve
 
 MODELS: dict[str, Any] = {}
 
@@ -87,15 +86,5 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown command {cmd!r}")
 
 
-def main() -> None:
-    for line in sys.stdin:
-        try:
-            reply = handle(json.loads(line))
-        except Exception as exc:  # report to the driver instead of dying silently
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
-
-
 if __name__ == "__main__":
-    main()
+    serve(handle)
