@@ -92,6 +92,7 @@ def test_warm_up_leaves_the_first_request_nothing_extra_to_pay(tiny_model_dir: P
     warm call's cost; after ``warm_up`` a first request of a new shape, with padding, must not.
     """
     import numpy as np
+
     from bertserve_server.model.tf_encoder import TFEncoder
 
     ids = np.array([[2, 8, 9, 7, 3, 0, 0], [2, 10, 3, 0, 0, 0, 0], [2, 5, 6, 7, 8, 9, 3]], np.int32)
