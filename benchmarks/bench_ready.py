@@ -102,6 +102,14 @@ def _phases(http_port: int) -> dict[str, float]:
     return phases
 
 
+def _logged_warm_up(log: Path) -> dict[str, float]:
+    """A server from before ``bertserve_startup_seconds`` logged only its warm-up (``warm-up done in 1.80s``)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "warm-up done in " in line:
+            return {"warmup": float(line.rsplit("warm-up done in ", 1)[1].rstrip("s"))}
+    return {}
+
+
 def start_once(model_dir: Path, work: Path) -> Start:
     """Start the server, wait for ``/readyz`` 200, read its phases, stop it."""
     zmq, zmq_out, http = free_ports(3)
@@ -125,7 +133,7 @@ def start_once(model_dir: Path, work: Path) -> Start:
             wall = time.perf_counter() - started
             cpu = _cpu_seconds(proc.pid)
             load = os.getloadavg()[0]
-            phases = _phases(http)
+            phases = _phases(http) or _logged_warm_up(log)
         finally:
             proc.terminate()
             try:

@@ -108,3 +108,18 @@ def test_warm_up_leaves_the_first_request_nothing_extra_to_pay(tiny_model_dir: P
     warmed.warm_up()
     warm = cpu_seconds_of_first_call(warmed)
     assert warm < cold / 4, f"first request after warm-up took {warm:.3f} CPU s, a cold first call {cold:.3f}"
+
+
+def test_prefetch_asks_for_every_file_of_the_checkpoint_and_only_those(tmp_path: Path) -> None:
+    from bertserve_server.model.checkpoint_names import prefetch_checkpoint
+
+    prefix = tmp_path / "model.ckpt-[343]"  # glob metacharacters in a prefix match literally
+    names = [
+        "model.ckpt-[343].index",
+        "model.ckpt-[343].data-00000-of-00002",
+        "model.ckpt-[343].data-00001-of-00002",
+    ]
+    for name in [*names, "model.ckpt-3.index", "model.ckpt-3.data-00000-of-00001"]:
+        (tmp_path / name).write_bytes(b"x" * 4096)
+    assert sorted(p.name for p in prefetch_checkpoint(prefix)) == sorted(names)
+    assert prefetch_checkpoint(tmp_path / "absent") == []
