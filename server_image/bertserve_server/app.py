@@ -93,6 +93,7 @@ class BertServer:
             max_batch_size=config.max_batch_size,
             priority_batch_size=config.priority_batch_size,
             max_queue_size=config.max_queue_size,
+            max_queued_tokens=config.max_queued_tokens,
             max_wait_ms=config.max_wait_ms,
             metrics=self.metrics,
         )

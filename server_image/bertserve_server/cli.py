@@ -54,6 +54,7 @@ def _check_numbers(config: ServerConfig) -> None:
         "num_worker",
         "max_batch_size",
         "max_queue_size",
+        "max_queued_tokens",
         "http_max_connect",
         "min_identity_len",
         "max_request_bytes",

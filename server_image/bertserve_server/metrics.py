@@ -70,6 +70,11 @@ class Metrics:
             "Sentences accepted and not yet answered (bounded by -max_queue_size)",
             registry=r,
         )
+        self.queue_tokens = Gauge(
+            "bertserve_queue_depth_tokens",
+            "WordPiece tokens of accepted requests not yet answered (bounded by -max_queued_tokens)",
+            registry=r,
+        )
         self.ready = Gauge("bertserve_ready", "1 once the model is loaded and warmed up", registry=r)
         self.answers_dropped = Counter(
             "bertserve_answers_dropped",

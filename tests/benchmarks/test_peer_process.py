@@ -89,3 +89,9 @@ def test_serve_answers_each_line_and_turns_exceptions_into_error_replies() -> No
     out = io.StringIO()
     serve(lambda r: {"n": r["n"] + 1}, iter(['{"n": 1}\n', "\n", '{"m": 0}\n']), out)
     assert out.getvalue().splitlines() == ['{"n": 2}', '{"error": "KeyError: \'n\'"}']
+
+
+def test_every_peer_is_exactly_pinned_and_has_its_script() -> None:
+    for name, pins in peer_process.PEER_PINS.items():
+        assert peer_process.venv_name(name, pins).startswith(f"bench-{name}-")
+        assert (BENCHMARKS / f"{name}_peer.py").is_file(), name

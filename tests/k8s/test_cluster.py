@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import yaml
 from bertserver_manifests import bertserver as bertserver_manifest
+from crd_schema import CRD_PATH
 from polling import wait_for
+
+from bertserve_api import names
 
 pytestmark = pytest.mark.k8s
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO_ROOT / "crds" / "bertservers.bertserve.io.yaml"
-CRD_NAME = "bertservers.bertserve.io"
 GPU = "nvidia.com/gpu"
 GPU_NODES = {"gpu-node-0", "gpu-node-1"}
 
@@ -47,7 +47,7 @@ def namespace(cluster: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 def crd(cluster: Any) -> dict[str, Any]:
     """The project's CRD, applied and Established; returns the parsed manifest."""
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{names.CRD_NAME}", "--timeout=60s")
     manifest: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
     return manifest
 
