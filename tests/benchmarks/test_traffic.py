@@ -232,3 +232,54 @@ def test_peer_server_answers_encode_like_ours_through_the_load_client(vocab: Pat
         server.server_close()
         for thread in threads:
             thread.join(10)
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def test_traffic_report_compares_each_of_our_sides_with_the_peer_round_by_round() -> None:
+    import bench_server
+
+    def round_(side: str, sentences: int, latencies: list[float]) -> traffic.Round:
+        return traffic.Round(side, sentences, 1.0, latencies, server_cpu=sentences / 100)
+
+    scenario = bench_server.Scenario(4, 1)
+    row = bench_server.TrafficRow(
+        scenario,
+        {
+            bench_server.OURS_ZMQ: [
+                round_("z", 300, [0.1] * 100),
+                round_("z", 100, [0.2]),
+            ],  # p99: 101 values
+            bench_server.OURS_HTTP: [round_("h", 100, [0.5] * 100), round_("h", 100, [0.5])],
+            bench_server.PEER: [round_("p", 100, [0.3] * 100), round_("p", 50, [0.3])],
+        },
+        {
+            bench_server.OURS_ZMQ: bench_server.BatchCounts(10, 40, 2.5),
+            bench_server.OURS_HTTP: bench_server.BatchCounts(),
+            bench_server.PEER: bench_server.BatchCounts(4, 40, 2.0),
+        },
+    )
+    run = bench_server.TrafficRun(
+        [row],
+        128,
+        32,
+        1e-6,
+        {"onnxruntime": "1.32.0", "fusions": {"Attention": 6}},
+        2,
+        4.0,
+        100,
+        [3, 24, 128],
+    )
+    text = "\n".join(bench_server.traffic_report(run))
+    # ZeroMQ: rounds 300/100 and 100/50 sentences/s -> per-round ratios 3 and 2 -> median 2.5
+    assert "| 4 clients x 1 sentence | ours: bert-serving-client (ZeroMQ) | 200.0 | 100.0 |" in text
+    assert "| 4.0 | 25% | 2.50x |" in text  # 40 rows in 10 batches, padding 2.5 / 10
+    assert "| – | – | 1.50x |" in text  # HTTP: no batches counted; ratios 1 and 2
+    assert "| 10.0 | 50% | – | – |" in text
+    assert (
+        "ZeroMQ): 2.50x the peer's throughput (target 1.5x), p99 100 ms vs the peer's 300 ms: **met**" in text
+    )
+    assert "HTTP /encode: 1.50x" in text and "p99 67% above the peer's" in text
+    assert "Attention 6" in text
+    assert "(the peer's server CPU per sentence / ours: 1.00x)" in text  # 10 ms a sentence on every side
