@@ -123,3 +123,19 @@ def test_prefetch_asks_for_every_file_of_the_checkpoint_and_only_those(tmp_path:
         (tmp_path / name).write_bytes(b"x" * 4096)
     assert sorted(p.name for p in prefetch_checkpoint(prefix)) == sorted(names)
     assert prefetch_checkpoint(tmp_path / "absent") == []
+
+
+@pytest.mark.tf
+def test_graph_passes_that_change_nothing_here_are_off_once_the_runtime_is_configured() -> None:
+    """The layout and memory passes cost much of the first call with the weights embedded (see
+    ``skip_idle_graph_passes``); the second has no public switch, so a TensorFlow upgrade that
+    moves it must fail here rather than quietly bring the cost back."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    from bertserve_server.model.tf_encoder import configure_runtime
+
+    configure_runtime()
+    rewrite = context.context().config.graph_options.rewrite_options
+    assert rewrite.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
+    assert rewrite.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
