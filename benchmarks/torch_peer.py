@@ -1,29 +1,20 @@
 """The transformers + PyTorch side of ``bench_model.py``, run inside its own virtual environment.
 
-Why a separate process: PyTorch must stay out of the project's environment (DESIGN §5), and a
-long-lived peer lets the benchmark interleave our model and this one round by round, so a noisy
-neighbour on a shared machine slows both alike. It speaks JSON lines on stdin/stdout:
+Commands: those of ``model_peer`` (``run`` takes ``"bf16": true`` for CPU autocast), and
 
-    {"cmd": "load", "name": "minilm", "dir": "<HF model dir>", "threads": 2}
-    {"cmd": "run", "name": "minilm", "batch": 32, "seq": 128, "seed": 0, "repeats": 2, "bf16": false,
-     "lengths": "full"}
-        -> {"seconds": [..]}                    (one timing per forward pass; bf16: CPU autocast)
-    {"cmd": "encode", "name": "minilm", "batch": 4, "seq": 25, "seed": 1, "lengths": "natural",
-     "out": "<file.npy>"}
-        -> {"ok": true}                         (pooled vectors, for the numeric cross-check)
-    {"cmd": "versions"} -> {"torch": .., "transformers": ..}
+    {"cmd": "export", "dir": "<HF model dir>", "out": "<model.onnx>"} -> {"ok": true, "exporter": ..}
 
-Inputs come from ``bench_model.make_inputs`` itself (this script's folder is on ``sys.path``;
-that module needs only numpy at import), with the same seed, so both frameworks see the same
-arrays; ``lengths="natural"`` rows are padded to the batch's longest, as ``padding=True`` does.
-Pooling is 1.10.0's masked REDUCE_MEAN over the last layer.
+which writes the ONNX graph the ONNX Runtime and OpenVINO peers run (``onnx_models.py``): this
+model with the masked REDUCE_MEAN pooling inside, inputs ``input_ids``/``attention_mask``/
+``token_type_ids`` (int64, dynamic batch and length), output ``pooled``. It is exported with
+eager attention (explicit MatMul/Softmax), the pattern ``onnxruntime.transformers`` fuses into its
+``Attention`` kernel, and with the TorchScript exporter where this PyTorch still has it (the
+graphs that optimizer was written for), otherwise the dynamo exporter.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,71 +22,74 @@ import torch
 import transformers
 from transformers import BertModel
 
-from bench_model import make_inputs
+from model_peer import Arrays, serve_model
 
-MODELS: dict[str, Any] = {}
-
-
-def forward(
-    name: str, batch: int, seq: int, seed: int, *, bf16: bool = False, lengths: str = "full"
-) -> np.ndarray:
-    model = MODELS[name]
-    ids, mask, types = (
-        torch.from_numpy(a.astype(np.int64)) for a in make_inputs(batch, seq, seed, model.vocab, lengths)
-    )
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state.float()
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / (weights.sum(1) + 1e-10)
-    return pooled.numpy()
+ONNX_OPSET = 17  # LayerNormalization is a standard op from 17 on
 
 
-def handle(request: dict[str, Any]) -> dict[str, Any]:
-    cmd = request["cmd"]
-    if cmd == "versions":
-        return {"torch": torch.__version__, "transformers": transformers.__version__}
-    if cmd == "load":
-        torch.set_num_threads(int(request["threads"]))
-        model = BertModel.from_pretrained(request["dir"], add_pooling_layer=False).eval()
-        model.vocab = model.config.vocab_size
-        MODELS[request["name"]] = model
-        return {"ok": True, "attn": getattr(model.config, "_attn_implementation", "?")}
-    if cmd == "run":
-        seconds = []
-        for _ in range(int(request["repeats"])):
-            started = time.perf_counter()
-            forward(
-                request["name"],
-                request["batch"],
-                request["seq"],
-                request["seed"],
-                bf16=request.get("bf16", False),
-                lengths=request.get("lengths", "full"),
-            )
-            seconds.append(time.perf_counter() - started)
-        return {"seconds": seconds}
-    if cmd == "encode":
-        pooled = forward(
-            request["name"],
-            request["batch"],
-            request["seq"],
-            request["seed"],
-            lengths=request.get("lengths", "full"),
-        )
-        np.save(request["out"], pooled)
-        return {"ok": True}
-    raise ValueError(f"unknown command {cmd!r}")
+class Pooled(torch.nn.Module):
+    """The encoder and 1.10.0's masked REDUCE_MEAN over the last layer, as one module."""
+
+    def __init__(self, bert: BertModel) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+    ) -> Any:
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state.float()
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / (weights.sum(1) + 1e-10)
 
 
-def main() -> None:
-    for line in sys.stdin:
-        try:
-            reply = handle(json.loads(line))
-        except Exception as exc:  # report to the driver instead of dying silently
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+def load(request: dict[str, Any]) -> tuple[Any, int, dict[str, Any]]:
+    torch.set_num_threads(int(request["threads"]))
+    bert = BertModel.from_pretrained(request["dir"], add_pooling_layer=False).eval()
+    return Pooled(bert), bert.config.vocab_size, {"attn": getattr(bert.config, "_attn_implementation", "?")}
+
+
+def forward(model: Pooled, arrays: Arrays, request: dict[str, Any]) -> np.ndarray:
+    ids, mask, types = (torch.from_numpy(a) for a in arrays)
+    with (
+        torch.inference_mode(),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=request.get("bf16", False)),
+    ):
+        return model(ids, mask, types).numpy()
+
+
+def export(request: dict[str, Any]) -> dict[str, Any]:
+    bert = BertModel.from_pretrained(request["dir"], add_pooling_layer=False, attn_implementation="eager")
+    model = Pooled(bert.eval())
+    example = tuple(torch.ones((2, 8), dtype=torch.int64) for _ in range(3))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"pooled": {0: "batch"}}
+    try:
+        torch.onnx.export(
+            model, example, request["out"], input_names=names, output_names=["pooled"],
+            dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=False,
+        )  # fmt: skip
+        exporter = "torchscript"
+    except (TypeError, RuntimeError, ValueError) as exc:  # no TorchScript exporter in this PyTorch
+        print(f"TorchScript ONNX export unavailable ({exc}); using the dynamo exporter", flush=True)
+        torch.onnx.export(
+            model, example, request["out"], input_names=names, output_names=["pooled"],
+            dynamic_axes=axes, opset_version=ONNX_OPSET, dynamo=True, external_data=False,
+        )  # fmt: skip
+        exporter = "dynamo"
+    return {"ok": True, "exporter": f"torch.onnx ({exporter}, opset {ONNX_OPSET})"}
 
 
 if __name__ == "__main__":
-    main()
+    transformers.logging.set_verbosity_error()  # the pooler weights we leave out are no news
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings(
+        "ignore", category=DeprecationWarning, module="torch.onnx"
+    )  # the legacy exporter is chosen
+    serve_model(
+        versions={"torch": torch.__version__, "transformers": transformers.__version__},
+        load=load,
+        forward=forward,
+        extra={"export": export},
+    )

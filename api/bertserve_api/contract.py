@@ -204,6 +204,15 @@ def _flags() -> tuple[Flag, ...]:
             classic=False,
         ),
         f(
+            "max_queued_tokens",
+            "max_queued_tokens",
+            "int",
+            "WordPiece tokens (incl. [CLS]/[SEP]) that may wait for a device across all requests; a "
+            "request that would exceed it is refused as busy (one larger than the whole bound as "
+            "too_large)",
+            classic=False,
+        ),
+        f(
             "max_wait_ms",
             "max_wait_ms",
             "float",
@@ -348,6 +357,7 @@ class ServerConfig:
     verbose: bool = False
     bind_host: str = "0.0.0.0"
     max_queue_size: int = 10000
+    max_queued_tokens: int = 1_000_000
     max_wait_ms: float = 2.0
     drain_timeout: float = 25.0
     enable_termination: bool = False

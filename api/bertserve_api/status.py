@@ -228,28 +228,25 @@ def pod_problem(
     return None
 
 
-def served_models(pods: Sequence[Mapping[str, Any]]) -> str:
-    """What ready pods serve (their ``served`` model, see the operator's pod cache), joined."""
-    models = sorted(
+def _ready_pod_values(pods: Sequence[Mapping[str, Any]], key: str) -> list[str]:
+    """The distinct non-empty ``key`` values of ready pods that are not being deleted, sorted."""
+    return sorted(
         {
-            str(p["served"])
+            str(p[key])
             for p in pods
-            if p.get("served") and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
+            if p.get(key) and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
         }
     )
-    return ", ".join(models)
+
+
+def served_models(pods: Sequence[Mapping[str, Any]]) -> str:
+    """What ready pods serve (their ``served`` model, see the operator's pod cache), joined."""
+    return ", ".join(_ready_pod_values(pods, "served"))
 
 
 def served_classifiers(pods: Sequence[Mapping[str, Any]]) -> str:
     """The classifier labels ready pods serve at ``/predict`` (their ``classifier``), joined; "" if none."""
-    labels = sorted(
-        {
-            str(p["classifier"])
-            for p in pods
-            if p.get("classifier") and _pod_ready(p) and not _get(p, "metadata", "deletionTimestamp")
-        }
-    )
-    return "; ".join(labels)
+    return "; ".join(_ready_pod_values(pods, "classifier"))
 
 
 def hpa_conditions(hpa: Mapping[str, Any] | None) -> list[dict[str, Any]]:

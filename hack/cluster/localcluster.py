@@ -33,13 +33,11 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
-import ctypes
 import functools
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -84,17 +82,25 @@ REAL_NODE_CACHE = (
 )
 
 
-def realnode() -> ModuleType:
-    """``realnode.py`` beside this file (loaded by path, as this file is by the tests)."""
-    name = "bertserve_realnode"
+def _sibling(stem: str) -> ModuleType:
+    """``<stem>.py`` beside this file, loaded by path once per process (as this file is by the tests)."""
+    name = f"bertserve_{stem}"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, HERE / "realnode.py")
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{stem}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def realnode() -> ModuleType:
+    """``realnode.py`` beside this file: the real node (loaded only when one is asked for)."""
+    return _sibling("realnode")
+
+
+procs = _sibling("procs")  # pid + start-time bookkeeping, shared with realnode.py
 
 
 class ClusterError(RuntimeError):
@@ -196,57 +202,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-def _proc_start_time(pid: int) -> int | None:
-    """Kernel start time of ``pid`` (clock ticks since boot), or None if it does not exist.
-
-    Stored next to each pid so that ``down`` never signals an unrelated process that reused
-    the pid after ours exited.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces or parentheses; split after its last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()[0]
-
-
-def _alive(pid: int, start_time: int | None) -> bool:
-    """True if ``pid`` is still the process we started and has not exited (zombies count as dead)."""
-    state = _proc_state(pid)
-    if state is None or state in ("Z", "X"):
-        return False
-    return start_time is None or _proc_start_time(pid) == start_time
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def _die_with_parent() -> None:
-    """preexec hook: SIGKILL the child when the thread that started it dies.
-
-    Used for test sessions, so a pytest killed with SIGKILL (CI timeout) still leaves no
-    control plane behind. SIGKILL, not SIGTERM: the apiserver's graceful shutdown can take
-    long, and a test cluster's data is throwaway. Not used by the CLI, whose processes must
-    outlive ``up``.
-    """
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -397,7 +352,7 @@ class LocalCluster:
 
     def running(self) -> dict[str, bool]:
         """Which recorded components are alive (by pid *and* start time)."""
-        return {name: _alive(rec.pid, rec.start_time) for name, rec in self.processes.items()}
+        return {name: procs.alive(rec.pid, rec.start_time) for name, rec in self.processes.items()}
 
     def up(self) -> LocalCluster:
         """Start everything and wait until the cluster is usable.
@@ -847,10 +802,10 @@ class LocalCluster:
                 env=env,
                 cwd=self.state_dir,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
+                preexec_fn=procs.die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             )
         self._popen[name] = proc
-        self.processes[name] = ProcessRecord(name, proc.pid, _proc_start_time(proc.pid), args, str(log))
+        self.processes[name] = ProcessRecord(name, proc.pid, procs.start_time(proc.pid), args, str(log))
         self._save_state()
 
     def _start_apiserver(self) -> None:
@@ -860,33 +815,8 @@ class LocalCluster:
     def _stop(self, rec: ProcessRecord) -> None:
         """SIGTERM, bounded wait, SIGKILL; only if the pid is still the process we started."""
         popen = self._popen.pop(rec.name, None)
-        if not _alive(rec.pid, rec.start_time):
-            if popen is not None:
-                popen.poll()  # reap a zombie child
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGTERM)
-        if self._wait_exit(rec, popen, self.timeouts.stop):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGKILL)
-        if not self._wait_exit(rec, popen, 10.0):
+        if not procs.stop(rec.pid, rec.start_time, self.timeouts.stop, popen=popen):
             raise ClusterError(f"{rec.name} (pid {rec.pid}) did not exit after SIGKILL")
-
-    @staticmethod
-    def _wait_exit(rec: ProcessRecord, popen: subprocess.Popen[bytes] | None, timeout: float) -> bool:
-        if popen is not None:
-            try:
-                popen.wait(timeout=timeout)
-                return True
-            except subprocess.TimeoutExpired:
-                return False
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(rec.pid, rec.start_time):
-                return True
-            time.sleep(0.1)
-        return False
 
     def _wait(self, what: str, check: Callable[[], bool], timeout: float, component: str) -> None:
         """Poll ``check`` until true; fail fast if ``component`` died, with its log tail."""
@@ -899,15 +829,15 @@ class LocalCluster:
             except (OSError, ValueError, KeyError):
                 pass
             rec = self.processes.get(component)
-            if rec is not None and not _alive(rec.pid, rec.start_time):
+            if rec is not None and not procs.alive(rec.pid, rec.start_time):
                 raise ClusterError(
-                    f"{component} exited while waiting for {what}; log {rec.log}:\n{_tail(Path(rec.log))}"
+                    f"{component} exited while waiting for {what}; log {rec.log}:\n{procs.log_tail(rec.log, 25)}"
                 )
             if time.monotonic() >= deadline:
                 log = rec.log if rec else str(self.log_dir)
                 raise ClusterError(
                     f"timed out after {timeout:.0f}s waiting for {what}; see {log}:\n"
-                    f"{_tail(Path(log)) if rec else ''}"
+                    f"{procs.log_tail(log, 25) if rec else ''}"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)

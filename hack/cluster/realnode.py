@@ -27,15 +27,16 @@ Standard library only, like localcluster.py, which loads this file by path.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.error
@@ -43,7 +44,25 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+
+def _load_procs() -> ModuleType:
+    """``procs.py`` beside this file (pid + start-time bookkeeping shared with localcluster.py).
+
+    Loaded by path under the name localcluster.py uses, so both scripts share one copy.
+    """
+    name = "bertserve_procs"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("procs.py"))
+        assert spec is not None and spec.loader is not None
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+procs = _load_procs()
 
 NETNS = "bertserve-node"
 NETNS_PATH = Path("/run/netns") / NETNS
@@ -173,40 +192,6 @@ def _run(
     return proc
 
 
-def _start_time(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
-def _alive(pid: int, start_time: int | None) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X"):
-        return False
-    return start_time is None or _start_time(pid) == start_time
-
-
-def _kill_and_wait(pid: int, start_time: int | None, timeout: float) -> None:
-    """SIGTERM, bounded wait, SIGKILL: only while ``pid`` is still the process we recorded."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        if not _alive(pid, start_time):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and _alive(pid, start_time):
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-            time.sleep(0.05)
-    if _alive(pid, start_time):
-        raise RealNodeError(f"pid {pid} did not exit after SIGKILL")
-
-
 # ---------------------------------------------------------------------------------- cgroups
 
 
@@ -241,9 +226,9 @@ def _cgroup_pids(root: Path) -> set[int]:
     pids: set[int] = set()
     if not root.is_dir():
         return pids
-    for procs in root.rglob("cgroup.procs"):
+    for member_file in root.rglob("cgroup.procs"):
         with contextlib.suppress(OSError):
-            pids.update(int(p) for p in procs.read_text().split())
+            pids.update(int(p) for p in member_file.read_text().split())
     return pids
 
 
@@ -294,9 +279,9 @@ def _join_cgroup(relative: str) -> Callable[[], None]:
     targets = [h / relative / "cgroup.procs" for h in cgroup_hierarchies()]
 
     def hook() -> None:
-        for procs in targets:
+        for member_file in targets:
             with contextlib.suppress(OSError):
-                procs.write_text("0")  # "0" = the writing process itself
+                member_file.write_text("0")  # "0" = the writing process itself
 
     return hook
 
@@ -572,10 +557,8 @@ def cleanup_recorded(record: Mapping[str, Any] | None = None, *, timeout: float 
         return []
     problems: list[str] = []
     for rec in reversed(record.get("processes", [])):
-        try:
-            _kill_and_wait(int(rec["pid"]), rec.get("start_time"), timeout)
-        except RealNodeError as exc:
-            problems.append(f"{rec['name']}: {exc}")
+        if not procs.stop(int(rec["pid"]), rec.get("start_time"), timeout):
+            problems.append(f"{rec['name']}: pid {rec['pid']} did not exit after SIGKILL")
     for pid in _shim_pids(record.get("bin_dir", ""), record.get("containerd_socket", "")):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -603,10 +586,6 @@ def cleanup_recorded(record: Mapping[str, Any] | None = None, *, timeout: float 
 
 
 # ---------------------------------------------------------------------------------- the node
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -779,7 +758,7 @@ class RealNode:
         def preexec() -> None:
             join()
             if self.die_with_parent:
-                _die_with_parent()
+                procs.die_with_parent()
 
         with log.open("ab") as fh:
             fh.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting: {' '.join(args)}\n".encode())
@@ -794,7 +773,7 @@ class RealNode:
                 start_new_session=True,
                 preexec_fn=preexec,  # noqa: PLW1509
             )
-        self.processes[name] = Proc(name, proc.pid, _start_time(proc.pid), str(log))
+        self.processes[name] = Proc(name, proc.pid, procs.start_time(proc.pid), str(log))
         self._record()
 
     def _wait(
@@ -806,13 +785,13 @@ class RealNode:
                 if check():
                     return
             rec = self.processes.get(component)
-            if rec is not None and not _alive(rec.pid, rec.start_time):
+            if rec is not None and not procs.alive(rec.pid, rec.start_time):
                 raise RealNodeError(
-                    f"{component} exited while waiting for {what}; log {rec.log}:\n{_tail(rec.log)}"
+                    f"{component} exited while waiting for {what}; log {rec.log}:\n{procs.log_tail(rec.log, 30)}"
                 )
             if time.monotonic() > deadline:
                 log = rec.log if rec else str(self.log_dir)
-                raise RealNodeError(f"timed out waiting for {what}; log {log}:\n{_tail(log)}")
+                raise RealNodeError(f"timed out waiting for {what}; log {log}:\n{procs.log_tail(log, 30)}")
             time.sleep(0.2)
 
     @staticmethod
@@ -941,13 +920,6 @@ class RealNode:
         (sd / "kubelet.yaml").write_text(
             kubelet_config(self.containerd_socket, sd / "pod-logs", sd / "volume-plugins")
         )
-
-
-def _tail(path: str, lines: int = 30) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def containerd_config(

@@ -7,7 +7,11 @@ frontend meet in one queue, counted in *sentences*:
 * **Admission** (:meth:`Batcher.reserve`): a request that would push the queue above
   ``-max_queue_size`` sentences is refused at once with :class:`~bertserve_server.errors.Busy`
   (one larger than the whole queue with ``RequestTooLarge``); after :meth:`Batcher.close` new
-  requests get ``ShuttingDown``. Nothing grows without bound.
+  requests get ``ShuttingDown``. Sentences differ in length (3 to ``max_seq_len`` tokens, and
+  with ``-max_seq_len NONE`` up to the model's positions), so the queue is bounded in *tokens*
+  too: once a request is tokenized, :meth:`Batcher.enqueue` refuses it the same way when the
+  tokens of every request not yet answered would exceed ``-max_queued_tokens``, before its
+  output array is allocated. Nothing grows without bound.
 * **Batching** (:meth:`Batcher.next_batch`, called by each worker): rows of different requests
   are merged into one device batch of at most ``-max_batch_size`` sentences. The oldest request
   leads, small requests (``<= -priority_batch_size`` sentences) get a head start of
@@ -72,6 +76,7 @@ class _Pending:
     rows: list[int]  # row indices not yet batched, ascending by length
     remaining: int
     task: Task = ENCODE
+    tokens: int = 0
     started: bool = False
     done: bool = False
 
@@ -101,24 +106,27 @@ class Batcher:
         max_batch_size: int = 256,
         priority_batch_size: int = 16,
         max_queue_size: int = 10000,
+        max_queued_tokens: int = 1_000_000,
         max_wait_ms: float = 2.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch_size < 1 or max_queue_size < 1:
-            raise ValueError("max_batch_size and max_queue_size must be >= 1")
+        if max_batch_size < 1 or max_queue_size < 1 or max_queued_tokens < 1:
+            raise ValueError("max_batch_size, max_queue_size and max_queued_tokens must be >= 1")
         self.width = width
         self.dtype = np.dtype(dtype)
         self.classify_width = 0  # labels of the classifier head; 0 = no head
         self.max_batch_size = max_batch_size
         self.priority_batch_size = priority_batch_size
         self.max_queue_size = max_queue_size
+        self.max_queued_tokens = max_queued_tokens
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []  # requests with unbatched rows
         self._depth = 0  # sentences reserved and not yet answered
+        self._tokens = 0  # tokens of enqueued requests not yet answered
         self._closed = False
         self._stopped = False
 
@@ -135,6 +143,12 @@ class Batcher:
         """Sentences accepted and not yet answered."""
         with self._cond:
             return self._depth
+
+    @property
+    def queued_tokens(self) -> int:
+        """Tokens of enqueued requests not yet answered."""
+        with self._cond:
+            return self._tokens
 
     @property
     def closed(self) -> bool:
@@ -182,31 +196,39 @@ class Batcher:
             raise ValueError(f"reserved {reservation.size} rows, got {len(items)}")
         if not items:
             raise ValueError("nothing to enqueue")
+        if task == CLASSIFY and not self.classify_width:
+            raise ValueError("no classifier head is loaded")
         lengths = [len(item) for item in items]
         shape: tuple[int, ...] = (len(items), self.width)
         dtype = self.dtype
         if task == CLASSIFY:
-            if not self.classify_width:
-                raise ValueError("no classifier head is loaded")
             shape, dtype = (len(items), self.classify_width), np.dtype(np.float32)
         elif out_seq_len is not None:
             shape = (len(items), out_seq_len, self.width)
+        tokens = sum(lengths)
+        self._admit_tokens(tokens)  # before the output array is allocated
         now = self._clock()
         small = len(items) <= self.priority_batch_size
+        try:
+            output = np.zeros(shape, dtype=dtype)
+        except MemoryError:
+            self._release_tokens(tokens)
+            raise
         pending = _Pending(
             reservation=reservation,
             items=items,
             lengths=lengths,
             key=now - (PRIORITY_HEAD_START_S if small else 0.0),
             arrival=now,
-            output=np.zeros(shape, dtype=dtype),
+            output=output,
             rows=sorted(range(len(items)), key=lengths.__getitem__),
             remaining=len(items),
             task=task,
+            tokens=tokens,
         )
         with self._cond:
             if self._stopped:
-                self._release_locked(reservation.size)
+                self._release_locked(reservation.size, tokens)
                 error = ShuttingDown("server stopped before the request could run")
                 reservation.future.set_exception(error)
                 return
@@ -309,7 +331,7 @@ class Batcher:
                 pending.remaining -= len(rows)
                 if pending.remaining == 0 and not pending.done:
                     pending.done = True
-                    self._release_locked(pending.reservation.size)
+                    self._release_locked(pending.reservation.size, pending.tokens)
                     finished.append(pending)
         for pending in finished:
             if not pending.reservation.future.done():
@@ -327,7 +349,7 @@ class Batcher:
                     continue
                 pending.done = True
                 pending.rows = []
-                self._release_locked(pending.reservation.size)
+                self._release_locked(pending.reservation.size, pending.tokens)
                 failed.append(pending)
             self._pending = [p for p in self._pending if p.rows]
         for pending in failed:
@@ -370,7 +392,30 @@ class Batcher:
         with self._cond:
             self._release_locked(size)
 
-    def _release_locked(self, size: int) -> None:
+    def _release_locked(self, size: int, tokens: int = 0) -> None:
         self._depth -= size
+        self._tokens -= tokens
         self.metrics.queue_depth.set(self._depth)
+        self.metrics.queue_tokens.set(self._tokens)
         self._cond.notify_all()
+
+    def _admit_tokens(self, tokens: int) -> None:
+        """Count ``tokens`` into the queue, or raise ``RequestTooLarge``/``Busy`` naming the bound."""
+        if tokens > self.max_queued_tokens:
+            raise RequestTooLarge(
+                f"request of {tokens} tokens exceeds the server's queue of {self.max_queued_tokens} "
+                "tokens (-max_queued_tokens); split it into smaller requests"
+            )
+        with self._cond:
+            if self._tokens + tokens > self.max_queued_tokens:
+                raise Busy(
+                    f"server busy: {self._tokens} tokens queued, room for "
+                    f"{self.max_queued_tokens - self._tokens} (-max_queued_tokens="
+                    f"{self.max_queued_tokens}); retry later"
+                )
+            self._tokens += tokens
+            self.metrics.queue_tokens.set(self._tokens)
+
+    def _release_tokens(self, tokens: int) -> None:
+        with self._cond:
+            self._release_locked(0, tokens)

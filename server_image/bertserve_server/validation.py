@@ -184,19 +184,21 @@ def _check_string(value: Any, where: str) -> None:
         )
 
 
+def _check_non_empty_array(value: Any, name: str, expected: str) -> None:
+    """Raise :class:`InvalidInput` naming ``name`` unless ``value`` is a non-empty JSON array."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"{name} must be {expected}, got {_type_name(value)} {_describe(value)}")
+    if not value:
+        raise InvalidInput(f"{name} must be a non-empty array; got an empty array")
+
+
 def validate_texts(texts: Any, is_tokenized: bool | None = None) -> tuple[list[Any], bool]:
     """Return ``(texts, is_tokenized)`` or raise :class:`InvalidInput`.
 
     ``is_tokenized=None`` infers it as 1.10.0 does: pre-tokenized iff every element is a list
     (the ZeroMQ protocol does not send the flag). An explicit flag (HTTP) must match the data.
     """
-    if not isinstance(texts, list):
-        raise InvalidInput(
-            "texts must be a JSON array of strings (or of token arrays), "
-            f"got {_type_name(texts)} {_describe(texts)}"
-        )
-    if not texts:
-        raise InvalidInput("texts must be a non-empty array; got an empty array")
+    _check_non_empty_array(texts, "texts", "a JSON array of strings (or of token arrays)")
     tokenized = all(isinstance(t, list) for t in texts)
     if is_tokenized is not None and bool(is_tokenized) != tokenized:
         if is_tokenized:
@@ -255,13 +257,7 @@ def validate_examples(inputs: Any) -> tuple[list[Example], bool]:
     """
     if isinstance(inputs, str):
         return [_example(inputs, "inputs")], False
-    if not isinstance(inputs, list):
-        raise InvalidInput(
-            'inputs must be a string, a pair ["text_a", "text_b"] or an array of those, '
-            f"got {_type_name(inputs)} {_describe(inputs)}"
-        )
-    if not inputs:
-        raise InvalidInput("inputs must be a non-empty array; got an empty array")
+    _check_non_empty_array(inputs, "inputs", 'a string, a pair ["text_a", "text_b"] or an array of those')
     if len(inputs) == 2 and all(isinstance(v, str) for v in inputs):
         return [_example(inputs, "inputs")], False
     return [_example(value, f"inputs[{i}]") for i, value in enumerate(inputs)], True

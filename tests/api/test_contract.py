@@ -74,6 +74,7 @@ NON_DEFAULT = {
     "verbose": True,
     "bind_host": "127.0.0.1",
     "max_queue_size": 99,
+    "max_queued_tokens": 4321,
     "max_wait_ms": 7.5,
     "drain_timeout": 3.0,
     "enable_termination": True,

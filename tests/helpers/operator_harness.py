@@ -13,6 +13,7 @@ Also: bounded polling with clear failure messages, and JSON helpers around ``kub
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -34,6 +35,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "helm" / "bertserve-operator"
 DOCKERFILE = REPO_ROOT / "operator" / "Dockerfile"
 T = TypeVar("T")
+
+RESYNC_S = 5
+"""``BERTSERVE_RESYNC_SECONDS`` of the e2e operators that need periodic passes within a test."""
+ALLOW_HOST_PATH = "operator.allowHostPath=true"
+"""Chart value for BertServers whose model is a node directory (kwok never reads it)."""
 
 
 def localcluster() -> ModuleType:
@@ -138,7 +144,7 @@ def operator_as_chart_account(
     then a started local operator that runs with the chart's command line and environment and only
     a token of the chart's ServiceAccount, so the chart's RBAC is what every test exercises."""
     install_chart(cluster, release, namespace, *values)
-    fullname = f"{release}-bertserve-operator"
+    fullname = chart_fullname(release)
     kubeconfig = service_account_kubeconfig(cluster, namespace, fullname, work / "sa.kubeconfig")
     op = OperatorProcess.like_the_chart(
         cluster,
@@ -149,6 +155,42 @@ def operator_as_chart_account(
         extra_env=dict(extra_env or {}),
     )
     return op.start()
+
+
+def chart_fullname(release: str) -> str:
+    """The chart's ``fullname`` for ``release``: its Deployment and ServiceAccount name."""
+    return f"{release}-bertserve-operator"
+
+
+@contextlib.contextmanager
+def chart_operator(
+    cluster: Any,
+    work: Path,
+    release: str,
+    namespace: str,
+    extra_env: Mapping[str, str] | None = None,
+    *,
+    values: Sequence[str] = (ALLOW_HOST_PATH,),
+    resync_s: float | None = None,
+    clean_log: bool = True,
+) -> Iterator[OperatorProcess]:
+    """A test module's operator: :func:`operator_as_chart_account`, stopped (SIGTERM) at the end.
+
+    ``resync_s``: sets ``BERTSERVE_RESYNC_SECONDS``. At the end an operator still running must
+    exit 0 on SIGTERM, and (``clean_log``) its log must hold no Traceback; pass ``clean_log=False``
+    only where a test causes faults the operator logs with one (an API server restart).
+    """
+    env = dict(extra_env or {})
+    if resync_s is not None:
+        env["BERTSERVE_RESYNC_SECONDS"] = str(resync_s)
+    op = operator_as_chart_account(cluster, work, release, namespace, env, values=values)
+    try:
+        yield op
+    finally:
+        rc = op.stop() if op.alive else None
+    assert rc in (None, 0), f"operator did not stop cleanly (exit {rc}):\n{op.tail()}"
+    if clean_log:
+        assert "Traceback" not in op.log(), op.tail(80)
 
 
 def image_entrypoint() -> list[str]:

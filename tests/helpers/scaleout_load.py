@@ -5,7 +5,7 @@ workload whose answers identify their request. Each request starts with a senten
 other request (its *head*), followed by sentences from a shared pool; so the first row of an
 answer names exactly one (client, request), and an answer delivered to the wrong client or for
 the wrong request cannot match. Expected vectors are computed once by one replica directly
-(``expected_vectors``), so "correct" means "what a single server answers for the same input".
+(``vectors_by_text``), so "correct" means "what a single server answers for the same input".
 
 Clients are the unmodified ``bert-serving-client`` (ZeroMQ) and ``requests`` (HTTP), each in its
 own thread, each ZeroMQ client with its own identity. Every loop is bounded by its request list
@@ -71,10 +71,14 @@ def make_workload(clients: int, per_client: int, *, seed: int = 0, pool_size: in
     return Workload(plan, sorted(seen))
 
 
-def expected_vectors(
+def vectors_by_text(
     encode: Callable[[list[str]], np.ndarray], sentences: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Vectors of every sentence, from ``encode`` (one server, directly), in chunks."""
+    """Each sentence's vector from ``encode`` (one server, asked directly), keyed by the sentence.
+
+    Not ``server_harness.expected_vectors`` (an array computed in-process row by row): here the
+    reference is whatever one real replica answers, so any sentence's answer can be checked later.
+    """
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(sentences), 128):
         chunk = list(sentences[start : start + 128])

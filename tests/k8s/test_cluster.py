@@ -6,37 +6,23 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from bertserver_manifests import bertserver as bertserver_manifest
+from crd_schema import CRD_PATH
+from polling import wait_for
+
+from bertserve_api import names
 
 pytestmark = pytest.mark.k8s
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_PATH = REPO_ROOT / "crds" / "bertservers.bertserve.io.yaml"
-CRD_NAME = "bertservers.bertserve.io"
 GPU = "nvidia.com/gpu"
 GPU_NODES = {"gpu-node-0", "gpu-node-1"}
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0) -> T:
-    """Poll ``fn`` until it returns something truthy; bounded, with a message naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def get_json(kubectl: Callable[..., Any], *args: str) -> Any:
@@ -61,7 +47,7 @@ def namespace(cluster: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 def crd(cluster: Any) -> dict[str, Any]:
     """The project's CRD, applied and Established; returns the parsed manifest."""
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{names.CRD_NAME}", "--timeout=60s")
     manifest: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
     return manifest
 
@@ -184,7 +170,7 @@ def test_too_many_gpus_stays_pending_with_scheduler_reason(
         ]
         return [e["message"] for e in events if f"Insufficient {GPU}" in e.get("message", "")]
 
-    messages = wait_for("a FailedScheduling event", failed_scheduling, timeout=90)
+    messages = wait_for(failed_scheduling, 90, "a FailedScheduling event", interval=0.5)
     assert "0/3 nodes are available" in messages[0], messages
     pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app=gpu-five")["items"]
     assert len(pods) == 1
@@ -212,8 +198,10 @@ def test_garbage_collector_deletes_owned_configmap(kubectl: Callable[..., Any], 
     )
     kubectl("delete", "configmap", "owner", "-n", namespace)
     wait_for(
-        "GC to delete configmap/child",
         lambda: kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0,
+        60,
+        "GC to delete configmap/child",
+        interval=0.5,
     )
 
 
@@ -233,7 +221,7 @@ def test_deleting_a_deployment_removes_its_replicasets_and_pods(
         pods = get_json(kubectl, "pods", "-n", namespace, "-l", "app=web")["items"]
         return not rs and not pods
 
-    wait_for("ReplicaSets and pods of deployment/web to be garbage-collected", gone, timeout=90)
+    wait_for(gone, 90, "ReplicaSets and pods of deployment/web to be garbage-collected", interval=0.5)
 
 
 def test_service_account_with_narrow_role_cannot_read_secrets(

@@ -19,13 +19,15 @@ import yaml
 from bertserver_manifests import KWOK_MODEL, bertserver_yaml
 from operator_harness import (
     REPO_ROOT,
+    RESYNC_S,
     OperatorProcess,
     apply_yaml,
     bertserver_events,
+    chart_fullname,
+    chart_operator,
     condition,
     get_bertserver,
     get_json,
-    operator_as_chart_account,
     wait_bertserver_ready,
     wait_for,
 )
@@ -36,26 +38,16 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RELEASE = "bso"
 OPERATOR_NS = "bertserve-system"
-FULLNAME = f"{RELEASE}-bertserve-operator"
-RESYNC_S = 5
+FULLNAME = chart_fullname(RELEASE)
 EXAMPLES = sorted((REPO_ROOT / "crds" / "examples").glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator")
-    op = operator_as_chart_account(
-        cluster,
-        work,
-        RELEASE,
-        OPERATOR_NS,
-        {"BERTSERVE_RESYNC_SECONDS": str(RESYNC_S)},
-        values=["operator.allowHostPath=true"],
-    )
-    yield op
-    rc = op.stop()
-    assert rc == 0, f"operator did not stop cleanly (exit {rc}):\n{op.tail()}"
-    assert "Traceback" not in op.log(), op.tail(80)
+    with chart_operator(
+        cluster, tmp_path_factory.mktemp("operator"), RELEASE, OPERATOR_NS, resync_s=RESYNC_S
+    ) as op:
+        yield op
 
 
 def bertserver(name: str, **spec: Any) -> str:

@@ -25,13 +25,14 @@ import pytest
 import yaml
 from bertserver_manifests import bertserver_yaml
 from operator_harness import (
+    RESYNC_S,
     OperatorProcess,
     apply_yaml,
     bertserver_events,
+    chart_operator,
     condition,
     get_bertserver,
     get_json,
-    operator_as_chart_account,
     wait_bertserver_ready,
     wait_for,
 )
@@ -43,30 +44,23 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RELEASE = "bsc"
 OPERATOR_NS = "bertserve-core"
-RESYNC_S = 5
 RETRY_S = 0.25
 MAX_RETRY_S = 4.0
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator-core")
     env = {
-        "BERTSERVE_RESYNC_SECONDS": str(RESYNC_S),
         "BERTSERVE_RETRY_DELAY_SECONDS": str(RETRY_S),
         "BERTSERVE_MAX_RETRY_DELAY_SECONDS": str(MAX_RETRY_S),
         # progressDeadlineSeconds = startupTimeoutSeconds (>= 30) + this: a deadline a test can wait for
         "BERTSERVE_PROGRESS_DEADLINE_MARGIN_SECONDS": "0",
     }
-    # The BertServers here name a node directory (kwok never reads it).
-    op = operator_as_chart_account(
-        cluster, work, RELEASE, OPERATOR_NS, env, values=["operator.allowHostPath=true"]
-    )
-    yield op
-    if op.alive:
-        rc = op.stop()
-        assert rc == 0, f"operator did not stop cleanly (exit {rc}):\n{op.tail()}"
-    assert "Traceback" not in op.log(), op.tail(80)
+    # The BertServers here name a node directory (kwok never reads it): chart_operator's default values.
+    with chart_operator(
+        cluster, tmp_path_factory.mktemp("operator-core"), RELEASE, OPERATOR_NS, env, resync_s=RESYNC_S
+    ) as op:
+        yield op
 
 
 def bertserver(name: str, **spec: Any) -> str:

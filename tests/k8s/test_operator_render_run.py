@@ -21,12 +21,7 @@ import numpy as np
 import pytest
 from bert_serving.client import BertClient
 from bertserver_manifests import bertserver_yaml
-from operator_harness import (
-    OperatorProcess,
-    apply_yaml,
-    get_json,
-    operator_as_chart_account,
-)
+from operator_harness import OperatorProcess, apply_yaml, chart_operator, get_json
 from peer_keys import write_peer_key
 from ports import free_ports
 from readyz import wait_readyz
@@ -49,15 +44,8 @@ HIDDEN = 32
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(
-        cluster,
-        tmp_path_factory.mktemp("operator-render"),
-        RELEASE,
-        OPERATOR_NS,
-        values=["operator.allowHostPath=true"],
-    )
-    yield op
-    op.stop()
+    with chart_operator(cluster, tmp_path_factory.mktemp("operator-render"), RELEASE, OPERATOR_NS) as op:
+        yield op
 
 
 def localize(args: list[str], models: Path, ports: dict[str, int], peer_key: str) -> list[str]:

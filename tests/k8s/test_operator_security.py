@@ -19,11 +19,13 @@ from typing import Any
 import pytest
 from bertserver_manifests import bertserver_yaml
 from operator_harness import (
+    RESYNC_S,
     OperatorProcess,
     apply_yaml,
+    chart_fullname,
+    chart_operator,
     condition,
     get_json,
-    operator_as_chart_account,
     wait_for,
 )
 
@@ -33,7 +35,7 @@ pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(600)]
 
 RELEASE = "bss"
 OPERATOR_NS = "bertserve-secure"
-FULLNAME = f"{RELEASE}-bertserve-operator"
+FULLNAME = chart_fullname(RELEASE)
 WATCHED = "team-sec"
 UNWATCHED = "team-other"
 
@@ -42,22 +44,21 @@ UNWATCHED = "team-other"
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     for ns in (WATCHED, UNWATCHED, OPERATOR_NS):
         cluster.create_namespace(ns)
-    op = operator_as_chart_account(
+    values = [
+        "rbac.clusterWide=false",
+        f"watchNamespaces={{{WATCHED}}}",
+        "extraEnv[0].name=BERTSERVE_LOG_FORMAT",
+        "extraEnv[0].value=json",
+    ]
+    with chart_operator(
         cluster,
         tmp_path_factory.mktemp("operator-secure"),
         RELEASE,
         OPERATOR_NS,
-        {"BERTSERVE_RESYNC_SECONDS": "5"},
-        values=[
-            "rbac.clusterWide=false",
-            f"watchNamespaces={{{WATCHED}}}",
-            "extraEnv[0].name=BERTSERVE_LOG_FORMAT",
-            "extraEnv[0].value=json",
-        ],
-    )
-    yield op
-    rc = op.stop()
-    assert rc == 0, op.tail()
+        values=values,
+        resync_s=RESYNC_S,
+    ) as op:
+        yield op
 
 
 def bertserver(name: str, source: dict[str, Any] | None = None, **spec: Any) -> str:

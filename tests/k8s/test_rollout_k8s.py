@@ -16,14 +16,7 @@ from typing import Any
 
 import pytest
 from bertserver_manifests import KWOK_MODEL, bertserver_yaml
-from operator_harness import (
-    OperatorProcess,
-    apply_yaml,
-    condition,
-    get_json,
-    operator_as_chart_account,
-    wait_for,
-)
+from operator_harness import OperatorProcess, apply_yaml, chart_operator, condition, get_json, wait_for
 
 from bertserve_api import manifests, names
 
@@ -38,15 +31,8 @@ REPLICAS = 3
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    op = operator_as_chart_account(
-        cluster,
-        tmp_path_factory.mktemp("operator-rollout"),
-        RELEASE,
-        OPERATOR_NS,
-        values=["operator.allowHostPath=true"],
-    )
-    yield op
-    op.stop()
+    with chart_operator(cluster, tmp_path_factory.mktemp("operator-rollout"), RELEASE, OPERATOR_NS) as op:
+        yield op
 
 
 def _manifest(max_seq_len: int) -> str:

@@ -34,13 +34,15 @@ from realnode_helpers import (
     wait_for,
 )
 
+from bertserve_api import names
+
 pytestmark = [pytest.mark.realnode, pytest.mark.slow, pytest.mark.timeout(900)]
 
 NAME = "enc"
 SELECTOR = f"app.kubernetes.io/instance={NAME}"
 
 READY_TIMEOUT = 420.0
-GROUP = "bertservers.bertserve.io"
+GROUP = names.CRD_NAME  # the kubectl resource name
 
 
 #: A client under load: one long-lived BertClient encoding until a stop file appears; it records

@@ -23,9 +23,11 @@ from realnode_helpers import (
     wait_for,
 )
 
+from bertserve_api import names
+
 pytestmark = [pytest.mark.realnode, pytest.mark.slow, pytest.mark.timeout(600)]
 
-GROUP = "bertservers.bertserve.io"
+GROUP = names.CRD_NAME  # the kubectl resource name
 MISSING = "/nonexistent/bertserve-models"
 MODELS = {"pvc": {"claimName": "status-models"}}
 

@@ -57,7 +57,7 @@ def test_down_stops_every_pid_and_restores_the_machine(real_cluster: Any) -> Non
     # The kubelet really changed machine-wide sysctls (vm.overcommit_memory, kernel.panic, …).
     assert changed != saved_host["sysctls"], changed
     real_cluster.down(purge=False)
-    alive = [name for name, (pid, start) in pids.items() if rn._alive(pid, start)]
+    alive = [name for name, (pid, start) in pids.items() if rn.procs.alive(pid, start)]
     assert alive == [], alive
     assert rn.host_differences(saved_host) == {}, (saved_host["sysctls"], changed)
     assert _leftovers(real_cluster) == {"cgroups": [], "mounts": [], "netns": False, "veth": False}

@@ -9,17 +9,13 @@ replica's local delivery without the gossip that normally follows.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import zmq
-from peer_keys import write_peer_key
-from ports import free_ports
-from server_harness import fake_server, wait_until
+from mesh_harness import Sub, mesh, metric
+from server_harness import wait_until
 
 from bertserve_server.app import BertServer
 from bertserve_server.mesh import links as mesh_links
@@ -31,41 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 def identity(n: int) -> bytes:
     return b"%08d-0000-4000-8000-000000000000" % n
-
-
-@contextlib.contextmanager
-def mesh(tmp_path: Path, count: int) -> Iterator[tuple[list[BertServer], str]]:
-    key = write_peer_key(tmp_path / "key")
-    ports = free_ports(count)
-    spec = ",".join(f"127.0.0.1:{p}" for p in ports)
-    with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(
-                fake_server(
-                    tmp_path / f"r{i}", peer_service=spec, peer_port=ports[i], peer_key_file=key, http_port=0
-                )
-            )
-            for i in range(count)
-        ]
-        for s in servers:
-            wait_until(lambda s=s: s.service.ready, 15, "the mesh")
-        yield servers, key
-
-
-class Sub:
-    def __init__(self, server: BertServer, ident: bytes) -> None:
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, ident)
-        self.sock.connect(f"tcp://127.0.0.1:{server.config.port_out}")
-
-    def recv(self, timeout_ms: int = 5000) -> list[bytes] | None:
-        return list(self.sock.recv_multipart()) if self.sock.poll(timeout_ms) else None
-
-    def close(self) -> None:
-        self.sock.close()
-        self.context.term()
 
 
 def forward(server: BertServer, key: str, sender: bytes, ident: bytes, req_id: bytes) -> None:
@@ -88,23 +49,19 @@ def push(server: BertServer, ident: bytes, req_id: int) -> None:
         sock.send_multipart([ident, b'["hello world"]', b"%d" % req_id, b"1"])
 
 
-def metric(server: BertServer, name: str, **labels: str) -> float:
-    return server.metrics.value(name, labels)
-
-
 def dropped(servers: list[BertServer], reason: str) -> float:
     return sum(metric(s, "bertserve_peer_answers_dropped_total", reason=reason) for s in servers)
 
 
 @pytest.fixture
 def pair(tmp_path):
-    with mesh(tmp_path, 2) as (servers, key):
-        yield servers[0], servers[1], key
+    with mesh(tmp_path, 2) as (a, b):
+        yield a, b, a.config.peer_key_file
 
 
 @pytest.fixture
 def three(tmp_path):
-    with mesh(tmp_path, 3) as (servers, _key):
+    with mesh(tmp_path, 3) as servers:
         yield servers
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import zmq
+from mesh_harness import mesh
 from peer_keys import write_peer_key
 from ports import free_ports
 from server_harness import fake_server, wait_until
@@ -32,21 +33,8 @@ IDENTITY = b"0123456789abcdef0123456789abcdef-sub"
 
 @contextlib.contextmanager
 def pair(tmp_path: Path) -> Iterator[tuple[BertServer, BertServer, str]]:
-    key = write_peer_key(tmp_path / "key")
-    ports = free_ports(2)
-    spec = ",".join(f"127.0.0.1:{p}" for p in ports)
-    with contextlib.ExitStack() as stack:
-        a, b = (
-            stack.enter_context(
-                fake_server(
-                    tmp_path / f"r{i}", peer_service=spec, peer_port=ports[i], peer_key_file=key, http_port=0
-                )
-            )
-            for i in range(2)
-        )
-        for s in (a, b):
-            wait_until(lambda s=s: s.service.ready and s.peering.describe()["connected"] == 1, 15, "the mesh")
-        yield a, b, key
+    with mesh(tmp_path, 2) as (a, b):
+        yield a, b, a.config.peer_key_file
 
 
 class Intruder:

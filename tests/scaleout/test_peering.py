@@ -8,18 +8,17 @@ the subscription. The multi-process, randomly balanced versions are in ``test_sc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 import zmq
+from mesh_harness import Sub, mesh, metric, spec_of
 from peer_keys import write_peer_key
 from ports import free_port, free_ports
 from server_harness import fake_server, wait_until
@@ -34,47 +33,6 @@ from bertserve_server.mesh.handoff import hand_off_connections
 def peer_key(tmp_path: Path) -> str:
     """The mesh secret shared by the replicas of one test."""
     return write_peer_key(tmp_path / "key")
-
-
-def spec_of(ports: list[int]) -> str:
-    return ",".join(f"127.0.0.1:{p}" for p in ports)
-
-
-@contextlib.contextmanager
-def mesh(tmp_path: Path, count: int, *, extra_slots: int = 0, **flags) -> Iterator[list[BertServer]]:
-    """``count`` started replicas sharing one peer list (plus ``extra_slots`` unused addresses)."""
-    ports = free_ports(count + extra_slots)
-    flags.setdefault("peer_key_file", write_peer_key(tmp_path))
-    with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(
-                fake_server(
-                    tmp_path / f"r{i}", peer_service=spec_of(ports), peer_port=ports[i], http_port=0, **flags
-                )
-            )
-            for i in range(count)
-        ]
-        for server in servers:
-            wait_until(lambda s=server: s.service.ready, 15, "the mesh to connect")
-        yield servers
-
-
-class Sub:
-    """A SUB socket on one replica's ``-port_out``, subscribed to one identity."""
-
-    def __init__(self, server: BertServer, identity: bytes) -> None:
-        self.context = zmq.Context()
-        self.sock = self.context.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, identity)
-        self.sock.connect(f"tcp://127.0.0.1:{server.config.port_out}")
-
-    def recv(self, timeout_ms: int = 5000) -> list[bytes] | None:
-        return list(self.sock.recv_multipart()) if self.sock.poll(timeout_ms) else None
-
-    def close(self) -> None:
-        self.sock.close()
-        self.context.term()
 
 
 def push(server: BertServer, *frames: bytes) -> None:
@@ -92,10 +50,6 @@ def announced(server: BertServer, identity: bytes) -> bool:
     """Whether ``server`` has learned, through gossip, that some peer holds ``identity``."""
     assert server.peering is not None
     return server.peering.peers.announced(identity)
-
-
-def metric(server: BertServer, name: str, **labels: str) -> float:
-    return server.metrics.value(name, labels)
 
 
 def readyz(server: BertServer) -> tuple[int, dict]:

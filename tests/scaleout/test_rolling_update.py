@@ -25,11 +25,11 @@ from bert_serving.client import BertClient
 from replicas import cluster
 from scaleout_load import (
     ClientReport,
-    expected_vectors,
     http_worker,
     make_workload,
     run_clients,
     summary,
+    vectors_by_text,
     zmq_worker,
 )
 
@@ -47,7 +47,7 @@ def test_rolling_update_under_load_loses_no_request(scaleout_model_dir, tmp_path
     with cluster(scaleout_model_dir, tmp_path, replicas=3, slots=6, flags=["-drain_timeout=20"]) as c:
         r0 = c.replicas[0]
         with BertClient(ip="127.0.0.1", port=r0.port, port_out=r0.port_out, timeout=60000) as bc:
-            expected = expected_vectors(bc.encode, workload.sentences)
+            expected = vectors_by_text(bc.encode, workload.sentences)
 
         stop = threading.Event()
         lock = threading.Lock()

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from replicas import Cluster, cluster
-from scaleout_load import expected_vectors, http_worker, make_workload, run_clients, summary
+from scaleout_load import http_worker, make_workload, run_clients, summary, vectors_by_text
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -47,7 +47,7 @@ def expected(three: Cluster, workload):
         r.raise_for_status()
         return np.asarray(r.json()["result"], dtype=np.float32)
 
-    return expected_vectors(encode, workload.sentences)
+    return vectors_by_text(encode, workload.sentences)
 
 
 def test_http_and_openai_routes_through_the_balancer_equal_one_server(three: Cluster, workload, expected):

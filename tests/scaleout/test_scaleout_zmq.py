@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from bert_serving.client import BertClient
 from replicas import Cluster, cluster
-from scaleout_load import expected_vectors, make_workload, run_clients, summary, zmq_worker
+from scaleout_load import make_workload, run_clients, summary, vectors_by_text, zmq_worker
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -49,7 +49,7 @@ def expected(three: Cluster, workload):
     """Every sentence's vector from replica 0 alone, bypassing the balancer (and the mesh)."""
     r0 = three.replicas[0]
     with BertClient(ip="127.0.0.1", port=r0.port, port_out=r0.port_out, timeout=60000) as bc:
-        return expected_vectors(bc.encode, workload.sentences)
+        return vectors_by_text(bc.encode, workload.sentences)
 
 
 def test_every_answer_reaches_the_right_client_across_replicas(three: Cluster, workload, expected):

@@ -100,7 +100,7 @@ def addressable(frames: list[bytes], identity: bytes) -> bool:
     return frames[0] == identity and req_id.isdigit() and req_id.isascii() and 1 <= len(req_id) <= 64
 
 
-def expected_vectors(model_dir, texts: list[str]) -> np.ndarray:
+def fake_model_vectors(model_dir, texts: list[str]) -> np.ndarray:
     """What the served numpy model must answer, computed here row by row."""
     config = ServerConfig(model_dir=str(model_dir))
     return encode_rows_alone(make_tokenizer(config), fake_encoder_for(config), texts)
@@ -177,4 +177,6 @@ def test_fuzzed_frames_and_bodies_are_answered_and_the_server_keeps_serving(fake
     texts = ["hello world", "the quick brown fox"]
     with BertClient(ip="127.0.0.1", port=server.port, port_out=server.port_out, timeout=10000) as bc:
         vectors = bc.encode(texts)
-    np.testing.assert_allclose(vectors, expected_vectors(write_model_dir(tmp_path / "ref"), texts), rtol=1e-6)
+    np.testing.assert_allclose(
+        vectors, fake_model_vectors(write_model_dir(tmp_path / "ref"), texts), rtol=1e-6
+    )

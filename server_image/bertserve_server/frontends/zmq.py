@@ -60,6 +60,7 @@ import numpy as np
 import zmq
 
 from bertserve_api.contract import ServerConfig
+from bertserve_server.answer_drops import AnswerDrops
 from bertserve_server.errors import (
     InvalidInput,
     ServeError,
@@ -238,7 +239,7 @@ class ZmqFrontend:
         self._idle = threading.Condition(self._lock)
         self._parse_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zmq-parse")
         self._refused_log = ThrottledLog(logger)
-        self._dropped_log = ThrottledLog(logger)
+        self._drops = AnswerDrops(metrics, logger)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -321,7 +322,7 @@ class ZmqFrontend:
             self._held.clear()
             self._held_order.clear()
             self._held_count = self._held_bytes = 0
-        self._dropped(late, "shutdown", "the server stopped before their clients subscribed")
+        self._drops.drop("shutdown", late, "the server stopped before their clients subscribed")
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -339,15 +340,9 @@ class ZmqFrontend:
             if not stopped:
                 self._outbox.append((identity, frames))
         if stopped:
-            self._dropped(1, "shutdown", "the server's -port_out is closed")
+            self._drops.drop("shutdown", 1, "the server's -port_out is closed")
             return
         self._wake()
-
-    def _dropped(self, count: int, reason: str, why: str) -> None:
-        if count <= 0:
-            return
-        self.metrics.answer_dropped(reason, count)
-        self._dropped_log.warning("dropped %d answer(s) (%s): %s", count, reason, why)
 
     def _wake(self) -> None:
         # A full pipe means a wake-up is already pending; a closed one, that we are shutting down.
@@ -380,11 +375,12 @@ class ZmqFrontend:
         ):
             self._forget(self._oldest_held())
             full += 1
-        self._dropped(
-            full,
+        self._drops.drop(
             "hold_full",
-            f"more than {self.max_held_answers} answers or {self.max_held_bytes} bytes waited for "
-            "subscriptions on -port_out (oldest dropped)",
+            full,
+            "more than %d answers or %d bytes waited for subscriptions on -port_out (oldest dropped)",
+            self.max_held_answers,
+            self.max_held_bytes,
         )
 
     def _oldest_held(self) -> _HeldAnswer:
@@ -416,10 +412,11 @@ class ZmqFrontend:
         try:
             xpub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            self._dropped(
-                1,
+            self._drops.drop(
                 "subscriber_full",
-                f"a subscriber of the client identity has {SNDHWM} answers unread on -port_out",
+                1,
+                "a subscriber of the client identity has %d answers unread on -port_out",
+                SNDHWM,
             )
 
     def _expire_held(self) -> None:
@@ -431,10 +428,11 @@ class ZmqFrontend:
             if not item.done:
                 self._forget(item)
                 expired += 1
-        self._dropped(
-            expired,
+        self._drops.drop(
             "no_subscriber",
-            f"no subscription for their client identity on -port_out within {self.subscription_wait_s:.1f}s",
+            expired,
+            "no subscription for their client identity on -port_out within %.1fs",
+            self.subscription_wait_s,
         )
 
     def held_count(self) -> int:

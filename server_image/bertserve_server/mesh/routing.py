@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
+from bertserve_server.answer_drops import AnswerDrops
 from bertserve_server.frontends.zmq import Frame
 from bertserve_server.mesh import wire
 from bertserve_server.mesh.gossip import PeerTable
 from bertserve_server.mesh.links import Links
 from bertserve_server.metrics import Metrics
-from bertserve_server.throttled_log import ThrottledLog
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,6 @@ class Routes:
         self._publish_local = publish_local
         self.held: deque[Held] = deque()
         self.held_bytes = 0
-        self._drop_logs = {reason: ThrottledLog(logger) for reason in DROP_REASONS}
         r = metrics.registry
         self.forwarded = Counter(
             "bertserve_peer_answers_forwarded",
@@ -119,6 +118,7 @@ class Routes:
             ["reason"],
             registry=r,
         )
+        self._drops = AnswerDrops(metrics, logger, also=self.dropped)
         self.pending = Gauge(
             "bertserve_peer_answers_pending", "ZeroMQ answers waiting for a subscriber now", registry=r
         )
@@ -212,19 +212,12 @@ class Routes:
 
     def drop(self, item: Held, reason: str) -> None:
         """Count and log (throttled) one answer that will never reach its client."""
-        self.dropped.labels(reason=reason).inc()
-        self.metrics.answer_dropped(reason)
         client = item.identity.decode("ascii", errors="backslashreplace")[:64]
         if reason == "no_subscriber":
-            self._drop_logs[reason].warning(
-                "dropped an answer for client %s: no replica announced its subscription within %.1fs",
-                client,
-                self.answer_wait_s,
-            )
+            why = "for client %s: no replica announced its subscription within %.1fs"
+            self._drops.drop(reason, 1, why, client, self.answer_wait_s)
         else:
-            self._drop_logs[reason].warning(
-                "dropped an answer for client %s: %s", client, DROP_REASONS.get(reason, reason)
-            )
+            self._drops.drop(reason, 1, "for client %s: %s", client, DROP_REASONS.get(reason, reason))
 
     def drop_all(self, reason: str) -> None:
         """Whatever still waits is dropped, counted and logged (shutdown)."""
