@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # tests/test_make.py checks that nothing it selects builds or starts the control plane.
 FAST_MARKERS := not gpu and not tf and not k8s and not realnode and not helm and not images and not slow
 
-.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing profile-model clean
+.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready profile-model clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,7 +59,7 @@ operator-run: venv ## run the operator locally against the local control plane (
 	KUBECONFIG=.local/cluster/kubeconfig "$$(bash hack/cluster/build.sh --print-bin-dir)/kubectl" apply --server-side -f crds/
 	KUBECONFIG=.local/cluster/kubeconfig $(PY) -m bertserve_operator -A --liveness-endpoint=http://127.0.0.1:8080/healthz
 
-bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing ## every benchmark (long; results in benchmarks/results)
+bench: bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready ## every benchmark (long; results in benchmarks/results)
 
 bench-model: venv ## our TF2 encoder vs torch, ONNX Runtime, OpenVINO (own venvs): throughput, latency, % of fp32 peak; tokenizer
 	$(PY) benchmarks/bench_model.py
@@ -75,6 +75,9 @@ bench-scaleout: venv ## 1-3 replicas behind a kube-proxy-like balancer; forwardi
 
 bench-sizing: venv ## model file sizes and the server's RSS for MiniLM and BERT-base (user guide sizing)
 	$(PY) benchmarks/bench_sizing.py
+
+bench-ready: venv ## time to /readyz 200 for MiniLM and BERT-base, phase by phase (fresh process per start)
+	$(PY) benchmarks/bench_ready.py
 
 profile-model: venv ## per-op profile of one encoder call (MODEL=minilm SHAPE=32x25; results/profile.md)
 	$(PY) benchmarks/profile_model.py --model $(or $(MODEL),minilm) --shape $(or $(SHAPE),32x25) --write

@@ -372,9 +372,7 @@ def run_model(
             call_seconds = min(timed_calls(all_layers.encode_arrays, inputs, 1))
             calls, shape_rounds = calls_per_round(batch, call_seconds), rounds_for(call_seconds, rounds)
             shape = {"name": name, "batch": batch, "seq": seq, "seed": 0}
-            if (
-                not throughput_shape or batch <= 32
-            ):  # at big shapes the best of the rounds drops a cold first call
+            if batch <= 32:  # peers' warm-up; at bigger shapes the best of the rounds drops a cold first call
                 for _, peer_name, fields in peer_runs:
                     peers[peer_name].request(cmd="run", **shape, repeats=1, **fields)
             for _ in range(shape_rounds):
@@ -736,7 +734,8 @@ def peer_notes(name: str, onnx: Path | None, loaded: dict[str, Any]) -> list[str
     if "ort" in loaded:
         fusions = ", ".join(f"{op} {n}" for op, n in sorted(loaded["ort"].get("fusions", {}).items()))
         notes.append(
-            f"{name}: ONNX Runtime graph after `onnxruntime.transformers` (bert, fp32): {fusions or 'no fusions'}"
+            f"{name}: ONNX Runtime graph after `onnxruntime.transformers` (bert, fp32): {fusions or 'no fusions'}; "
+            f"intra-op threads {loaded['ort'].get('threads', '?')}"
         )
     if "openvino" in loaded:
         settings = ", ".join(f"{k} {v}" for k, v in loaded["openvino"].get("settings", {}).items())

@@ -60,7 +60,7 @@ def load(request: dict[str, Any]) -> tuple[Any, int, dict[str, Any]]:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, int(config["vocab_size"]), {"fusions": fusions}
+    return session, int(config["vocab_size"]), {"fusions": fusions, "threads": options.intra_op_num_threads}
 
 
 def forward(session: Any, arrays: Arrays, request: dict[str, Any]) -> np.ndarray:

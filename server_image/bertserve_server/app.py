@@ -35,6 +35,7 @@ from bertserve_server.mesh import PeerMesh
 from bertserve_server.metrics import Metrics
 from bertserve_server.model.config import BertConfig
 from bertserve_server.service import EncodeService, Tokenizer
+from bertserve_server.startup import StartupTimes
 from bertserve_server.status import StatusBook
 from bertserve_server.worker import (
     EncoderFactory,
@@ -83,6 +84,7 @@ class BertServer:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.startup = StartupTimes()
         self.model_config = BertConfig.from_json_file(Path(config.model_dir) / config.config_name)
         self._encoder_factory = encoder_factory
         self._tokenizer = tokenizer
@@ -146,7 +148,13 @@ class BertServer:
         self.devices = plan_devices(config, gpu_ids)
         self.status.devices = list(self.devices)
         factory = self._encoder_factory or tf_encoder_factory(config, self.devices)
+        self.startup.imported()
+        building = time.perf_counter()
         self.encoders = build_encoders(factory, self.devices)
+        # An encoder that reports its trace time (TFEncoder) splits its build into load + trace.
+        traced = sum(getattr(e, "trace_seconds", 0.0) for e in {id(e): e for e in self.encoders}.values())
+        self.startup.add("load", time.perf_counter() - building - traced)
+        self.startup.add("trace", traced)
         self._check_abort()
         first = self.encoders[0]
         if config.classifier:
@@ -154,7 +162,9 @@ class BertServer:
             self.service.labels = resolve_labels(config.classifier_labels, first.num_labels)
             logger.info("classifier labels: %s", ", ".join(self.service.labels))
         self.batcher.set_output(first.hidden_size, first.dtype, num_labels=len(self.service.labels))
+        warming = time.perf_counter()
         warm_up(self.encoders)
+        self.startup.add("warmup", time.perf_counter() - warming)
         self._check_abort()
         logger.info(
             "model loaded and warmed up in %.1fs on %s",
@@ -176,7 +186,11 @@ class BertServer:
             router_factory=self._router_factory,
         )
         self.zmq.start()
+        self.startup.ready()
+        for phase, seconds in self.startup.seconds.items():
+            self.metrics.startup_seconds.labels(phase=phase).set(seconds)
         self.service.set_ready()
+        logger.info("startup phases: %s (process start to ready)", self.startup.summary())
         logger.info(READY_LOG_LINE)
 
     def _status_extra(self) -> dict[str, Any]:

@@ -76,6 +76,14 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("bertserve_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.startup_seconds = Gauge(
+            "bertserve_startup_seconds",
+            "Seconds the start-up took, by phase: import (process start until Python and TensorFlow "
+            "are imported), load (checkpoint), trace (tf.function), warmup, and total (process start "
+            "until ready; at least the sum of the others)",
+            ["phase"],
+            registry=r,
+        )
         self.answers_dropped = Counter(
             "bertserve_answers_dropped",
             "Answers (encode results, error replies, status documents) that never reached their "

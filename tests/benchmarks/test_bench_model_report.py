@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,18 @@ def test_cross_check_reports_each_peers_difference_and_stops_past_the_fp32_toler
         bench_model.cross_check("m", _Encoder(), {"openvino": _Peer(1e-3)}, 30522)
     with pytest.raises(SystemExit, match="OpenVINO"):  # NaN is no agreement either
         bench_model.cross_check("m", _Encoder(), {"openvino": _Peer(float("nan"))}, 30522)
+
+
+def test_help_works_and_the_modules_peers_import_stay_free_of_tensorflow_and_the_project() -> None:
+    """Peers import ``bench_model`` in environments without TensorFlow or our packages; ``--help`` is instant."""
+    benchmarks = Path(bench_model.__file__).parent
+    probe = (
+        "import sys; sys.argv = ['bench_model.py', '--help']; import bench_model, model_peer, onnx_models; "
+        "loaded = [m for m in ('tensorflow', 'bertserve_server', 'torch') if m in sys.modules]; "
+        "assert not loaded, loaded; bench_model.main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=benchmarks, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--peers" in done.stdout and "--quick" in done.stdout

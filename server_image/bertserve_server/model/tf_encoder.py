@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -294,18 +295,26 @@ class TFEncoder:
 
         # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
         # function object, and each encoder legitimately traces its own.
-        function = tf.function(forward, input_signature=signature, jit_compile=self._xla or None)
+        function = tf.function(
+            forward, input_signature=signature, jit_compile=self._xla or None, autograph=False
+        )
         # Trace now (one graph serves every [batch, seq] thanks to the signature); the numpy
         # copies of the weights embedded as constants are then no longer needed.
+        tracing = time.perf_counter()
         with tf.device(device):
             self._function = function.get_concrete_function()
             self._classify_function = None
             if self.classifier_spec is not None:
                 head = tf.function(
-                    forward_classifier, input_signature=signature, jit_compile=self._xla or None
+                    forward_classifier,
+                    input_signature=signature,
+                    jit_compile=self._xla or None,
+                    autograph=False,
                 )
                 self._classify_function = head.get_concrete_function()
         self._numpy_params.clear()
+        #: Seconds spent tracing (the server reports it as the ``trace`` start-up phase).
+        self.trace_seconds = time.perf_counter() - tracing
         logger.info(
             "encoder built: %d of %d layers, pooling %s %s, device %s, %s matmuls%s",
             num_layers,
@@ -469,16 +478,23 @@ class TFEncoder:
         return result
 
     def warm_up(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
-        """Trace and run once per ``(batch, seq)`` shape, so the first request pays nothing extra.
+        """Run the compiled function(s) once per ``(batch, seq)`` shape, so the first request pays nothing extra.
 
-        Default shapes: a single short sentence, and a full batch of 32 at length 128 (or the
-        position limit), which also builds oneDNN's cached kernels.
+        What a first request would otherwise pay is the first call of the function: Grappler
+        optimises the traced graph (with the weights embedded, most of the cost) and the runtime
+        instantiates it, once for every shape. Default: a single short sentence (no padding) and
+        two rows of which one is padded (the padding-skipping path), each a few milliseconds
+        after the first. Bigger batches are not warmed up: measured, a first 32 x 128 batch
+        after these takes no longer than the second one (oneDNN prepares its kernels per shape
+        on every new shape anyway), so warming it up only delayed readiness. Under ``-xla`` every
+        shape bucket is a compilation of its own; the two calls compile the smallest buckets.
         """
-        longest = min(128, self.config.max_position_embeddings)
-        for rows, seq in shapes or ((1, min(16, longest)), (32, longest)):
-            ids = np.full((rows, seq), 0, np.int32)
+        seq = min(16, self.config.max_position_embeddings)
+        for rows, length in shapes or ((1, seq), (2, seq)):
+            ids = np.full((rows, length), 0, np.int32)
             ids[:, 0] = 1
-            mask = np.ones((rows, seq), np.int32)
+            mask = np.ones((rows, length), np.int32)
+            mask[1:, length // 2 :] = 0  # every row after the first is half padding
             self.encode_arrays(ids, mask, np.zeros_like(ids))
             if self._classify_function is not None:
                 self.classify_arrays(ids, mask, np.zeros_like(ids))

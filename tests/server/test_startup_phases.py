@@ -1,0 +1,110 @@
+"""Time to ready, phase by phase: the real ``bert-serving-start`` logs and exports its start-up phases.
+
+Operators (and ``benchmarks/bench_ready.py``) read where a replica's start-up went from one log
+line and the gauge ``bertserve_startup_seconds{phase}``; these tests hold the server to both,
+through the real process on a tiny checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from server_process import ServerProcess, server_flags
+
+PHASES = ("import", "load", "trace", "warmup")
+LINE = re.compile(r"startup phases: (?P<body>[^\n]*) \(process start to ready\)")
+
+
+def _server_command() -> list[str]:
+    """The ``bert-serving-start`` console script, or the same entry point by module where not installed."""
+    script = Path(sys.executable).with_name("bert-serving-start")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "bertserve_server.cli"]
+
+
+def _logged_phases(log: str) -> dict[str, float]:
+    match = LINE.search(log)
+    assert match, f"no 'startup phases:' line in the log:\n{log[-3000:]}"
+    phases = {}
+    for part in match.group("body").split(", "):
+        name, value = part.split(" ")
+        assert value.endswith("s"), part
+        phases[name] = float(value[:-1])
+    return phases
+
+
+def _metric_phases(text: str) -> dict[str, float]:
+    for family in text_string_to_metric_families(text):
+        if family.name == "bertserve_startup_seconds":
+            return {sample.labels["phase"]: sample.value for sample in family.samples}
+    raise AssertionError("bertserve_startup_seconds is not in /metrics")
+
+
+def test_process_age_counts_from_process_start() -> None:
+    """The clock the phases use starts with the process, not with the module's import."""
+    code = (
+        "import time; time.sleep(0.6); from bertserve_server.startup import process_age; print(process_age())"
+    )
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    wall = time.monotonic() - started
+    age = float(out.stdout)
+    assert 0.6 <= age <= wall + 0.02, (age, wall)  # /proc's start time has 10 ms ticks
+
+
+@pytest.mark.tf
+def test_bert_serving_start_logs_and_exports_its_startup_phases(tmp_path: Path, tiny_model_dir: Path) -> None:
+    flags, ports = server_flags(tiny_model_dir)
+    started = time.monotonic()
+    server = ServerProcess([*_server_command(), *flags], tmp_path / "server.log", **ports)
+    try:
+        server.wait_ready(180)
+        waited = time.monotonic() - started
+        logged = _logged_phases(server.log)
+        response = server.get("/metrics")
+        assert response is not None and response.status_code == 200
+        exported = _metric_phases(response.text)
+    finally:
+        server.stop()
+    assert set(logged) == {*PHASES, "total"} == set(exported), (logged, exported)
+    for phase, seconds in exported.items():
+        assert logged[phase] == pytest.approx(seconds, abs=0.006), phase  # the line rounds to 10 ms
+        assert seconds >= 0.0, (phase, seconds)
+    assert exported["import"] > 0.1  # TensorFlow's import alone takes longer than this
+    assert sum(exported[p] for p in PHASES) <= exported["total"]
+    # Measured from the process's own start: never longer than the test saw from outside.
+    assert exported["total"] <= waited + 0.02, (exported["total"], waited)
+    log = server.log
+    assert log.index("startup phases:") < log.index("all set, ready to serve request!")
+
+
+@pytest.mark.tf
+def test_warm_up_leaves_the_first_request_nothing_extra_to_pay(tiny_model_dir: Path) -> None:
+    """Readiness means the first request is as cheap as later ones, padded or not.
+
+    CPU seconds, not wall time: other tenants of the machine slow the wall clock, not the work.
+    A cold encoder's first call pays for optimising and instantiating the graph, many times a
+    warm call's cost; after ``warm_up`` a first request of a new shape, with padding, must not.
+    """
+    import numpy as np
+
+    from bertserve_server.model.tf_encoder import TFEncoder
+
+    ids = np.array([[2, 8, 9, 7, 3, 0, 0], [2, 10, 3, 0, 0, 0, 0], [2, 5, 6, 7, 8, 9, 3]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+
+    def cpu_seconds_of_first_call(encoder: TFEncoder) -> float:
+        started = time.process_time()
+        encoder.encode_arrays(ids, mask, np.zeros_like(ids))
+        return time.process_time() - started
+
+    cold = cpu_seconds_of_first_call(TFEncoder(tiny_model_dir))
+    warmed = TFEncoder(tiny_model_dir)
+    warmed.warm_up()
+    warm = cpu_seconds_of_first_call(warmed)
+    assert warm < cold / 4, f"first request after warm-up took {warm:.3f} CPU s, a cold first call {cold:.3f}"
