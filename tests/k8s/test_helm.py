@@ -257,7 +257,7 @@ def test_helm_test_hook_runs_the_selfcheck_as_the_operator(helm: Any) -> None:
 @pytest.mark.helm
 def test_helm_test_pod_is_placed_like_the_operator(helm: Any) -> None:
     """Unplaced, the hook's pod can land on a simulated node that reports Succeeded without running
-    it (tests/realnode/test_helm_test.py shows what that hid: a missing permission)."""
+    it (tests/realnode/test_z_helm_test.py shows what that hid: a missing permission)."""
     placement = (
         'nodeSelector={"bertserve.io/node":"real"}',
         'tolerations=[{"key":"bertserve.io/real","operator":"Exists","effect":"NoSchedule"}]',

@@ -5,6 +5,9 @@ operator needs (here: reading pods) and passes again once the rule is back.
 The hook's pod must be placed like the operator's pod: unplaced, it landed on a simulated (kwok)
 node, which reports every pod Succeeded without running it, so ``helm test`` passed whatever the
 RBAC said.
+
+Runs after the other product tests (file name): while the rule is away, the operator itself cannot
+watch pods.
 """
 
 from __future__ import annotations
