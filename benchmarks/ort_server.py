@@ -15,12 +15,17 @@ same weights) gets the batching a competent server would give it, and the same l
 - the answer is ``{"id", "result", "status": 200}`` as our ``/encode`` answers.
 
 It runs inside the peer's virtual environment (``onnxruntime``, ``tokenizers``, numpy), listens on
-127.0.0.1 only, prints ``listening <port>`` once the model is loaded and warmed up, and exits when
+127.0.0.1 only, prints ``listening <port> <JSON: versions, fused operator counts>`` once the model
+is loaded and warmed up, and exits when
 its standard input closes (the benchmark ended or died) or after ``--lifetime`` seconds. The
 batching part imports neither onnxruntime nor tokenizers, so the tests import it from the project
 environment.
 
-    python ort_server.py --model model.onnx --vocab vocab.txt --max-seq-len 128 --max-batch-size 32
+    python ort_server.py --model model.onnx --config config.json --vocab vocab.txt --max-batch-size 32
+
+``--model`` is the export of ``onnx_models.exported_onnx``; the graph it runs is that export after
+``ort_peer.optimized`` (the ONNX Runtime transformer optimizer, exactly as ``bench_model``'s
+ONNX Runtime peer runs it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -114,8 +120,24 @@ class RowQueue:
             return taken
 
 
+@dataclass
+class BatchStats:
+    """What ``GET /stats`` answers, counted as our server's ``bertserve_batch_size`` and
+    ``bertserve_batch_padding_ratio`` metrics count them: batches, rows, and the sum over batches
+    of the share of their token positions that is padding."""
+
+    batches: int = 0
+    rows: int = 0
+    padding_sum: float = 0.0
+
+    def add(self, mask: np.ndarray) -> None:
+        self.batches += 1
+        self.rows += len(mask)
+        self.padding_sum += 1.0 - float(mask.sum()) / mask.size
+
+
 def run_batches(
-    taken: list[Pending], max_batch_size: int, encode: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    taken: list[Pending], max_batch_size: int, encode: Encode, stats: BatchStats | None = None
 ) -> int:
     """Encode the rows of ``taken`` in length-sorted batches, write each vector back, resolve each request.
 
@@ -127,7 +149,10 @@ def run_batches(
     for batch in plan:
         members = [owners[j] for j in batch]
         try:
-            vectors = encode(*pad([p.rows[i] for p, i in members]))
+            ids, mask = pad([p.rows[i] for p, i in members])
+            if stats is not None:
+                stats.add(mask)
+            vectors = encode(ids, mask)
         except Exception as exc:  # the answer says what failed; the server keeps serving
             for p, _ in members:
                 p.error = f"{type(exc).__name__}: {exc}"
@@ -148,6 +173,9 @@ class OrtEncoder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ONNX Runtime's defaults otherwise, as bench_model's peer (ort_peer.load): idle intra-op
+        # threads spin. Turning that off saved CPU but halved the speed on the loaded 2-core machine.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
@@ -163,19 +191,36 @@ class OrtEncoder:
 
 
 def wordpiece(vocab: str, max_seq_len: int) -> Callable[[list[str]], list[list[int]]]:
-    """Texts -> token ids with [CLS]/[SEP], lower-cased, cut at ``max_seq_len`` (Rust ``tokenizers``)."""
-    from tokenizers import BertWordPieceTokenizer
+    """Texts -> token ids with [CLS]/[SEP], lower-cased, cut at ``max_seq_len`` (Rust ``tokenizers``).
 
-    tokenizer = BertWordPieceTokenizer(vocab, lowercase=True)
+    Built like ``BertWordPieceTokenizer`` (BERT normalizer and pre-tokenizer, WordPiece, [CLS] ...
+    [SEP]) and called through ``encode_batch_fast`` (no character offsets), as our server does.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tokenizer = Tokenizer(models.WordPiece.from_file(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
     tokenizer.enable_truncation(max_seq_len)
-    return lambda texts: [e.ids for e in tokenizer.encode_batch(texts)]
+    return lambda texts: [e.ids for e in tokenizer.encode_batch_fast(texts)]
+
+
+class Server(ThreadingHTTPServer):
+    """One thread per connection; a listen backlog for many clients connecting at once (stdlib's is 5)."""
+
+    daemon_threads = True
+    request_queue_size = 1024
 
 
 def handler(
-    queue: RowQueue, tokenize: Callable[[list[str]], list[list[int]]]
+    queue: RowQueue, tokenize: Callable[[list[str]], list[list[int]]], stats: BatchStats | None = None
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the load generator's clients expect
+        disable_nagle_algorithm = True  # as aiohttp does: no delayed-ACK stall on a small answer
+        wbufsize = 1 << 16  # headers and body leave in one write (flushed after each request)
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -189,7 +234,10 @@ def handler(
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            self.reply(200 if self.path == "/readyz" else 404, {"status": 200})
+            if self.path == "/stats" and stats is not None:
+                self.reply(200, vars(stats))
+            else:
+                self.reply(200 if self.path == "/readyz" else 404, {"status": 200})
 
         def do_POST(self) -> None:
             if self.path != "/encode":
@@ -219,7 +267,8 @@ def handler(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="the exported .onnx file")
+    parser.add_argument("--model", required=True, help="the exported .onnx file (optimized here)")
+    parser.add_argument("--config", required=True, help="the HF config.json of the same weights")
     parser.add_argument("--vocab", required=True, help="vocab.txt of the same weights")
     parser.add_argument("--max-seq-len", type=int, default=128)
     parser.add_argument("--max-batch-size", type=int, default=32)
@@ -229,18 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lifetime", type=float, default=3600, help="exit after this many seconds")
     args = parser.parse_args(argv)
 
-    encoder = OrtEncoder(args.model, args.threads)
+    from ort_peer import optimized  # this folder is on sys.path: the model benchmark's ORT peer
+
+    graph, fusions = optimized(Path(args.model), json.loads(Path(args.config).read_text()))
+    encoder = OrtEncoder(str(graph), args.threads)
     tokenize = wordpiece(args.vocab, args.max_seq_len)
     for length in (8, 32, args.max_seq_len):  # warm-up, as our server warms up before /readyz
         encoder(*pad(tokenize(["hello world " * length])))
     queue = RowQueue(args.max_batch_size, args.max_wait_ms / 1000)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(queue, tokenize))
-    server.daemon_threads = True
+    stats = BatchStats()
+    server = Server(("127.0.0.1", args.port), handler(queue, tokenize, stats))
     stop = threading.Event()
 
     def model_loop() -> None:
         while not stop.is_set():
-            run_batches(queue.take(0.5), args.max_batch_size, encoder)
+            run_batches(queue.take(0.5), args.max_batch_size, encoder, stats)
 
     def stop_on_eof() -> None:
         sys.stdin.read()  # returns when the benchmark closes our stdin or exits
@@ -249,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=model_loop, daemon=True).start()
     threading.Thread(target=stop_on_eof, daemon=True).start()
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(f"listening {server.server_address[1]} onnxruntime {encoder.version}", flush=True)
+    facts = {"onnxruntime": encoder.version, "fusions": fusions, "threads": args.threads}
+    print(f"listening {server.server_address[1]} {json.dumps(facts)}", flush=True)
     stop.wait(args.lifetime)
     stop.set()
     server.shutdown()

@@ -22,12 +22,17 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from bertserve_api.contract import FLAGS, PoolingStrategy, ServerConfig, parse_argv
 from bertserve_server.mesh.security import PeerKeyError, load_secret
-from bertserve_server.model.checkpoint_names import checkpoint_exists, describe_missing_checkpoint
+from bertserve_server.model.checkpoint_names import (
+    checkpoint_exists,
+    describe_missing_checkpoint,
+    prefetch_checkpoint,
+)
 from bertserve_server.model.config import BertConfig, ConfigError, resolve_pooling_layers
 
 PROG = "bert-serving-start"
@@ -203,6 +208,18 @@ def setup_logging(config: ServerConfig) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if config.verbose else "2")
 
 
+def skip_keras_import() -> None:
+    """Keep TensorFlow from importing Keras in the server process, which never uses it.
+
+    ``import tensorflow`` imports ``keras.src.optimizers`` eagerly (for SavedModel registries),
+    about a tenth of TensorFlow's import time, i.e. of every start-up; it tolerates Keras being
+    absent. Marking the module missing is what makes it absent here. Only ``bert-serving-start``
+    does this: tests and tools that import the model package keep Keras importable.
+    """
+    if "keras" not in sys.modules:
+        sys.modules["keras"] = None  # type: ignore[assignment]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``bert-serving-start``: parse, print the banner, validate, serve until SIGTERM."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -214,6 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     setup_logging(config)
+    # The weights' read from disk overlaps TensorFlow's import instead of following it.
+    prefix = Path(config.checkpoint_dir) / config.ckpt_name
+    threading.Thread(target=prefetch_checkpoint, args=(prefix,), name="prefetch", daemon=True).start()
+    skip_keras_import()
     from bertserve_server.app import serve
 
     return serve(config)

@@ -9,11 +9,12 @@ token ids), since onnxruntime lives only in the peer's environment.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -162,8 +163,11 @@ def test_run_batches_answers_each_request_in_its_own_order() -> None:
     second = queue.submit([[101, 6, 6, 6, 6, 6, 102], [101, 4, 4, 102]])
     taken = queue.take(1)
     assert taken == [first, second]
-    assert ort_server.run_batches(taken, 2, fake_model(calls)) == 2
+    stats = ort_server.BatchStats()
+    assert ort_server.run_batches(taken, 2, fake_model(calls), stats) == 2
     assert calls == [(2, 4), (2, 7)]  # lengths 3,4 together, then 5,7: each padded to its own longest
+    assert (stats.batches, stats.rows) == (2, 4)
+    assert stats.padding_sum == pytest.approx((1 - 7 / 8) + (1 - 12 / 14))
     assert first.done.is_set() and second.done.is_set()
     assert [v.tolist() for v in first.vectors] == [[5, 7], [3, 5]]
     assert [v.tolist() for v in second.vectors] == [[7, 6], [4, 4]]
@@ -196,23 +200,29 @@ def test_peer_server_answers_encode_like_ours_through_the_load_client(vocab: Pat
     calls: list[tuple[int, int]] = []
     queue = ort_server.RowQueue(max_batch_size=4, max_wait_s=0.002)
     tokenize = ort_server.wordpiece(str(vocab), 128)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ort_server.handler(queue, tokenize))
+    stats = ort_server.BatchStats()
+    server = ort_server.Server(("127.0.0.1", 0), ort_server.handler(queue, tokenize, stats))
     stop = threading.Event()
     model = fake_model(calls)
 
     def model_loop() -> None:
         while not stop.is_set():
-            ort_server.run_batches(queue.take(0.05), 4, model)
+            ort_server.run_batches(queue.take(0.05), 4, model, stats)
 
     threads = [threading.Thread(target=model_loop), threading.Thread(target=server.serve_forever)]
     for thread in threads:
         thread.start()
     try:
         texts = traffic.natural_sentences(40, 128, vocab_words(vocab), seed=2)
-        plan = traffic.client_requests(texts, clients=6, per_request=3, requests_per_client=4)
+        plan = traffic.client_requests(
+            texts, clients=48, per_request=3, requests_per_client=4
+        )  # all connect at once
         done = traffic.run_round("peer", traffic.http_client(server.server_address[1]), plan, 0.3)
         assert done.sentences == 3 * len(done.latencies) > 0
         assert calls and all(rows <= 4 for rows, _ in calls)
+        port = server.server_address[1]
+        answered = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10).read())
+        assert answered["batches"] == len(calls) and answered["rows"] == done.sentences
         with pytest.raises(RuntimeError, match="HTTP 400"):
             bad = traffic.client_requests([""], 1, 1, 1)
             traffic.run_round("bad", traffic.http_client(server.server_address[1]), bad, 0.1)
@@ -222,3 +232,54 @@ def test_peer_server_answers_encode_like_ours_through_the_load_client(vocab: Pat
         server.server_close()
         for thread in threads:
             thread.join(10)
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def test_traffic_report_compares_each_of_our_sides_with_the_peer_round_by_round() -> None:
+    import bench_server
+
+    def round_(side: str, sentences: int, latencies: list[float]) -> traffic.Round:
+        return traffic.Round(side, sentences, 1.0, latencies, server_cpu=sentences / 100)
+
+    scenario = bench_server.Scenario(4, 1)
+    row = bench_server.TrafficRow(
+        scenario,
+        {
+            bench_server.OURS_ZMQ: [
+                round_("z", 300, [0.1] * 100),
+                round_("z", 100, [0.2]),
+            ],  # p99: 101 values
+            bench_server.OURS_HTTP: [round_("h", 100, [0.5] * 100), round_("h", 100, [0.5])],
+            bench_server.PEER: [round_("p", 100, [0.3] * 100), round_("p", 50, [0.3])],
+        },
+        {
+            bench_server.OURS_ZMQ: bench_server.BatchCounts(10, 40, 2.5),
+            bench_server.OURS_HTTP: bench_server.BatchCounts(),
+            bench_server.PEER: bench_server.BatchCounts(4, 40, 2.0),
+        },
+    )
+    run = bench_server.TrafficRun(
+        [row],
+        128,
+        32,
+        1e-6,
+        {"onnxruntime": "1.32.0", "fusions": {"Attention": 6}},
+        2,
+        4.0,
+        100,
+        [3, 24, 128],
+    )
+    text = "\n".join(bench_server.traffic_report(run))
+    # ZeroMQ: rounds 300/100 and 100/50 sentences/s -> per-round ratios 3 and 2 -> median 2.5
+    assert "| 4 clients x 1 sentence | ours: bert-serving-client (ZeroMQ) | 200.0 | 100.0 |" in text
+    assert "| 4.0 | 25% | 2.50x |" in text  # 40 rows in 10 batches, padding 2.5 / 10
+    assert "| – | – | 1.50x |" in text  # HTTP: no batches counted; ratios 1 and 2
+    assert "| 10.0 | 50% | – | – |" in text
+    assert (
+        "ZeroMQ): 2.50x the peer's throughput (target 1.5x), p99 100 ms vs the peer's 300 ms: **met**" in text
+    )
+    assert "HTTP /encode: 1.50x" in text and "p99 67% above the peer's" in text
+    assert "Attention 6" in text
+    assert "(the peer's server CPU per sentence / ours: 1.00x)" in text  # 10 ms a sentence on every side

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import operator_harness
 from bertserver_manifests import bertserver as bertserver_manifest
 from operator_harness import localcluster
 
 rn = localcluster().realnode()
-T = TypeVar("T")
+# One copy of the bounded wait and the kubectl JSON reader, under the names these tests import.
+wait_for = operator_harness.wait_for
+get_json = operator_harness.get_json
 
 OPERATOR_NS = "bertserve-system"
 NS = "e2e"
@@ -45,26 +47,6 @@ def python_in_node(code: str, *args: str, timeout: float = 120.0) -> Any:
     """Run ``code`` with this venv's Python inside the node's network; returns its last line as JSON."""
     proc = in_node(sys.executable, "-c", code, *args, timeout=timeout)
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except Exception as exc:  # not there yet
-            last = exc
-        else:
-            if last:
-                return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
-
-
-def get_json(cluster: Any, *args: str) -> Any:
-    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
 def apply(cluster: Any, objects: Sequence[dict[str, Any]]) -> None:

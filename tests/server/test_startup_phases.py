@@ -108,3 +108,34 @@ def test_warm_up_leaves_the_first_request_nothing_extra_to_pay(tiny_model_dir: P
     warmed.warm_up()
     warm = cpu_seconds_of_first_call(warmed)
     assert warm < cold / 4, f"first request after warm-up took {warm:.3f} CPU s, a cold first call {cold:.3f}"
+
+
+def test_prefetch_asks_for_every_file_of_the_checkpoint_and_only_those(tmp_path: Path) -> None:
+    from bertserve_server.model.checkpoint_names import prefetch_checkpoint
+
+    prefix = tmp_path / "model.ckpt-[343]"  # glob metacharacters in a prefix match literally
+    names = [
+        "model.ckpt-[343].index",
+        "model.ckpt-[343].data-00000-of-00002",
+        "model.ckpt-[343].data-00001-of-00002",
+    ]
+    for name in [*names, "model.ckpt-3.index", "model.ckpt-3.data-00000-of-00001"]:
+        (tmp_path / name).write_bytes(b"x" * 4096)
+    assert sorted(p.name for p in prefetch_checkpoint(prefix)) == sorted(names)
+    assert prefetch_checkpoint(tmp_path / "absent") == []
+
+
+@pytest.mark.tf
+def test_graph_passes_that_change_nothing_here_are_off_once_the_runtime_is_configured() -> None:
+    """The layout and memory passes cost much of the first call with the weights embedded (see
+    ``skip_idle_graph_passes``); the second has no public switch, so a TensorFlow upgrade that
+    moves it must fail here rather than quietly bring the cost back."""
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    from tensorflow.python.eager import context
+
+    from bertserve_server.model.tf_encoder import configure_runtime
+
+    configure_runtime()
+    rewrite = context.context().config.graph_options.rewrite_options
+    assert rewrite.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
+    assert rewrite.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT

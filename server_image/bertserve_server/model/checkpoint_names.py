@@ -14,6 +14,8 @@ prefixes in a directory (for "available: model.ckpt-0, model.ckpt-343" error mes
 
 from __future__ import annotations
 
+import glob
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,3 +252,36 @@ def describe_missing_checkpoint(directory: str | Path, ckpt_name: str) -> str:
     if available:
         return f"checkpoint {where} not found (no {where}.index); available: {', '.join(available)}"
     return f"checkpoint {where} not found: {directory} holds no checkpoint (*.index files)"
+
+
+def prefetch_checkpoint(prefix_path: str | Path) -> list[Path]:
+    """Ask the kernel to start reading the checkpoint's files into the page cache; the files asked for.
+
+    Why: on a fresh node or after a rollout the weights are not in the page cache yet, and the
+    server would read them only after TensorFlow's import (seconds of CPU that leave the disk
+    idle). Called before that import, the read overlaps it. ``posix_fadvise(WILLNEED)`` only
+    schedules read-ahead and returns; a file that cannot be opened is left for the real load to
+    report. No-op where the call does not exist.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:  # pragma: no cover - non-POSIX
+        return []
+    prefix = Path(prefix_path)
+    paths = [
+        *sorted(prefix.parent.glob(f"{glob.escape(prefix.name)}.data-*")),
+        Path(f"{prefix}{_INDEX_SUFFIX}"),
+    ]
+    asked = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            asked.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return asked
