@@ -255,6 +255,26 @@ def test_helm_test_hook_runs_the_selfcheck_as_the_operator(helm: Any) -> None:
     assert pod["containers"][0]["command"] == ["python", "-m", "bertserve_operator.selfcheck"]
 
 
+@pytest.mark.helm
+def test_helm_test_pod_is_placed_like_the_operator(helm: Any) -> None:
+    """Unplaced, the hook's pod can land on a simulated node that reports Succeeded without running
+    it (tests/realnode/test_z_helm_test.py shows what that hid: a missing permission)."""
+    placement = (
+        'nodeSelector={"bertserve.io/node":"real"}',
+        'tolerations=[{"key":"bertserve.io/real","operator":"Exists","effect":"NoSchedule"}]',
+        'affinity={"nodeAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":'
+        '[{"weight":1,"preference":{"matchExpressions":[{"key":"zone","operator":"In","values":["a"]}]}}]}}',
+    )
+    docs = render(helm, json_sets=placement)
+    (deployment,) = by_kind(docs, "Deployment")
+    (job,) = by_kind(docs, "Job")
+    operator_pod, test_pod = deployment["spec"]["template"]["spec"], job["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity"):
+        assert test_pod[key] == operator_pod[key], key
+    unplaced = by_kind(render(helm), "Job")[0]["spec"]["template"]["spec"]
+    assert not {"nodeSelector", "tolerations", "affinity"} & unplaced.keys()
+
+
 # --------------------------------------------------------------------------- install on the cluster
 
 
