@@ -180,6 +180,9 @@ def test_bertserver_becomes_ready_only_when_the_real_readiness_probe_passes(
     (pod,) = _ready_pods(real_cluster)
     assert pod["spec"]["nodeName"] == rn.NODE_NAME
     (cs,) = pod["status"]["containerStatuses"]
+    # A BertServer with gpus: 0 runs the CPU server image (the chart's serverCpuImage), no CUDA.
+    cpu_image = real_cluster.images["server"]
+    assert cpu_image.endswith("-cpu") and cs["image"].endswith(cpu_image.split("/", 1)[1]), cs["image"]
     started = cs["state"]["running"]["startedAt"]
     ready_at = next(c["lastTransitionTime"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
     assert ready_at > started, (started, ready_at)  # RFC 3339 UTC strings compare in time order
