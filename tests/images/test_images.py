@@ -339,7 +339,8 @@ def test_cpu_server_image_is_small_and_carries_no_cuda(
 
 
 def test_gpu_server_image_ships_each_shared_library_once(gpu_server_bundle: Path) -> None:
-    """No library twice (say CUDA from a wheel and again from TensorFlow or the system)."""
+    """No library twice (say CUDA from a wheel and again from TensorFlow or the system), and none
+    of what TensorFlow installs but never runs: its C++ headers (more copies of CUDA's), libclang."""
     rootfs = gpu_server_bundle / "rootfs"
     seen: dict[str, list[str]] = {}
     for path in rootfs.rglob("*.so*"):
@@ -348,6 +349,10 @@ def test_gpu_server_image_ships_each_shared_library_once(gpu_server_bundle: Path
     twice = {name: where for name, where in seen.items() if len(where) > 1}
     assert twice == {}, twice
     assert any(name.startswith("libcudnn") for name in seen), "the GPU image lost cuDNN"
+    site = rootfs / "opt/bertserve/lib/python3.11/site-packages"
+    assert not (site / "tensorflow/include").exists()
+    assert not (site / "clang").exists()
+    assert (site / "tensorflow").is_dir()
 
 
 def _stages(dockerfile: Path) -> dict[str, list[str]]:
