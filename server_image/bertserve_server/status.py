@@ -34,15 +34,22 @@ MAX_TRACKED_CLIENTS = 500
 MAX_INTERVALS = 200
 
 
+#: Distributions that install the ``tensorflow`` package: the GPU image's and the CPU image's.
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu")
+
+
 def tensorflow_version() -> list[str]:
     """The installed TensorFlow version as 1.10.0 reported it, a list like ``["2", "21", "0"]``.
 
-    Read from the package metadata, so answering SHOW_CONFIG never imports TensorFlow.
+    Read from the package metadata, so answering SHOW_CONFIG never imports TensorFlow. The CPU
+    image installs the same TensorFlow as the ``tensorflow-cpu`` distribution.
     """
-    try:
-        return importlib.metadata.version("tensorflow").split(".")
-    except importlib.metadata.PackageNotFoundError:
-        return []
+    for distribution in TENSORFLOW_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(distribution).split(".")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return []
 
 
 def _min_max_avg(name: str, values: list[float]) -> dict[str, float]:

@@ -233,6 +233,12 @@ def test_server_image_answers_the_unmodified_client_over_loopback(running_server
     assert np.all(np.isfinite(vectors))
     assert not np.allclose(vectors[0], vectors[1]), "different sentences gave the same vector"
     assert config["server_version"] == "1.10.0"
+    # Both images report the TensorFlow they run (the CPU image's comes as tensorflow-cpu).
+    built_with = re.search(
+        r"ARG TENSORFLOW_VERSION=(\S+)", (ROOT / "server_image" / "Dockerfile").read_text()
+    )
+    assert built_with, "server_image/Dockerfile names no TENSORFLOW_VERSION"
+    assert config["tensorflow_version"] == built_with.group(1).split("."), config["tensorflow_version"]
 
 
 def test_server_image_root_is_read_only_and_only_tmp_is_writable(
