@@ -5,8 +5,9 @@ peak, not why. Before changing the encoder for speed the time has to be found: i
 (then only better kernels or less work help), in the ops around them (LayerNorm, transposes,
 softmax, the attention batch matmuls), or between ops (dispatch: the wall time no kernel
 accounts for). This script traces ``N`` calls of one shape with ``tf.profiler``, reads the
-trace back (``XSpace`` protobuf) and prints, per op type, milliseconds per call summed over the
-intra-op threads, share, and count; then the wall time per call and how much of it the kernels
+trace back (``XSpace`` protobuf) and prints, per op type, milliseconds per call (each op's
+duration; with one inter-op thread ops run one after another and oneDNN spreads each over the
+intra-op threads), share, and count; then the wall time per call and how much of it the kernels
 fill. ``--write`` appends the table to ``benchmarks/results/profile.md`` with the machine.
 
     .venv/bin/python benchmarks/profile_model.py --model minilm --shape 32x25
@@ -104,13 +105,13 @@ def profile(model: str, batch: int, seq: int, calls: int) -> str:
         "",
         f"- wall time per call (best of {calls} untraced): **{wall_ms:.1f} ms** "
         f"({batch / wall_ms * 1e3:.0f} sentences/s)",
-        f"- kernel time per call, summed over threads: {kernels_ms:.1f} ms "
-        f"({kernels_ms / wall_ms / cores():.0%} of wall x {cores()} CPUs; the rest is dispatch and idle threads)",
+        f"- kernel time per call: {kernels_ms:.1f} ms ({kernels_ms / wall_ms:.0%} of the wall time; ops run one "
+        f"after another, oneDNN spreads each over the {cores()} threads)",
         f"- dense-layer GEMMs: {dense_flops / 1e9:.2f} GFLOP per call in {dense_ms:.1f} ms of kernel time "
-        f"= {dense_rate:.0f} GFLOP/s per busy thread ({dense_rate * cores():.0f} with all {cores()} busy)",
+        f"= {dense_rate:.0f} GFLOP/s while they run",
         f"- ops per call: {sum(counts.values()) / calls:.0f}",
         "",
-        "| op type | ms per call (all threads) | share of kernel time | per call |",
+        "| op type | ms per call | share of kernel time | per call |",
         "|---|---:|---:|---:|",
     ]
     for op, ms in sorted(per_call_ms.items(), key=lambda kv: -kv[1]):
