@@ -577,6 +577,34 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImagePull"])
+def test_an_image_that_cannot_be_pulled_is_reported_at_once(
+    cluster: Any, operator: OperatorProcess, reason: str
+) -> None:
+    """The kubelet's waiting reason while it cannot pull the image, as it writes it.
+
+    Before the fix such a pod read as ``Starting`` until the progress deadline (up to 20
+    minutes); now Degraded names the reason and the kubelet's message as soon as the pod says so.
+    """
+    ns = f"pull-{reason.lower()}"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("i"), ns)
+    wait_bertserver_ready(cluster, operator, ns, "i")
+    name = only_pod(cluster, ns, "i")["metadata"]["name"]
+    message = 'Back-off pulling image "registry.example/bertserve-server:9.9"'
+    pulling = container_status({"waiting": {"reason": reason, "message": message}}, 0)
+    pulling["containerStatuses"][0]["lastState"] = {}
+    set_pod_status(cluster, ns, name, pulling)
+    cond = wait_for(
+        lambda: (c := condition(get_bertserver(cluster, ns, "i"), "Degraded")).get("reason") == reason and c,
+        30,
+        f"Degraded reason {reason}",
+    )
+    assert cond["status"] == "True" and message in cond["message"], cond
+    assert ready_reason(cluster, ns, "i")[0] == "False"
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
 # --------------------------------------------------------------------------- progress deadline
 
 
