@@ -40,6 +40,7 @@ from pathlib import Path
 
 from bench_model import bert_base_dirs, minilm_dirs
 from machine_facts import cores, cpu_model, memory_gib
+from serving_bench import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
@@ -143,12 +144,7 @@ def start_once(model_dir: Path, work: Path, checkout: Path | None = None) -> Sta
             load = os.getloadavg()[0]
             phases = _phases(http) or _logged_warm_up(log)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
     return Start(wall=wall, cpu=cpu, load=load, phases=phases)
 
 
