@@ -26,6 +26,7 @@ also written to status (``ApplyFailed``) so ``kubectl get`` shows it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import datetime as dt
@@ -474,7 +475,10 @@ class Reconciler:
         """
         if not owner.uid or owner.uid in self._keyed:
             return
-        secret = manifests.peer_key_secret(owner, self.random_bytes(manifests.PEER_KEY_MIN_BYTES))
+        # Text (base64 of 48 random bytes, 64 characters), as the docs' `base64 > peer.key`:
+        # nothing a key file reader would strip, whatever the random bytes are.
+        key = base64.b64encode(self.random_bytes(48))
+        secret = manifests.peer_key_secret(owner, key)
         if self.kube.create_once(secret):
             outcome.applied.append("Secret")
             log.info("created Secret %s/%s (mesh key)", owner.namespace, secret["metadata"]["name"])

@@ -211,3 +211,22 @@ def test_decode_checks_every_field() -> None:
         with pytest.raises(wire.RejectedMessageError) as info:
             wire.decode(bad)
         assert info.value.reason == "malformed", bad
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [b" " + bytes(range(128, 159)), bytes(range(128, 159)) + b"\n", b"\t" + bytes(range(130, 160)) + b"\r"],
+    ids=["leading-space", "trailing-newline", "both"],
+)
+def test_a_binary_key_is_used_byte_for_byte_even_where_its_edge_bytes_look_like_whitespace(tmp_path, secret):
+    """About 1 in 21 random 32-byte keys begins or ends with a whitespace byte; stripping it would
+    shorten the key below the minimum (a crash-looping pod) or change it between replicas."""
+    path = write_peer_key(tmp_path, secret=secret)
+    assert load_secret(path) == secret
+
+
+def test_a_text_key_loses_the_newline_around_it(tmp_path):
+    """``head -c 48 /dev/urandom | base64 > peer.key`` ends in a newline another copy may lack."""
+    text = b"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC1zZWNyZXQ="
+    assert load_secret(write_peer_key(tmp_path, "a.key", text + b"\n")) == text
+    assert load_secret(write_peer_key(tmp_path, "b.key", b"  " + text + b"\r\n")) == text

@@ -66,7 +66,7 @@ class MeshKeys:
 
 
 def load_secret(path: str | None) -> bytes:
-    """The secret in ``path`` (surrounding whitespace removed); :class:`PeerKeyError` otherwise."""
+    """The secret in ``path`` (see :func:`key_bytes`); :class:`PeerKeyError` otherwise."""
     if not path:
         raise PeerKeyError(
             "-peer_service needs -peer_key_file=PATH: a file with a random secret of at least "
@@ -78,7 +78,7 @@ def load_secret(path: str | None) -> bytes:
             raise PeerKeyError(
                 f"-peer_key_file {path} is larger than {MAX_SECRET_BYTES} bytes; not a key file"
             )
-        secret = file.read_bytes().strip()
+        secret = key_bytes(file.read_bytes())
     except OSError as exc:
         raise PeerKeyError(f"-peer_key_file {path}: cannot read it ({exc.strerror or exc})") from None
     if len(secret) < MIN_SECRET_BYTES:
@@ -87,6 +87,21 @@ def load_secret(path: str | None) -> bytes:
             f"{MIN_SECRET_BYTES} random bytes (e.g. head -c 48 /dev/urandom | base64 > {file.name})"
         )
     return secret
+
+
+_TEXT_BYTES = frozenset(range(0x20, 0x7F)) | frozenset(b"\t\n\r\x0b\x0c")
+
+
+def key_bytes(raw: bytes) -> bytes:
+    """The key a key file holds: text loses the whitespace around it, binary is kept as it is.
+
+    Why two rules: ``head -c 48 /dev/urandom | base64 > peer.key`` ends in a newline that
+    another replica's copy (pasted into a Secret) may lack, so text is stripped. But a raw
+    random key begins or ends with a byte that happens to be whitespace about one time in
+    21; stripping it would shorten the key (a 32-byte key then fails the minimum and the pod
+    crash-loops) and change it. A random binary key is almost never all printable.
+    """
+    return raw.strip() if all(byte in _TEXT_BYTES for byte in raw) else raw
 
 
 def secure_server(sock: zmq.Socket[Any], keys: MeshKeys) -> None:
