@@ -74,7 +74,15 @@ def trim_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         },
         "status": {
             k: copy.deepcopy(status[k])
-            for k in ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+            # reason/message: the kubelet's verdict on the whole pod (Evicted and why).
+            for k in (
+                "phase",
+                "reason",
+                "message",
+                "conditions",
+                "containerStatuses",
+                "initContainerStatuses",
+            )
             if k in status
         },
     }

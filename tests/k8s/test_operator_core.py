@@ -605,6 +605,81 @@ def test_an_image_that_cannot_be_pulled_is_reported_at_once(
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
+def test_an_evicted_pod_is_reported_while_its_replacement_is_not_ready(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """The kubelet's node-pressure eviction, as it writes it: the pod stays, Failed, reason Evicted.
+
+    While the Deployment's replacement pod is not ready yet, Degraded (and Ready) say Evicted with
+    the kubelet's message; once the replacement is ready the lingering evicted pod no longer
+    counts. Before the fix the operator's pod cache dropped ``status.reason``, so an eviction read
+    as ``Starting``: unit tests of the summary passed, the operator never said Evicted.
+    """
+    ns = "evicted"
+    cluster.create_namespace(ns)
+    apply_yaml(cluster, bertserver("e"), ns)
+    wait_bertserver_ready(cluster, operator, ns, "e")
+    evicted = only_pod(cluster, ns, "e")["metadata"]["name"]
+    message = "The node was low on resource: memory. Threshold quantity: 100Mi, available: 60Mi."
+    set_pod_status(
+        cluster,
+        ns,
+        evicted,
+        {
+            "phase": "Failed",
+            "reason": "Evicted",
+            "message": message,
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+                {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet"},
+            ],
+        },
+    )
+
+    def replacement() -> str:
+        pods = get_json(cluster, "pods", "-n", ns, "-l", f"{names.LABEL_INSTANCE}=e")["items"]
+        names_ = [p["metadata"]["name"] for p in pods if p["metadata"]["name"] != evicted]
+        (name,) = names_
+        return str(name)
+
+    # The ReplicaSet replaces the Failed pod; kwok starts it. Then the kubelet is still pulling
+    # the image and loading the model: not ready, as the stuck-creating test writes it.
+    fresh = wait_for(replacement, 30, "a replacement pod")
+    wait_for(
+        lambda: get_json(cluster, "pod", fresh, "-n", ns)["status"].get("phase") == "Running", 30, "Running"
+    )
+    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0)
+    creating["containerStatuses"][0]["lastState"] = {}
+    set_pod_status(cluster, ns, fresh, creating)
+    cond = wait_for(
+        lambda: (
+            (c := condition(get_bertserver(cluster, ns, "e"), "Degraded")).get("reason") == "Evicted" and c
+        ),
+        30,
+        "Degraded reason Evicted",
+    )
+    assert cond["status"] == "True" and cond["message"] == f"pod {evicted} was evicted: {message}", cond
+    assert ready_reason(cluster, ns, "e")[:2] == ("False", "Evicted")
+    warnings = wait_for(
+        lambda: [e for e in bertserver_events(cluster, ns, "e") if e["reason"] == "Evicted"],
+        30,
+        "an Evicted event",
+    )
+    assert warnings[0]["type"] == "Warning", warnings
+
+    # The replacement turns ready: the evicted pod lingers (Failed pods stay until collected) but
+    # no replica is missing, so nothing is degraded.
+    ready = container_status({"running": {"startedAt": "2026-01-01T00:00:02Z"}}, 0)
+    ready["containerStatuses"][0].update(ready=True, lastState={})
+    for c in ready["conditions"]:
+        c["status"] = "True"
+    set_pod_status(cluster, ns, fresh, ready)
+    wait_for(lambda: ready_reason(cluster, ns, "e")[0] == "True", 30, "Ready=True again")
+    assert condition(get_bertserver(cluster, ns, "e"), "Degraded")["status"] == "False"
+    assert get_json(cluster, "pod", evicted, "-n", ns)["status"]["reason"] == "Evicted"
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
 # --------------------------------------------------------------------------- progress deadline
 
 

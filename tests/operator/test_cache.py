@@ -100,3 +100,43 @@ def test_a_late_apply_response_does_not_overwrite_a_newer_watch_event():
     cache.put_child(recreated)
     stored = cache.child("Deployment", "ns", "d")
     assert stored is not None and stored["metadata"]["uid"] == "u2"
+
+
+def test_a_trimmed_pod_keeps_everything_the_status_summary_reads() -> None:
+    """Kubelet-shaped pods read the same through the cache's trimmed copy as in full.
+
+    The pod-level ``reason``/``message`` (an eviction) were once trimmed away, so the operator
+    never reported Evicted although the summary's own tests passed on full pods.
+    """
+    from bertserve_api.status import pod_problem
+    from bertserve_operator.cache import trim_pod
+
+    kubelet_pods = [
+        {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."},
+        {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+            ],
+        },
+        {
+            "phase": "Running",
+            "containerStatuses": [
+                {"name": "bert", "restartCount": 4, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ],
+        },
+        {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {
+                    "name": "fetch",
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": "no such image"}},
+                }
+            ],
+        },
+    ]
+    for status in kubelet_pods:
+        pod = {"metadata": {"name": "p", "namespace": "ml", "uid": "x"}, "spec": {}, "status": status}
+        full = pod_problem([pod])
+        assert full is not None, status
+        assert pod_problem([trim_pod(pod)]) == full, status
