@@ -95,6 +95,15 @@ class DeviceBatch:
         return self.batch.size
 
 
+SENTENCES = "sentences"
+TOKENS = "tokens"
+#: unit -> (the bound's attribute, also its flag's name; the counter; the metrics gauge).
+_BOUNDS = {
+    SENTENCES: ("max_queue_size", "_depth", "queue_depth"),
+    TOKENS: ("max_queued_tokens", "_tokens", "queue_tokens"),
+}
+
+
 class Batcher:
     """Thread-safe; frontends call :meth:`reserve`/:meth:`enqueue`, workers :meth:`next_batch`."""
 
@@ -156,22 +165,7 @@ class Batcher:
 
     def reserve(self, size: int) -> Reservation:
         """Hold room for ``size`` sentences, or raise ``Busy``/``RequestTooLarge``/``ShuttingDown``."""
-        if size > self.max_queue_size:
-            raise RequestTooLarge(
-                f"request of {size} sentences exceeds the server's queue of {self.max_queue_size} "
-                "(-max_queue_size); split it into smaller requests"
-            )
-        with self._cond:
-            if self._closed:
-                raise ShuttingDown("server is shutting down; send the request to another replica")
-            if self._depth + size > self.max_queue_size:
-                raise Busy(
-                    f"server busy: {self._depth} sentences queued, room for "
-                    f"{self.max_queue_size - self._depth} (-max_queue_size={self.max_queue_size}); "
-                    "retry later"
-                )
-            self._depth += size
-            self.metrics.queue_depth.set(self._depth)
+        self._admit(size, SENTENCES, new_request=True)
         return Reservation(size)
 
     def cancel(self, reservation: Reservation, error: ServeError) -> None:
@@ -206,7 +200,7 @@ class Batcher:
         elif out_seq_len is not None:
             shape = (len(items), out_seq_len, self.width)
         tokens = sum(lengths)
-        self._admit_tokens(tokens)  # before the output array is allocated
+        self._admit(tokens, TOKENS)  # before the output array is allocated
         now = self._clock()
         small = len(items) <= self.priority_batch_size
         try:
@@ -399,22 +393,33 @@ class Batcher:
         self.metrics.queue_tokens.set(self._tokens)
         self._cond.notify_all()
 
-    def _admit_tokens(self, tokens: int) -> None:
-        """Count ``tokens`` into the queue, or raise ``RequestTooLarge``/``Busy`` naming the bound."""
-        if tokens > self.max_queued_tokens:
+    def _admit(self, amount: int, unit: str, *, new_request: bool = False) -> None:
+        """Count ``amount`` sentences or tokens into the queue, or raise naming the bound's flag.
+
+        One check for both bounds: larger than the whole queue is ``RequestTooLarge`` (retrying
+        cannot help), more than the room left is ``Busy`` (retrying later can). A closed queue
+        takes no ``new_request`` (``ShuttingDown``); the tokens of one reserved before the close
+        are still counted in, since accepted requests still run.
+        """
+        limit_name, counter, gauge = _BOUNDS[unit]
+        limit: int = getattr(self, limit_name)
+        flag = "-" + limit_name
+        if amount > limit:
             raise RequestTooLarge(
-                f"request of {tokens} tokens exceeds the server's queue of {self.max_queued_tokens} "
-                "tokens (-max_queued_tokens); split it into smaller requests"
+                f"request of {amount} {unit} exceeds the server's queue of {limit} {unit} ({flag}); "
+                "split it into smaller requests"
             )
         with self._cond:
-            if self._tokens + tokens > self.max_queued_tokens:
+            if new_request and self._closed:
+                raise ShuttingDown("server is shutting down; send the request to another replica")
+            queued: int = getattr(self, counter)
+            if queued + amount > limit:
                 raise Busy(
-                    f"server busy: {self._tokens} tokens queued, room for "
-                    f"{self.max_queued_tokens - self._tokens} (-max_queued_tokens="
-                    f"{self.max_queued_tokens}); retry later"
+                    f"server busy: {queued} {unit} queued, room for {limit - queued} "
+                    f"({flag}={limit}); retry later"
                 )
-            self._tokens += tokens
-            self.metrics.queue_tokens.set(self._tokens)
+            setattr(self, counter, queued + amount)
+            getattr(self.metrics, gauge).set(queued + amount)
 
     def _release_tokens(self, tokens: int) -> None:
         with self._cond:
