@@ -577,21 +577,33 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
-@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImagePull"])
-def test_an_image_that_cannot_be_pulled_is_reported_at_once(
-    cluster: Any, operator: OperatorProcess, reason: str
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("ImagePullBackOff", 'Back-off pulling image "registry.example/bertserve-server:9.9"'),
+        (
+            "ErrImagePull",
+            'failed to pull and unpack image "registry.example/bertserve-server:9.9": not found',
+        ),
+        ("InvalidImageName", 'Failed to apply default image tag "Registry/x": invalid reference format'),
+        ("CreateContainerConfigError", 'secret "mrpc-api-key" not found'),
+        ("CreateContainerError", "context deadline exceeded"),
+        ("RunContainerError", "failed to create containerd task: OCI runtime create failed"),
+    ],
+)
+def test_a_container_the_kubelet_cannot_pull_create_or_run_is_reported_at_once(
+    cluster: Any, operator: OperatorProcess, reason: str, message: str
 ) -> None:
-    """The kubelet's waiting reason while it cannot pull the image, as it writes it.
+    """The kubelet's waiting reason while it cannot pull, create or start the container, as it writes it.
 
     Before the fix such a pod read as ``Starting`` until the progress deadline (up to 20
     minutes); now Degraded names the reason and the kubelet's message as soon as the pod says so.
     """
-    ns = f"pull-{reason.lower()}"
+    ns = f"waiting-{reason.lower()}"
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("i"), ns)
     wait_bertserver_ready(cluster, operator, ns, "i")
     name = only_pod(cluster, ns, "i")["metadata"]["name"]
-    message = 'Back-off pulling image "registry.example/bertserve-server:9.9"'
     pulling = container_status({"waiting": {"reason": reason, "message": message}}, 0)
     pulling["containerStatuses"][0]["lastState"] = {}
     set_pod_status(cluster, ns, name, pulling)
@@ -601,7 +613,9 @@ def test_an_image_that_cannot_be_pulled_is_reported_at_once(
         f"Degraded reason {reason}",
     )
     assert cond["status"] == "True" and message in cond["message"], cond
-    assert ready_reason(cluster, ns, "i")[0] == "False"
+    # Ready follows the Deployment's readyReplicas, which its controller updates a moment after the
+    # pod changes (the operator may see the pod first).
+    wait_for(lambda: ready_reason(cluster, ns, "i")[:2] == ("False", reason), 30, f"Ready=False {reason}")
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
@@ -677,6 +691,48 @@ def test_an_evicted_pod_is_reported_while_its_replacement_is_not_ready(
     wait_for(lambda: ready_reason(cluster, ns, "e")[0] == "True", 30, "Ready=True again")
     assert condition(get_bertserver(cluster, ns, "e"), "Degraded")["status"] == "False"
     assert get_json(cluster, "pod", evicted, "-n", ns)["status"]["reason"] == "Evicted"
+    cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_a_replica_set_that_cannot_create_pods_reports_replica_failure(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    """The real ReplicaSet controller meets a ResourceQuota of ``pods: 0``.
+
+    The Deployment is admitted (the operator's apply succeeds), but no pod can be created: the
+    Deployment controller sets ``ReplicaFailure`` and the BertServer says so with its message,
+    instead of ``Starting`` until the progress deadline. Lifting the quota lets it recover.
+    """
+    ns = "replicafailure"
+    cluster.create_namespace(ns)
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    apply_yaml(cluster, yaml.safe_dump(quota), ns)
+    wait_for(
+        lambda: get_json(cluster, "resourcequota", "no-pods", "-n", ns)["status"].get("hard"),
+        30,
+        "the quota controller to compute the quota",
+    )
+    apply_yaml(cluster, bertserver("r"), ns)
+    cond = wait_for(
+        lambda: (
+            (c := condition(get_bertserver(cluster, ns, "r"), "Degraded")).get("reason") == "ReplicaFailure"
+            and c
+        ),
+        60,
+        "Degraded reason ReplicaFailure",
+    )
+    assert cond["status"] == "True" and "exceeded quota: no-pods" in cond["message"], cond
+    assert ready_reason(cluster, ns, "r")[:2] == ("False", "ReplicaFailure")
+    assert get_json(cluster, "deployment", "r", "-n", ns)["metadata"]["name"] == "r"  # applied
+    cluster.kubectl("delete", "resourcequota", "no-pods", "-n", ns)
+    wait_bertserver_ready(cluster, operator, ns, "r")
+    degraded = condition(get_bertserver(cluster, ns, "r"), "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("False", "AsExpected"), degraded
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
 
