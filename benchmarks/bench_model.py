@@ -31,7 +31,11 @@ virtual environment of its own under the cache directory, created on first use w
 ``peer_process.PEER_PINS`` (why each: there). Within every round each framework runs the shape in
 turn, and the best call of each is reported: on a shared machine the other tenants' load comes
 and goes, and the fastest of several alternating rounds is the closest each framework got to the
-machine to itself. Big shapes get fewer rounds (``rounds_for``) to keep a full run near 20 min on
+machine to itself. Each framework's turn starts with one untimed call (``LEAD_IN_MAX_S``): the
+first call after another framework's turn meets its still-spinning thread pools (OpenMP's block
+time, ONNX Runtime's and TensorFlow's spinning workers), and a pause instead does not help, since
+a call after an idle pause is slower too (MiniLM 32x25: 96 ms median back to back, 109-113 ms
+after 0.3 s idle). Big shapes get fewer rounds (``rounds_for``) to keep a full run near 20 min on
 2 cores; latency batches get enough calls per round for percentiles (``calls_per_round``).
 
     .venv/bin/python benchmarks/bench_model.py                   # full run (~20 min on 2 cores)
@@ -196,6 +200,9 @@ def matmul_peak() -> tuple[float, str]:
 
 #: The peers, in table order, and how the report names them.
 PEERS = {"torch": "torch", "ort": "ONNX Runtime", "openvino": "OpenVINO"}
+#: Shapes whose call takes less than this get one untimed lead-in call per framework turn (cheap
+#: there; at bigger shapes the other framework's leftover spinning is a small part of a call).
+LEAD_IN_MAX_S = 1.0
 #: Batches also reported as per-call latency (p50/p99): the shape of online serving.
 LATENCY_BATCHES = (1, 4)
 #: Seconds of calls per framework and round at the latency batches (at least ``MIN_CALLS`` calls).
@@ -339,6 +346,13 @@ def run_model(
     default = TFEncoder(google, pooling_layer=[-2]) if with_default_layer else None
     half = TFEncoder(google, pooling_layer=[-1], fp16=True)  # bfloat16 matmuls where the CPU has them
     config = all_layers.config
+    # The server's own warm-up first, as in a serving process: TensorFlow's MKL matmul keeps the
+    # weight layout of each kernel's first call, so which shape comes first changes every later
+    # call (results/profile.md, finding 3). Without this the cross-check's 4x25 came first and
+    # ours at 1x25 measured 12 ms instead of the server's 8 ms.
+    for encoder in (all_layers, default, half):
+        if encoder is not None:
+            encoder.warm_up()
     loaded = {
         peer_name: peer.request(
             cmd="load", name=name, dir=str(hf), threads=available_cpus(), onnx=str(onnx) if onnx else None
@@ -375,10 +389,15 @@ def run_model(
             if batch <= 32:  # peers' warm-up; at bigger shapes the best of the rounds drops a cold first call
                 for _, peer_name, fields in peer_runs:
                     peers[peer_name].request(cmd="run", **shape, repeats=1, **fields)
+            lead_in = call_seconds < LEAD_IN_MAX_S
             for _ in range(shape_rounds):
                 for key, (encoder, arrays) in ours.items():
+                    if lead_in:
+                        encoder.encode_arrays(*arrays)
                     row.calls.setdefault(key, []).extend(timed_calls(encoder.encode_arrays, arrays, calls))
                 for key, peer_name, fields in peer_runs:
+                    if lead_in:
+                        peers[peer_name].request(cmd="run", **shape, repeats=1, **fields)
                     reply = peers[peer_name].request(cmd="run", **shape, repeats=calls, **fields)
                     row.calls.setdefault(key, []).extend(reply["seconds"])
             peer_text = ", ".join(f"{PEERS[p]} {row.rate(p):.1f}" for p in peers)
