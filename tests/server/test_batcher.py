@@ -173,12 +173,18 @@ def test_a_waiting_worker_takes_the_partial_batch_once_max_wait_has_passed():
     batcher, _ = make(max_wait_ms=50.0, max_batch_size=8, clock=clock)
     submit(batcher, rows([5]))
     got: list[object] = []
-    worker = threading.Thread(target=lambda: got.append(batcher.next_batch(timeout=30.0)))
+    worker = threading.Thread(target=lambda: got.append(batcher.next_batch(timeout=30.0)), daemon=True)
     worker.start()
-    clock.now += batcher.max_wait_s
-    worker.join(30.0)
-    assert not worker.is_alive()
-    assert got[0] is not None and got[0].size == 1  # type: ignore[attr-defined]
+    try:
+        clock.now += batcher.max_wait_s
+        worker.join(30.0)
+        assert not worker.is_alive()
+        assert got[0] is not None and got[0].size == 1  # type: ignore[attr-defined]
+    finally:
+        # A batcher that never hands the batch over must not keep the test run alive: its wait
+        # is timed on the frozen test clock, so only stop() releases the worker.
+        batcher.stop()
+        worker.join(5.0)
 
 
 def test_full_batch_does_not_wait():
@@ -228,7 +234,9 @@ def test_stop_fails_queued_requests_and_releases_waiting_workers():
     batcher, _ = make()
     fut = submit(batcher, rows([5]))
     got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(Batcher.next_batch(batcher, timeout=30.0)))
+    waiter = threading.Thread(
+        target=lambda: got.append(Batcher.next_batch(batcher, timeout=30.0)), daemon=True
+    )
     batcher.stop()
     waiter.start()
     waiter.join(5.0)
@@ -258,7 +266,7 @@ def test_concurrent_workers_and_submitters_lose_nothing():
             if db is not None:
                 batcher.complete(db, enc.encode(db.batch))
 
-    workers = [threading.Thread(target=work) for _ in range(3)]
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(3)]
     for w in workers:
         w.start()
     futures = []
