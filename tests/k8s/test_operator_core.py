@@ -77,6 +77,22 @@ def ready_reason(cluster: Any, ns: str, name: str) -> tuple[str, str, str]:
     return cond.get("status", ""), cond.get("reason", ""), cond.get("message", "")
 
 
+def zero_quota(cluster: Any, ns: str, name: str, resource: str) -> None:
+    """A ResourceQuota allowing none of ``resource``, in force once its controller has computed it."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": name},
+        "spec": {"hard": {resource: "0"}},
+    }
+    apply_yaml(cluster, yaml.safe_dump(quota), ns)
+    wait_for(
+        lambda: get_json(cluster, "resourcequota", name, "-n", ns)["status"].get("hard"),
+        30,
+        f"the quota controller to compute {name}",
+    )
+
+
 def retry_delays(op: OperatorProcess, ns: str, name: str) -> list[float]:
     """The back-off delays the operator logged for ``ns/name`` (``...; retrying in 0.5s``)."""
     pattern = re.compile(rf"{re.escape(ns)}/{re.escape(name)}: .*; retrying in ([0-9.]+)s")
@@ -152,20 +168,8 @@ def test_quota_refusal_is_reported_with_backoff_and_one_event(
     """
     ns = "quota"
     cluster.create_namespace(ns)
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-deployments"},
-        "spec": {"hard": {"count/deployments.apps": "0"}},
-    }
-    apply_yaml(cluster, yaml.safe_dump(quota), ns)
-    services = {**quota, "metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}}
-    apply_yaml(cluster, yaml.safe_dump(services), ns)
-    wait_for(
-        lambda: get_json(cluster, "resourcequota", "no-services", "-n", ns)["status"].get("hard"),
-        30,
-        "the quota controller to compute the quota",
-    )
+    zero_quota(cluster, ns, "no-deployments", "count/deployments.apps")
+    zero_quota(cluster, ns, "no-services", "services")
     apply_yaml(cluster, bertserver("q"), ns)
 
     # The Deployment is refused first, so no Service is left behind.
@@ -705,18 +709,7 @@ def test_a_replica_set_that_cannot_create_pods_reports_replica_failure(
     """
     ns = "replicafailure"
     cluster.create_namespace(ns)
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-pods"},
-        "spec": {"hard": {"pods": "0"}},
-    }
-    apply_yaml(cluster, yaml.safe_dump(quota), ns)
-    wait_for(
-        lambda: get_json(cluster, "resourcequota", "no-pods", "-n", ns)["status"].get("hard"),
-        30,
-        "the quota controller to compute the quota",
-    )
+    zero_quota(cluster, ns, "no-pods", "pods")
     apply_yaml(cluster, bertserver("r"), ns)
     cond = wait_for(
         lambda: (
