@@ -34,7 +34,8 @@ def _troubleshooting_section() -> str:
     return guide[start : guide.index("\n## ", start + 1)]
 
 
-def test_troubleshooting_lists_every_condition_reason_the_operator_sets():
+def _condition_reasons() -> set[str]:
+    """Every condition reason the operator can set: status.py's reason constants and bad waiting reasons."""
     from bertserve_api import status
 
     reasons = {
@@ -43,7 +44,11 @@ def test_troubleshooting_lists_every_condition_reason_the_operator_sets():
         if name.isupper() and isinstance(value, str) and value[:1].isupper() and value.isalpha()
     }
     reasons -= {status.READY, status.PROGRESSING, status.DEGRADED}  # condition types, not reasons
-    reasons |= set(status.BAD_WAITING_REASONS)
+    return reasons | set(status.BAD_WAITING_REASONS)
+
+
+def test_troubleshooting_lists_every_condition_reason_the_operator_sets():
+    reasons = _condition_reasons()
     section = _troubleshooting_section()
     missing = sorted(r for r in reasons if f"`{r}`" not in section)
     assert not missing, f"reasons without a row in the user guide's troubleshooting: {missing}"
@@ -56,13 +61,7 @@ def test_every_troubleshooting_reason_is_produced_by_an_end_to_end_test():
     apply until the Deployment reaches the cache (tests/api/test_status.py produces it)."""
     from bertserve_api import status
 
-    reasons = {
-        value
-        for name, value in vars(status).items()
-        if name.isupper() and isinstance(value, str) and value[:1].isupper() and value.isalpha()
-    }
-    reasons -= {status.READY, status.PROGRESSING, status.DEGRADED, status.CREATING}
-    reasons |= set(status.BAD_WAITING_REASONS)
+    reasons = _condition_reasons() - {status.CREATING}
     sources = "".join(
         path.read_text() for folder in ("k8s", "realnode") for path in (ROOT / "tests" / folder).glob("*.py")
     )
