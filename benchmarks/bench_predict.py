@@ -124,6 +124,8 @@ def measure_model(pretrained: Path, tuned: Path, layer: int, seq: int, batch: in
         pooling_layer=(layer,),
         classifier=True,
     )
+    model.warm_up()  # the server's order: small-call function, then the large-call one
+    model.prepare_large_calls()
     enc, pred = alternate(
         lambda: model.encode(padded),
         lambda: model.classify(padded),

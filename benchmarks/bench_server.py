@@ -117,6 +117,8 @@ def measure(model_dir: Path, seq: int, batch: int, *, min_pairs: int, min_second
     tokenizer = BertTokenizer(model_dir / "vocab.txt", max_seq_len=seq, max_position_embeddings=512)
     padded = pad_batch(tokenizer.tokenize_batch(texts), seq)
     encoder = TFEncoder(model_dir)
+    encoder.warm_up()  # the server's order: small-call function, then the large-call one
+    encoder.prepare_large_calls()
     flags = [f"-model_dir={model_dir}", f"-max_seq_len={seq}", f"-max_batch_size={batch}"]
     with (
         bert_server(flags, CACHE / f"server-{seq}-{batch}.log") as served,

@@ -11,6 +11,7 @@ its bare name. TensorFlow is imported only inside :func:`minilm_dir` and :func:`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -89,9 +90,27 @@ def bert_server(flags: list[str], log: Path, *, ready_timeout: float = 600) -> I
         )
     try:
         wait_readyz(proc, http_port, log, ready_timeout, interval=0.2)
+        wait_large_calls(http_port, ready_timeout)
         yield Served(port, port_out, http_port, proc.pid)
     finally:
         stop_process(proc)
+
+
+def wait_large_calls(http_port: int, timeout: float) -> None:
+    """Wait until the server's large-call functions are built (``large_calls_ready`` in its status).
+
+    The server builds them in the background once it is ready; measuring before that would time
+    the build's CPU use and the slower small-call function instead of the server's steady state.
+    """
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{http_port}/status/server"
+    while True:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            if json.loads(resp.read()).get("large_calls_ready", True):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: large_calls_ready still false after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

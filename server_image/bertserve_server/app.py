@@ -42,6 +42,7 @@ from bertserve_server.worker import (
     Worker,
     build_encoders,
     plan_devices,
+    prepare_large_calls,
     tf_encoder_factory,
     visible_gpu_ids,
     warm_up,
@@ -104,6 +105,7 @@ class BertServer:
         self.devices: list[str] = []
         self.encoders: list[Encoder] = []
         self.workers: list[Worker] = []
+        self._large_calls: threading.Thread | None = None
         self.zmq: ZmqFrontend | None = None
         self.http: HttpFrontend | None = None
         self.peering: PeerMesh | None = None
@@ -192,6 +194,7 @@ class BertServer:
         self.service.set_ready()
         logger.info("startup phases: %s (process start to ready)", self.startup.summary())
         logger.info(READY_LOG_LINE)
+        self._large_calls = prepare_large_calls(self.encoders)
 
     def _status_extra(self) -> dict[str, Any]:
         return {
@@ -199,6 +202,12 @@ class BertServer:
             "queue_depth": self.batcher.depth,
             "output_dim": self.batcher.width,
             "output_dtype": str(self.batcher.dtype),
+            # False until every encoder's large-call function is built (after ready; see
+            # worker.prepare_large_calls): benchmarks wait for it before measuring.
+            "large_calls_ready": all(
+                getattr(e, "large_calls_ready", True) or not getattr(e, "size_classes", False)
+                for e in self.encoders
+            ),
             **(
                 {"classifier_labels": list(self.service.labels)}
                 if self.service and self.service.labels
@@ -242,6 +251,8 @@ class BertServer:
         self.batcher.stop()
         for worker in self.workers:
             worker.join(timeout=5.0)
+        if self._large_calls is not None:
+            self._large_calls.join(timeout=max(1.0, deadline - time.monotonic()))
         if self.peering is not None:
             self.peering.detach()  # answers still arriving from peers wait in the mesh, not in a closed outbox
         if self.zmq is not None:

@@ -173,6 +173,38 @@ def build_encoders(factory: EncoderFactory, devices: Sequence[str]) -> list[Enco
     return encoders
 
 
+def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
+    """Build the large-call function of each distinct encoder that has size classes, in the background.
+
+    Why after ready, not in the warm-up: it doubles the trace and warm-up (BERT-base: about 7 s
+    on 2 cores), and until it is done large calls are merely slower, not wrong (see
+    ``TFEncoder.prepare_large_calls``). Encoders without the method (fakes, other backends) are
+    skipped. Returns the thread (a daemon, so it never holds up an exit; ``shutdown`` joins it
+    briefly so TensorFlow is not torn down under it), or None when there is nothing to build.
+    """
+    distinct = {id(e): e for e in encoders}.values()
+    builders = [
+        prepare
+        for e in distinct
+        if getattr(e, "size_classes", False) and callable(prepare := getattr(e, "prepare_large_calls", None))
+    ]
+    if not builders:
+        return None
+
+    def build() -> None:
+        for prepare in builders:
+            try:
+                prepare()
+            except Exception:  # serving goes on with the small-call function
+                logger.exception(
+                    "building the large-call function failed; every call keeps the small-call one"
+                )
+
+    thread = threading.Thread(target=build, name="large-calls", daemon=True)
+    thread.start()
+    return thread
+
+
 def warm_up(encoders: Sequence[Encoder]) -> None:
     """Run each distinct encoder once on representative shapes."""
     seen: set[int] = set()

@@ -139,3 +139,48 @@ def test_graph_passes_that_change_nothing_here_are_off_once_the_runtime_is_confi
     rewrite = context.context().config.graph_options.rewrite_options
     assert rewrite.layout_optimizer == rewriter_config_pb2.RewriterConfig.OFF
     assert rewrite.memory_optimization == rewriter_config_pb2.RewriterConfig.NO_MEM_OPT
+
+
+@pytest.mark.tf
+def test_the_large_call_function_is_built_after_ready_and_a_stop_during_it_is_clean(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Readiness does not wait for the second size class; the status says when it is there.
+
+    The server becomes ready with the small-call function (``warm_up``) and builds the large-call
+    one in the background (``TFEncoder.prepare_large_calls``), so time to ready stays what it
+    was. ``large_calls_ready`` in ``/status/server`` turns true once it is built; a SIGTERM
+    right after ready (the build may still be running) still drains and exits 0.
+    """
+    import signal
+
+    flags, ports = server_flags(tiny_model_dir, max_seq_len="40")
+    server = ServerProcess([*_server_command(), *flags], tmp_path / "server.log", **ports)
+    try:
+        server.wait_ready(180)
+        deadline = time.monotonic() + 60
+        while True:
+            status = server.get("/status/server")
+            assert status is not None and status.status_code == 200
+            if status.json()["large_calls_ready"]:
+                break
+            assert time.monotonic() < deadline, "large_calls_ready still false after 60 s"
+            time.sleep(0.1)
+        log = server.log
+        assert log.index("all set, ready to serve request!") < log.index("large-call function ready")
+        with server.client() as client:
+            # 4 x 40 tokens: more rows than SMALL_CALL_ROWS, so the large-call function answers.
+            vectors = client.encode([" ".join(["word"] * 38)] * 4)
+        assert vectors.shape[0] == 4
+    finally:
+        server.stop()
+
+    flags, ports = server_flags(tiny_model_dir)
+    again = ServerProcess([*_server_command(), *flags], tmp_path / "again.log", **ports)
+    try:
+        again.wait_ready(180)
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.proc.wait(60) == 0, again.log[-3000:]
+        assert "server stopped" in again.log
+    finally:
+        again.stop()

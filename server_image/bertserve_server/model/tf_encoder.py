@@ -15,6 +15,12 @@ How it is made fast:
 - Padding is skipped: position-wise matmuls and LayerNorms run only on the positions that can
   change a result (``modeling.PaddingSkipper``), not on the padding of the batch's shorter rows.
   Not under ``-xla``, whose compiled shapes are static (there the shape buckets bound the waste).
+- One traced function per size class on CPU (``SMALL_CALL_ROWS``): oneDNN blocks a dense
+  kernel's weights one way for a few rows and another way for many, and TensorFlow keeps the
+  blocked copy of a kernel's first call only, so one function serving both re-blocks every
+  weight matrix on every call of the other class. Small calls get their own function (and a
+  LayerNorm of plain ops, faster than the fused kernel for a few rows); calls with more rows get
+  a second one, built after the server is ready (``prepare_large_calls``).
 - ``-xla`` compiles with ``jit_compile=True``; batch and length are then rounded up to buckets so
   a stream of odd batch sizes does not trigger a compilation each.
 - ``-fp16`` on a GPU computes matmuls in float16 with LayerNorm/softmax in float32. CPUs have no
@@ -190,6 +196,30 @@ def _round_up(value: int, buckets: Sequence[int], step: int) -> int:
 #: Weights only gathered from, never multiplied: kept as variables even when the rest are constants.
 EMBEDDING_TABLES = ("embeddings/word", "embeddings/token_type", "embeddings/position")
 
+#: The most matmul rows (kept tokens) a call may have to run on the small-call function.
+#: Measured with ``ONEDNN_VERBOSE=1`` (oneDNN's AVX-512 brgemm inner product, TensorFlow 2.21):
+#: up to 80 rows the weights are blocked 32 columns wide (``AB16b32a``), from 81 rows 64 wide
+#: (``AB16b64a``), for MiniLM and BERT-base alike. Where another CPU moves that boundary, calls
+#: between the two boundaries re-block their weights as every call did with one function, and
+#: no call is slower than with one (see ``benchmarks/results/profile.md``).
+SMALL_CALL_ROWS = 80
+
+
+def matmul_rows(input_mask: np.ndarray, *, skip_padding: bool) -> int:
+    """Rows every dense matmul of a call on ``input_mask`` ``[batch, seq]`` multiplies.
+
+    With padding skipped that is ``modeling.kept_positions``' count (masked-in positions,
+    position 0 of every row, every position of an all-padding row), else ``batch * seq``.
+    """
+    rows, seq = (int(n) for n in input_mask.shape)
+    if not skip_padding or rows * seq == 0:
+        return rows * seq
+    kept = input_mask != 0
+    per_row = np.count_nonzero(kept, axis=1)
+    per_row = np.where(per_row == 0, seq, per_row + ~kept[:, 0])
+    return int(per_row.sum())
+
+
 #: Shape buckets used under ``-xla`` (each distinct shape is one XLA compilation).
 XLA_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 XLA_SEQ_BUCKETS = (8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -204,6 +234,9 @@ class TFEncoder:
     last), ``fp16``, ``xla``, ``no_position_embeddings``; ``device`` is a TensorFlow device string
     (``"/CPU:0"``, ``"/GPU:1"``). ``weights_as_constants`` defaults to True on CPU and False on GPU;
     ``skip_padding`` defaults to on except under ``-xla`` (results are the same either way).
+    ``size_classes`` (default on where weights are constants and XLA is off, i.e. on CPU) gives
+    calls of more than ``SMALL_CALL_ROWS`` matmul rows a function of their own once
+    ``prepare_large_calls`` has run; until then the numpy copies of the weights are kept for it.
 
     ``classifier`` (``-classifier``) also loads ``run_classifier.py``'s head and traces a second
     function, ``classify``: every layer, the pooler, the head; logits in float32. Encoding keeps
@@ -235,6 +268,7 @@ class TFEncoder:
         weights_as_constants: bool | None = None,
         skip_padding: bool | None = None,
         classifier: bool = False,
+        size_classes: bool | None = None,
     ) -> None:
         configure_runtime()
         self._device = device
@@ -300,6 +334,8 @@ class TFEncoder:
             self._classify_keys = frozenset(for_head)
             prepared = {**for_head, **prepared}
         self._constants = (not on_gpu) if weights_as_constants is None else weights_as_constants
+        # Size classes only pay where oneDNN caches blocked weights: constants, no XLA, on CPU.
+        self._size_classes = self._constants and not on_gpu and not self._xla and size_classes is not False
         # Embedding tables are only gathered from: they stay variables in both layouts, which
         # keeps the traced graph (and Grappler's work on it) small.
         self._numpy_params: dict[str, np.ndarray] = {}
@@ -314,36 +350,35 @@ class TFEncoder:
                         tf.constant(value, dtype=dtype), trainable=False, name=key.replace("/", ".")
                     )
         self._width = output_width(self.strategy, self.config.hidden_size, len(self.pooling_layers))
-        signature = [
+        self._signature = [
             tf.TensorSpec([None, None], tf.int32, name=n) for n in ("input_ids", "input_mask", "type_ids")
         ]
-
-        def forward(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
-            return self._forward(input_ids, input_mask, type_ids)
 
         def forward_classifier(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
             return self._forward_classifier(input_ids, input_mask, type_ids)
 
-        # A fresh Python function per encoder: TensorFlow's retracing detector counts traces per
-        # function object, and each encoder legitimately traces its own.
-        function = tf.function(
-            forward, input_signature=signature, jit_compile=self._xla or None, autograph=False
-        )
-        # Trace now (one graph serves every [batch, seq] thanks to the signature); the numpy
-        # copies of the weights embedded as constants are then no longer needed.
+        # Trace now (one graph serves every [batch, seq] thanks to the signature). With size
+        # classes this is the small-call function, which takes every call until
+        # ``prepare_large_calls`` has built the other one; it normalises with plain ops.
+        self._large_lock = threading.Lock()
+        self._large_function: Any = None
         tracing = time.perf_counter()
         with tf.device(device):
-            self._function = function.get_concrete_function()
+            small_spec = replace(self.spec, fused_layer_norm=False) if self._size_classes else self.spec
+            self._function = self._trace(small_spec)
             self._classify_function = None
             if self.classifier_spec is not None:
                 head = tf.function(
                     forward_classifier,
-                    input_signature=signature,
+                    input_signature=self._signature,
                     jit_compile=self._xla or None,
                     autograph=False,
                 )
                 self._classify_function = head.get_concrete_function()
-        self._numpy_params.clear()
+        if not self._size_classes:
+            # The numpy copies of the weights embedded as constants are no longer needed; with
+            # size classes ``prepare_large_calls`` embeds them once more, then drops them.
+            self._numpy_params.clear()
         #: Seconds spent tracing (the server reports it as the ``trace`` start-up phase).
         self.trace_seconds = time.perf_counter() - tracing
         logger.info(
@@ -499,6 +534,13 @@ class TFEncoder:
         self, function: Any, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, per_token: bool
     ) -> np.ndarray:
         rows, seq = ids.shape
+        large = self._large_function
+        if (
+            function is self._function
+            and large is not None
+            and matmul_rows(mask, skip_padding=self.spec.skip_padding) > SMALL_CALL_ROWS
+        ):
+            function = large
         if self._xla:
             ids, mask, types = self._pad_to_bucket(ids, mask, types)
         with tf.device(self._device):
@@ -530,6 +572,49 @@ class TFEncoder:
             if self._classify_function is not None:
                 self.classify_arrays(ids, mask, np.zeros_like(ids))
 
+    @property
+    def size_classes(self) -> bool:
+        """Whether calls of more than ``SMALL_CALL_ROWS`` matmul rows get a function of their own."""
+        return self._size_classes
+
+    @property
+    def large_calls_ready(self) -> bool:
+        """Whether ``prepare_large_calls`` has built the large-call function (calls now use it)."""
+        return self._large_function is not None
+
+    def prepare_large_calls(self) -> float:
+        """Build and warm up the function for calls of more than ``SMALL_CALL_ROWS`` rows; seconds taken.
+
+        Until this returns every call runs on the small-call function: the same results (the
+        two LayerNorm forms agree within float32 rounding), but each larger call re-blocks the
+        weights, 5-20 % slower. It is kept out of ``warm_up`` because it costs as much as the
+        first trace and warm-up again (BERT-base: about 7 s on 2 cores), which would push
+        readiness out; the server runs it in the background once it is ready. Safe to call from
+        another thread while calls run. Returns 0 where there are no size classes or it ran.
+        """
+        with self._large_lock:
+            if not self._size_classes or self._large_function is not None:
+                return 0.0
+            started = time.perf_counter()
+            with tf.device(self._device):
+                function = self._trace(self.spec)
+                # The first call fixes every kernel's blocked weights, so it has more rows than
+                # the small class; the second also runs the padding-skipping branches.
+                length = min(SMALL_CALL_ROWS + 16, self.config.max_position_embeddings)
+                rows = -(-(SMALL_CALL_ROWS + 1) // length) * 2
+                ids = np.ones((rows, length), np.int32)
+                mask = np.ones_like(ids)
+                function(ids, mask, np.zeros_like(ids))
+                mask[1::2, length // 2 :] = 0
+                function(ids, mask, np.zeros_like(ids))
+            self._numpy_params.clear()
+            self._large_function = function
+            seconds = time.perf_counter() - started
+        logger.info(
+            "large-call function ready in %.2fs (calls of more than %d rows)", seconds, SMALL_CALL_ROWS
+        )
+        return seconds
+
     # -- internals -------------------------------------------------------------------------------
 
     def _pad_to_bucket(
@@ -550,9 +635,24 @@ class TFEncoder:
         params.update({k: v for k, v in self._variables.items() if k in keys})
         return params
 
-    def _forward(self, input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
+    def _trace(self, spec: EncoderSpec) -> Any:
+        """The concrete ``tf.function`` computing ids -> pooled vectors with ``spec``."""
+
+        def forward(input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor) -> tf.Tensor:
+            return self._forward(spec, input_ids, input_mask, type_ids)
+
+        # A fresh Python function per trace: TensorFlow's retracing detector counts traces per
+        # function object, and each encoder (and size class) legitimately traces its own.
+        function = tf.function(
+            forward, input_signature=self._signature, jit_compile=self._xla or None, autograph=False
+        )
+        return function.get_concrete_function()
+
+    def _forward(
+        self, spec: EncoderSpec, input_ids: tf.Tensor, input_mask: tf.Tensor, type_ids: tf.Tensor
+    ) -> tf.Tensor:
         layers, pooled = encode(
-            self.spec,
+            spec,
             self._params(self._encode_keys),
             input_ids,
             input_mask,
