@@ -4,18 +4,53 @@ Why one module: every harness needs ports, and several ports taken one after ano
 back equal (each is released before the next is asked for). ``free_ports`` holds all of them
 bound until it has them all, so they are distinct. (``hack/cluster/localcluster.py`` has the
 same function for the demo and the control plane, which must not import the tests.)
+
+Why below the kernel's ephemeral range: a port handed out by ``bind(("127.0.0.1", 0))`` is an
+ephemeral port, and every outgoing connection also takes its source port from that range. A
+replica that connects to a peer's port before the peer has bound it (the mesh does, and retries)
+can then get that very port as its source port: on loopback the kernel joins such a socket to
+itself (a TCP self-connect), and the peer's bind fails with "Address already in use". Ports
+below the range are never picked as source ports, so neither that nor another process's
+outgoing connection can take them.
 """
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
+
+#: The lowest port handed out (below it: well-known and commonly configured service ports).
+LOWEST_PORT = 10000
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The kernel's ephemeral (source) port range; Linux's default where it cannot be read."""
+    try:
+        low, high = (int(n) for n in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on 127.0.0.1 (bound, then released; fine for tests)."""
+    """``count`` distinct TCP ports free on 127.0.0.1, below the ephemeral range (bound, then released)."""
+    low = ephemeral_range()[0]
+    candidates = list(range(LOWEST_PORT, low)) if low - LOWEST_PORT >= 1000 else []
+    random.shuffle(candidates)
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
+        for port in candidates:
+            if len(socks) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            socks.append(sock)
+        while len(socks) < count:  # no room below the range: let the kernel choose
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(sock)
             sock.bind(("127.0.0.1", 0))
