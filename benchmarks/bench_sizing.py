@@ -84,7 +84,7 @@ def _get(url: str, timeout: float = 30.0) -> dict[str, object]:
         return result
 
 
-def measure(shape: Shape, work: Path, batches: int) -> dict[str, float]:
+def measure(shape: Shape, work: Path, batches: int, *, size_classes: bool = True) -> dict[str, float]:
     from bertserve_server.model.synthetic import write_random_bert, write_random_finetuned
 
     tokens = ["[PAD]", *[f"[unused{i}]" for i in range(99)], "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -119,6 +119,7 @@ def measure(shape: Shape, work: Path, batches: int) -> dict[str, float]:
                 f"-port_out={zmq_out}",
                 f"-http_port={http}",
                 f"-peer_port={peer}",
+                *([] if size_classes else ["-no_size_classes"]),
             ],
             env=env,
             stdout=out,
@@ -174,6 +175,9 @@ def main() -> None:
     for key in keys:
         with tempfile.TemporaryDirectory(prefix=f"sizing-{key}-") as tmp:
             result = measure(SHAPES[key], Path(tmp), args.batches)
+            without = measure(SHAPES[key], Path(tmp) / "one-function", args.batches, size_classes=False)
+            result["one_function_ready_rss_mib"] = without["ready_rss_mib"]
+            result["one_function_peak_mib"] = without["peak_after_load_mib"]
         print(key, json.dumps(result), flush=True)
         rows.append((SHAPES[key].name, result))
     lines = [
@@ -188,17 +192,21 @@ def main() -> None:
         "`model.ckpt-343`; RSS is read from `/proc/<pid>/status` (`VmRSS`; `VmHWM` for peaks): when `/readyz` "
         "first answers 200 (the small-call function traced and warmed up), once `large_calls_ready` is true in "
         "`/status/server` (the large-call function, a second copy of the weights as graph constants, built in "
-        "the background after ready), and after full batches of 256 × 128 tokens.",
+        "the background after ready), and after full batches of 256 × 128 tokens. The last two "
+        "columns are a second server with `-no_size_classes` (`serving.sizeClasses: false`): one "
+        "function for every call size.",
         "",
         "| model | pretrained dir | fine-tuned dir (2 checkpoints) | one fine-tuned checkpoint | RSS when ready "
-        "| peak RSS until ready (incl. warm-up) | RSS once large calls ready | peak RSS after full batches |",
-        "|---|---|---|---|---|---|---|---|",
+        "| peak RSS until ready (incl. warm-up) | RSS once large calls ready | peak RSS after full batches "
+        "| `-no_size_classes`: RSS when ready | `-no_size_classes`: peak RSS after full batches |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows:
         lines.append(
             f"| {name} | {r['pretrained_mib']:.0f} MiB | {r['tuned_mib']:.0f} MiB | {r['tuned_one_ckpt_mib']:.0f} MiB "
             f"| {r['ready_rss_mib']:.0f} MiB | {r['ready_peak_mib']:.0f} MiB | {r['classes_rss_mib']:.0f} MiB "
-            f"| {r['peak_after_load_mib']:.0f} MiB |"
+            f"| {r['peak_after_load_mib']:.0f} MiB | {r['one_function_ready_rss_mib']:.0f} MiB "
+            f"| {r['one_function_peak_mib']:.0f} MiB |"
         )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -256,6 +256,15 @@ def _flags() -> tuple[Flag, ...]:
             "-peer_service: replicas without the same secret cannot join the mesh",
             classic=False,
         ),
+        f(
+            "no_size_classes",
+            "no_size_classes",
+            "bool",
+            "on CPU, one compiled function for every call size instead of a second one for calls of "
+            "more than 80 token rows (built after ready; saves its memory, about 6x the dense weights, "
+            "at up to 25 % of speed)",
+            classic=False,
+        ),
         f("log_format", "log_format", "str", "text or json", classic=False),
         f(
             "min_identity_len",
@@ -349,6 +358,7 @@ class ServerConfig:
     cors: str = "*"
     fp16: bool = False
     xla: bool = False
+    no_size_classes: bool = False
     cpu: bool = False
     gpu_memory_fraction: float = 0.5
     device_map: tuple[int, ...] = ()

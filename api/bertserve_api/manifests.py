@@ -280,6 +280,7 @@ def server_config(owner: Owner, spec: BertServerSpec, options: RenderOptions) ->
         cors=serving.cors,
         fp16=serving.fp16,
         xla=serving.xla,
+        no_size_classes=not serving.size_classes,
         cpu=gpus == 0,
         gpu_memory_fraction=serving.gpu_memory_fraction,
         # Inside the container the device plugin exposes the granted GPUs as 0..n-1.

@@ -170,6 +170,7 @@ class ServingSpec:
     fixed_embed_length: bool = False
     fp16: bool = False
     xla: bool = False
+    size_classes: bool = True
     num_worker: int | None = None
     gpu_memory_fraction: float = 0.5
     prefetch_size: int = 10
@@ -575,6 +576,7 @@ def _parse_serving(reader: _Reader) -> ServingSpec:
         fixed_embed_length=reader.boolean("fixedEmbedLength", d.fixed_embed_length),
         fp16=reader.boolean("fp16", d.fp16),
         xla=reader.boolean("xla", d.xla),
+        size_classes=reader.boolean("sizeClasses", d.size_classes),
         num_worker=reader.integer("numWorker", None, minimum=1, maximum=64),
         gpu_memory_fraction=reader.number(
             "gpuMemoryFraction", d.gpu_memory_fraction, minimum=0.01, maximum=1.0

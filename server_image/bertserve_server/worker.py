@@ -115,6 +115,7 @@ def tf_encoder_factory(config: ServerConfig, devices: Sequence[str]) -> EncoderF
                 pooling_layer=config.pooling_layer,
                 fp16=config.fp16,
                 xla=config.xla,
+                size_classes=False if config.no_size_classes else None,
                 device=device,
                 no_position_embeddings=config.no_position_embeddings,
                 classifier=config.classifier,

@@ -66,6 +66,7 @@ NON_DEFAULT = {
     "cors": "https://a.example",
     "fp16": True,
     "xla": True,
+    "no_size_classes": True,
     "cpu": True,
     "gpu_memory_fraction": 0.25,
     "device_map": (0, 2),

@@ -182,6 +182,15 @@ def test_zero_gpus_runs_on_cpu_without_requesting_a_gpu() -> None:
     assert container["resources"] == {"requests": {"cpu": "2"}}
 
 
+def test_size_classes_are_on_by_default_and_turned_off_by_the_spec() -> None:
+    """``serving.sizeClasses: false`` trades speed for memory (see the CRD's description)."""
+    cpu = {**MRPC, "resources": {"gpus": 0}}
+    default = _container(_deployment(cpu))["args"]
+    assert "-no_size_classes" not in default and not parse_argv(default).no_size_classes
+    off = _container(_deployment({**cpu, "serving": {"sizeClasses": False}}))["args"]
+    assert "-no_size_classes" in off and parse_argv(off).no_size_classes
+
+
 def test_pod_is_non_root_with_read_only_root_and_a_writable_tmp() -> None:
     dep = _deployment(MRPC)
     pod = dep["spec"]["template"]["spec"]

@@ -44,8 +44,10 @@ def test_bold_figures_are_the_measurements() -> None:
     rows = {
         "pretrained folder (`bert_model.ckpt.*`, vocab, config)": 0,
         "fine-tuned output (`model.ckpt-0` and `model.ckpt-343`, each with Adam slots)": 1,
-        "server RSS on CPU when ready (the warm-up runs one full batch)": 3,
-        "server RSS on CPU, peak while encoding full batches": 5,
+        "server RSS on CPU when ready": 3,
+        "… once the large-call function is built, seconds after ready (`serving.sizeClasses`, on by default)": 5,
+        "server RSS on CPU, peak (that build, or full batches)": 6,
+        "… the same peak with `serving.sizeClasses: false`": 8,
     }
     for label, index in rows.items():
         for name, column in COLUMNS.items():

@@ -144,3 +144,13 @@ def test_warm_size_classes_re_block_no_weights_while_one_function_does(minilm_go
     single = _weight_reorders(minilm_google_dir, "off")
     # MiniLM: 6 layers x 4 dense kernels, each re-blocked on every 4 x 25 call of the one function.
     assert single["1x25"] == 0 and single["4x25"] >= 24, single
+
+
+def test_the_no_size_classes_flag_reaches_the_encoder(tiny_model_dir: Path) -> None:
+    from bertserve_api.contract import parse_argv
+    from bertserve_server.worker import tf_encoder_factory
+
+    for argv, expected in (([], True), (["-no_size_classes"], False)):
+        config = parse_argv([f"-model_dir={tiny_model_dir}", "-cpu", *argv])
+        encoder = tf_encoder_factory(config, ["/CPU:0"])("/CPU:0")
+        assert encoder.size_classes is expected, argv

@@ -31,6 +31,8 @@ How it is made fast:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import threading
@@ -162,6 +164,18 @@ def skip_idle_graph_passes() -> None:
         ctx._config = config
     except (ImportError, AttributeError) as exc:  # pragma: no cover - another TensorFlow layout
         logger.debug("memory optimizer left on: %s", exc)
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Why: the first call of a function with the weights embedded runs Grappler over graph copies
+    holding every weight, and glibc keeps the freed pages in its arenas. Measured on BERT-base
+    (2-core EPYC), that is about 1.3 GB of resident memory after the warm-up and 1.6 GB after
+    the large-call function's build, none of it in use; a pod's memory limit counts it all.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to hand back
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def cpu_has_bfloat16() -> bool:
@@ -571,6 +585,7 @@ class TFEncoder:
             self.encode_arrays(ids, mask, np.zeros_like(ids))
             if self._classify_function is not None:
                 self.classify_arrays(ids, mask, np.zeros_like(ids))
+        release_free_memory()
 
     @property
     def size_classes(self) -> bool:
@@ -610,6 +625,7 @@ class TFEncoder:
             self._numpy_params.clear()
             self._large_function = function
             seconds = time.perf_counter() - started
+        release_free_memory()
         logger.info(
             "large-call function ready in %.2fs (calls of more than %d rows)", seconds, SMALL_CALL_ROWS
         )
