@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -95,13 +96,29 @@ class DeviceBatch:
         return self.batch.size
 
 
-SENTENCES = "sentences"
-TOKENS = "tokens"
-#: unit -> (the bound's attribute, also its flag's name; the counter; the metrics gauge).
-_BOUNDS = {
-    SENTENCES: ("max_queue_size", "_depth", "queue_depth"),
-    TOKENS: ("max_queued_tokens", "_tokens", "queue_tokens"),
-}
+class _Gauge(Protocol):
+    def set(self, value: float) -> None: ...
+
+
+@dataclass
+class QueueBound:
+    """One admission bound of the queue: what it counts, its flag and limit, how much is queued now.
+
+    Why an object: the sentence bound (``-max_queue_size``) and the token bound
+    (``-max_queued_tokens``) are checked, counted and exported alike; each carries what differs
+    (the unit and flag its errors name, the limit, the gauge that shows it). Guarded by the
+    batcher's lock.
+    """
+
+    unit: str
+    flag: str
+    limit: int
+    gauge: _Gauge
+    queued: int = 0
+
+    def set(self, queued: int) -> None:
+        self.queued = queued
+        self.gauge.set(queued)
 
 
 class Batcher:
@@ -127,15 +144,16 @@ class Batcher:
         self.classify_width = 0  # labels of the classifier head; 0 = no head
         self.max_batch_size = max_batch_size
         self.priority_batch_size = priority_batch_size
-        self.max_queue_size = max_queue_size
-        self.max_queued_tokens = max_queued_tokens
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._cond = threading.Condition()
         self._pending: list[_Pending] = []  # requests with unbatched rows
-        self._depth = 0  # sentences reserved and not yet answered
-        self._tokens = 0  # tokens of enqueued requests not yet answered
+        # Sentences reserved and not yet answered; tokens of enqueued requests not yet answered.
+        self._sentences = QueueBound("sentences", "-max_queue_size", max_queue_size, self.metrics.queue_depth)
+        self._tokens = QueueBound(
+            "tokens", "-max_queued_tokens", max_queued_tokens, self.metrics.queue_tokens
+        )
         self._closed = False
         self._stopped = False
 
@@ -151,13 +169,13 @@ class Batcher:
     def depth(self) -> int:
         """Sentences accepted and not yet answered."""
         with self._cond:
-            return self._depth
+            return self._sentences.queued
 
     @property
     def queued_tokens(self) -> int:
         """Tokens of enqueued requests not yet answered."""
         with self._cond:
-            return self._tokens
+            return self._tokens.queued
 
     @property
     def closed(self) -> bool:
@@ -165,7 +183,7 @@ class Batcher:
 
     def reserve(self, size: int) -> Reservation:
         """Hold room for ``size`` sentences, or raise ``Busy``/``RequestTooLarge``/``ShuttingDown``."""
-        self._admit(size, SENTENCES, new_request=True)
+        self._admit(size, self._sentences, new_request=True)
         return Reservation(size)
 
     def cancel(self, reservation: Reservation, error: ServeError) -> None:
@@ -200,7 +218,7 @@ class Batcher:
         elif out_seq_len is not None:
             shape = (len(items), out_seq_len, self.width)
         tokens = sum(lengths)
-        self._admit(tokens, TOKENS)  # before the output array is allocated
+        self._admit(tokens, self._tokens)  # before the output array is allocated
         now = self._clock()
         small = len(items) <= self.priority_batch_size
         try:
@@ -362,7 +380,7 @@ class Batcher:
         """Block until every accepted request is answered; False if ``timeout`` passed first."""
         deadline = self._clock() + timeout
         with self._cond:
-            while self._depth > 0:
+            while self._sentences.queued > 0:
                 left = deadline - self._clock()
                 if left <= 0:
                     return False
@@ -387,13 +405,11 @@ class Batcher:
             self._release_locked(size)
 
     def _release_locked(self, size: int, tokens: int = 0) -> None:
-        self._depth -= size
-        self._tokens -= tokens
-        self.metrics.queue_depth.set(self._depth)
-        self.metrics.queue_tokens.set(self._tokens)
+        self._sentences.set(self._sentences.queued - size)
+        self._tokens.set(self._tokens.queued - tokens)
         self._cond.notify_all()
 
-    def _admit(self, amount: int, unit: str, *, new_request: bool = False) -> None:
+    def _admit(self, amount: int, bound: QueueBound, *, new_request: bool = False) -> None:
         """Count ``amount`` sentences or tokens into the queue, or raise naming the bound's flag.
 
         One check for both bounds: larger than the whole queue is ``RequestTooLarge`` (retrying
@@ -401,9 +417,7 @@ class Batcher:
         takes no ``new_request`` (``ShuttingDown``); the tokens of one reserved before the close
         are still counted in, since accepted requests still run.
         """
-        limit_name, counter, gauge = _BOUNDS[unit]
-        limit: int = getattr(self, limit_name)
-        flag = "-" + limit_name
+        unit, flag, limit = bound.unit, bound.flag, bound.limit
         if amount > limit:
             raise RequestTooLarge(
                 f"request of {amount} {unit} exceeds the server's queue of {limit} {unit} ({flag}); "
@@ -412,14 +426,13 @@ class Batcher:
         with self._cond:
             if new_request and self._closed:
                 raise ShuttingDown("server is shutting down; send the request to another replica")
-            queued: int = getattr(self, counter)
+            queued = bound.queued
             if queued + amount > limit:
                 raise Busy(
                     f"server busy: {queued} {unit} queued, room for {limit - queued} "
                     f"({flag}={limit}); retry later"
                 )
-            setattr(self, counter, queued + amount)
-            getattr(self.metrics, gauge).set(queued + amount)
+            bound.set(queued + amount)
 
     def _release_tokens(self, tokens: int) -> None:
         with self._cond:

@@ -357,11 +357,7 @@ def test_a_restart_changes_no_child_and_posts_no_event(cluster: Any, operator: O
     cluster.create_namespace(ns)
     apply_yaml(cluster, bertserver("fine") + "---\n" + bertserver("stuck", resources={"gpus": 9}), ns)
     wait_bertserver_ready(cluster, operator, ns, "fine")
-    wait_for(
-        lambda: condition(get_bertserver(cluster, ns, "stuck"), "Degraded").get("reason") == "Unschedulable",
-        60,
-        "stuck to be Degraded/Unschedulable",
-    )
+    wait_degraded(cluster, ns, "stuck", "Unschedulable", 60)
 
     def snapshot() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -459,7 +455,32 @@ def set_pod_status(cluster: Any, ns: str, pod: str, status: dict[str, Any]) -> N
     )
 
 
-def container_status(state: dict[str, Any], restarts: int) -> dict[str, Any]:
+def wait_degraded(cluster: Any, ns: str, name: str, reason: str, timeout: float = 30) -> dict[str, Any]:
+    """Wait until BertServer ``name``'s Degraded condition has ``reason``; that condition."""
+    found: dict[str, Any] = wait_for(
+        lambda: (c := condition(get_bertserver(cluster, ns, name), "Degraded")).get("reason") == reason and c,
+        timeout,
+        f"{name}: Degraded reason {reason}",
+    )
+    return found
+
+
+#: The container's previous run, as the kubelet reports it after a crash (``container_status``'s default).
+CRASHED: dict[str, Any] = {
+    "terminated": {
+        "exitCode": 1,
+        "reason": "Error",
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": "2026-01-01T00:00:01Z",
+    }
+}
+
+
+def container_status(
+    state: dict[str, Any], restarts: int, last_state: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A pod status whose one container is in ``state``; ``last_state`` is its previous run
+    (``CRASHED`` unless given; ``{}`` for a first run)."""
     return {
         "phase": "Running",
         "conditions": [
@@ -475,14 +496,7 @@ def container_status(state: dict[str, Any], restarts: int) -> dict[str, Any]:
                 "started": "running" in state,
                 "restartCount": restarts,
                 "state": state,
-                "lastState": {
-                    "terminated": {
-                        "exitCode": 1,
-                        "reason": "Error",
-                        "startedAt": "2026-01-01T00:00:00Z",
-                        "finishedAt": "2026-01-01T00:00:01Z",
-                    }
-                },
+                "lastState": CRASHED if last_state is None else last_state,
             }
         ],
     }
@@ -553,8 +567,7 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
     wait_bertserver_ready(cluster, operator, ns, "v")
     pod = only_pod(cluster, ns, "v")
     name = pod["metadata"]["name"]
-    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0)
-    creating["containerStatuses"][0]["lastState"] = {}
+    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0, last_state={})
     set_pod_status(cluster, ns, name, creating)
     wait_for(lambda: ready_reason(cluster, ns, "v")[1] == "Starting", 30, "Ready=False Starting")
     event = {
@@ -571,11 +584,7 @@ def test_a_pod_stuck_creating_reports_its_volume_warning(
         "count": 1,
     }
     cluster.kubectl("create", "-f", "-", "-n", ns, input=json.dumps(event))
-    cond = wait_for(
-        lambda: (c := condition(get_bertserver(cluster, ns, "v"), "Degraded")).get("reason") == reason and c,
-        30,
-        f"Degraded reason {reason}",
-    )
+    cond = wait_degraded(cluster, ns, "v", reason)
     assert cond["status"] == "True" and cond["message"] == f"pod {name}: {message}"
     assert ready_reason(cluster, ns, "v")[1] == reason
     cluster.kubectl("delete", "namespace", ns, "--wait=false")
@@ -608,14 +617,9 @@ def test_a_container_the_kubelet_cannot_pull_create_or_run_is_reported_at_once(
     apply_yaml(cluster, bertserver("i"), ns)
     wait_bertserver_ready(cluster, operator, ns, "i")
     name = only_pod(cluster, ns, "i")["metadata"]["name"]
-    pulling = container_status({"waiting": {"reason": reason, "message": message}}, 0)
-    pulling["containerStatuses"][0]["lastState"] = {}
+    pulling = container_status({"waiting": {"reason": reason, "message": message}}, 0, last_state={})
     set_pod_status(cluster, ns, name, pulling)
-    cond = wait_for(
-        lambda: (c := condition(get_bertserver(cluster, ns, "i"), "Degraded")).get("reason") == reason and c,
-        30,
-        f"Degraded reason {reason}",
-    )
+    cond = wait_degraded(cluster, ns, "i", reason)
     assert cond["status"] == "True" and message in cond["message"], cond
     # Ready follows the Deployment's readyReplicas, which its controller updates a moment after the
     # pod changes (the operator may see the pod first).
@@ -666,16 +670,9 @@ def test_an_evicted_pod_is_reported_while_its_replacement_is_not_ready(
     wait_for(
         lambda: get_json(cluster, "pod", fresh, "-n", ns)["status"].get("phase") == "Running", 30, "Running"
     )
-    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0)
-    creating["containerStatuses"][0]["lastState"] = {}
+    creating = container_status({"waiting": {"reason": "ContainerCreating"}}, 0, last_state={})
     set_pod_status(cluster, ns, fresh, creating)
-    cond = wait_for(
-        lambda: (
-            (c := condition(get_bertserver(cluster, ns, "e"), "Degraded")).get("reason") == "Evicted" and c
-        ),
-        30,
-        "Degraded reason Evicted",
-    )
+    cond = wait_degraded(cluster, ns, "e", "Evicted")
     assert cond["status"] == "True" and cond["message"] == f"pod {evicted} was evicted: {message}", cond
     assert ready_reason(cluster, ns, "e")[:2] == ("False", "Evicted")
     warnings = wait_for(
@@ -687,8 +684,8 @@ def test_an_evicted_pod_is_reported_while_its_replacement_is_not_ready(
 
     # The replacement turns ready: the evicted pod lingers (Failed pods stay until collected) but
     # no replica is missing, so nothing is degraded.
-    ready = container_status({"running": {"startedAt": "2026-01-01T00:00:02Z"}}, 0)
-    ready["containerStatuses"][0].update(ready=True, lastState={})
+    ready = container_status({"running": {"startedAt": "2026-01-01T00:00:02Z"}}, 0, last_state={})
+    ready["containerStatuses"][0]["ready"] = True
     for c in ready["conditions"]:
         c["status"] = "True"
     set_pod_status(cluster, ns, fresh, ready)
@@ -711,14 +708,7 @@ def test_a_replica_set_that_cannot_create_pods_reports_replica_failure(
     cluster.create_namespace(ns)
     zero_quota(cluster, ns, "no-pods", "pods")
     apply_yaml(cluster, bertserver("r"), ns)
-    cond = wait_for(
-        lambda: (
-            (c := condition(get_bertserver(cluster, ns, "r"), "Degraded")).get("reason") == "ReplicaFailure"
-            and c
-        ),
-        60,
-        "Degraded reason ReplicaFailure",
-    )
+    cond = wait_degraded(cluster, ns, "r", "ReplicaFailure", 60)
     assert cond["status"] == "True" and "exceeded quota: no-pods" in cond["message"], cond
     assert ready_reason(cluster, ns, "r")[:2] == ("False", "ReplicaFailure")
     assert get_json(cluster, "deployment", "r", "-n", ns)["metadata"]["name"] == "r"  # applied
