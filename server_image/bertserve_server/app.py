@@ -41,6 +41,7 @@ from bertserve_server.worker import (
     EncoderFactory,
     Worker,
     build_encoders,
+    distinct_encoders,
     plan_devices,
     prepare_large_calls,
     tf_encoder_factory,
@@ -154,7 +155,7 @@ class BertServer:
         building = time.perf_counter()
         self.encoders = build_encoders(factory, self.devices)
         # An encoder that reports its trace time (TFEncoder) splits its build into load + trace.
-        traced = sum(getattr(e, "trace_seconds", 0.0) for e in {id(e): e for e in self.encoders}.values())
+        traced = sum(getattr(e, "trace_seconds", 0.0) for e in distinct_encoders(self.encoders))
         self.startup.add("load", time.perf_counter() - building - traced)
         self.startup.add("trace", traced)
         self._check_abort()

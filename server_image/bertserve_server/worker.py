@@ -174,6 +174,11 @@ def build_encoders(factory: EncoderFactory, devices: Sequence[str]) -> list[Enco
     return encoders
 
 
+def distinct_encoders(encoders: Sequence[Encoder]) -> list[Encoder]:
+    """Each encoder once, in order: workers on one device may share one encoder object."""
+    return list({id(e): e for e in encoders}.values())
+
+
 def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
     """Build the large-call function of each distinct encoder that has size classes, in the background.
 
@@ -183,10 +188,9 @@ def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
     skipped. Returns the thread (a daemon, so it never holds up an exit; ``shutdown`` joins it
     briefly so TensorFlow is not torn down under it), or None when there is nothing to build.
     """
-    distinct = {id(e): e for e in encoders}.values()
     builders = [
         prepare
-        for e in distinct
+        for e in distinct_encoders(encoders)
         if getattr(e, "size_classes", False) and callable(prepare := getattr(e, "prepare_large_calls", None))
     ]
     if not builders:
@@ -208,11 +212,7 @@ def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
 
 def warm_up(encoders: Sequence[Encoder]) -> None:
     """Run each distinct encoder once on representative shapes."""
-    seen: set[int] = set()
-    for encoder in encoders:
-        if id(encoder) in seen:
-            continue
-        seen.add(id(encoder))
+    for encoder in distinct_encoders(encoders):
         started = time.perf_counter()
         encoder.warm_up()
         logger.info("warm-up done in %.2fs", time.perf_counter() - started)
