@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -41,7 +40,7 @@ from pathlib import Path
 
 from bench_model import bert_base_dirs, minilm_dirs
 from machine_facts import cores, cpu_model, memory_gib
-from serving_bench import stop_process
+from serving_bench import stop_process, wait_large_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
@@ -115,20 +114,6 @@ def _logged_warm_up(log: Path) -> dict[str, float]:
     return {}
 
 
-def _large_calls_after_ready(http_port: int, ready_at: float) -> float | None:
-    """Seconds from ``ready_at`` until ``/status/server`` says ``large_calls_ready`` (None if it never says)."""
-    deadline = time.perf_counter() + READY_TIMEOUT_S
-    while time.perf_counter() < deadline:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status/server", timeout=10) as response:
-            ready = json.loads(response.read()).get("large_calls_ready")
-        if ready is None:
-            return None
-        if ready:
-            return time.perf_counter() - ready_at
-        time.sleep(0.02)
-    raise TimeoutError(f"large_calls_ready still false after {READY_TIMEOUT_S:.0f}s")
-
-
 def source_path(checkout: Path) -> str:
     """``PYTHONPATH`` that makes a server process import the project's packages from ``checkout``."""
     return os.pathsep.join(str(checkout / part) for part in ("api", "operator", "server_image", "cli"))
@@ -161,7 +146,8 @@ def start_once(model_dir: Path, work: Path, checkout: Path | None = None) -> Sta
             cpu = _cpu_seconds(proc.pid)
             load = os.getloadavg()[0]
             phases = _phases(http) or _logged_warm_up(log)
-            large_calls = _large_calls_after_ready(http, ready_at)
+            built = wait_large_calls(http, READY_TIMEOUT_S, interval=0.02)
+            large_calls = time.perf_counter() - ready_at if built else None
         finally:
             stop_process(proc)
     return Start(wall=wall, cpu=cpu, load=load, phases=phases, large_calls=large_calls)

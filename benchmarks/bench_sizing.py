@@ -23,12 +23,12 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from machine_facts import cores, cpu_model, memory_gib
+from serving_bench import wait_large_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
@@ -74,12 +74,6 @@ def _post(url: str, payload: dict[str, object], timeout: float = 600.0) -> dict[
         url, data=json.dumps(payload).encode(), headers={"content-type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
-        result: dict[str, object] = json.loads(response.read())
-        return result
-
-
-def _get(url: str, timeout: float = 30.0) -> dict[str, object]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
         result: dict[str, object] = json.loads(response.read())
         return result
 
@@ -135,11 +129,7 @@ def measure(shape: Shape, work: Path, batches: int, *, size_classes: bool = True
         )
         # The large-call function is built after ready (a second copy of the weights as graph
         # constants): wait for it, as it is what a serving replica holds from then on.
-        deadline = time.monotonic() + 900
-        while not _get(f"http://127.0.0.1:{http}/status/server").get("large_calls_ready", True):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{shape.name}: large_calls_ready still false after 900 s")
-            time.sleep(0.5)
+        wait_large_calls(http, 900)
         classes_rss = _status_kib(server.pid, "VmRSS")
         classes_peak = _status_kib(server.pid, "VmHWM")
         print(f"{shape.name}: large calls ready, RSS {classes_rss / 1024:.0f} MiB", flush=True)

@@ -96,21 +96,25 @@ def bert_server(flags: list[str], log: Path, *, ready_timeout: float = 600) -> I
         stop_process(proc)
 
 
-def wait_large_calls(http_port: int, timeout: float) -> None:
+def wait_large_calls(http_port: int, timeout: float, interval: float = 0.2) -> bool:
     """Wait until the server's large-call functions are built (``large_calls_ready`` in its status).
 
     The server builds them in the background once it is ready; measuring before that would time
     the build's CPU use and the slower small-call function instead of the server's steady state.
+    False at once for a server whose status has no ``large_calls_ready`` (an older checkout).
     """
     deadline = time.monotonic() + timeout
     url = f"http://127.0.0.1:{http_port}/status/server"
     while True:
         with urllib.request.urlopen(url, timeout=30) as resp:
-            if json.loads(resp.read()).get("large_calls_ready", True):
-                return
+            ready = json.loads(resp.read()).get("large_calls_ready")
+        if ready is None:
+            return False
+        if ready:
+            return True
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url}: large_calls_ready still false after {timeout:.0f}s")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:
