@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # tests/test_make.py checks that nothing it selects builds or starts the control plane.
 FAST_MARKERS := not gpu and not tf and not k8s and not realnode and not helm and not images and not slow
 
-.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready profile-model clean
+.PHONY: help system-deps venv lint fmt test test-fast demo demo-down cluster-build cluster-up cluster-down images operator-run bench bench-model bench-server bench-predict bench-scaleout bench-operator bench-sizing bench-ready profile-model profile-gemm clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -81,6 +81,10 @@ bench-ready: venv ## time to /readyz 200 for MiniLM and BERT-base, phase by phas
 
 profile-model: venv ## per-op profile of one encoder call (MODEL=minilm SHAPE=32x25; results/profile.md)
 	$(PY) benchmarks/profile_model.py --model $(or $(MODEL),minilm) --shape $(or $(SHAPE),32x25) --write
+
+profile-gemm: venv ## MiniLM's 24 dense-layer GEMMs alone, TensorFlow vs ONNX Runtime, 1-800 rows (profile.md finding 6)
+	$(PY) benchmarks/gemm_small_rows.py
+	$(PY) benchmarks/gemm_small_rows.py --resident
 
 bench-operator: venv ## 500 BertServers on the local control plane
 	$(PY) benchmarks/bench_operator.py --write benchmarks/results/operator.md --json benchmarks/results/operator.json

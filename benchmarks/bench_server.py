@@ -276,9 +276,17 @@ class TrafficRow:
 
 
 #: ``ort_server.py``'s environment: the ONNX Runtime peer's pins plus the WordPiece tokenizer our
-#: server uses (the project's pin), so both servers tokenize with the same Rust library.
+#: server uses (the project's pin), so both servers tokenize with the same Rust library, and orjson,
+#: which writes the answers' vectors as our HTTP frontend does.
 ORT_SERVER_PEER = "ort-server"
-peer_process.PEER_PINS.setdefault(ORT_SERVER_PEER, (*peer_process.PEER_PINS["ort"], "tokenizers==0.23.3"))
+peer_process.PEER_PINS.setdefault(
+    ORT_SERVER_PEER,
+    (
+        *peer_process.PEER_PINS["ort"],
+        "tokenizers==0.23.3",
+        "orjson==3.13.0",
+    ),
+)
 
 
 @dataclass(frozen=True)

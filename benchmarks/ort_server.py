@@ -12,9 +12,10 @@ same weights) gets the batching a competent server would give it, and the same l
   while fewer than ``--max-batch-size`` wait), sorts the rows by length and runs them in batches
   of at most ``--max-batch-size``, each padded only to its own longest row (:func:`plan_batches`);
 - pooling is masked REDUCE_MEAN of the last layer (``-pooling_layer -1`` on our side);
-- the answer is ``{"id", "result", "status": 200}`` as our ``/encode`` answers.
+- the answer is ``{"id", "result", "status": 200}`` as our ``/encode`` answers, the vectors
+  written by orjson as ours are (float32 in the shortest exact form).
 
-It runs inside the peer's virtual environment (``onnxruntime``, ``tokenizers``, numpy), listens on
+It runs inside the peer's virtual environment (``onnxruntime``, ``tokenizers``, numpy, orjson), listens on
 127.0.0.1 only, prints ``listening <port> <JSON: versions, fused operator counts>`` once the model
 is loaded and warmed up, and exits when
 its standard input closes (the benchmark ended or died) or after ``--lifetime`` seconds. The
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 #: The model: padded token ids and attention mask in, one pooled vector per row out.
 Encode = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -226,7 +228,9 @@ def handler(
             pass
 
         def reply(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
+            # The vectors as our /encode writes them (float32, shortest exact form): the same
+            # answer bytes, so the load generator parses alike for both sides.
+            data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -259,7 +263,7 @@ def handler(
             if not pending.done.wait(ANSWER_TIMEOUT_S) or pending.error:
                 self.reply(503, {"description": pending.error or "timed out", "status": 503})
                 return
-            result = np.stack(pending.vectors).tolist()  # type: ignore[arg-type]
+            result = np.stack(pending.vectors).astype(np.float32)  # type: ignore[arg-type]
             self.reply(200, {"id": body.get("id"), "result": result, "status": 200})
 
     return Handler
