@@ -269,10 +269,14 @@ class TrafficRow:
         rounds = self.rounds[side]
         return 1000 * sum(r.server_cpu for r in rounds) / sum(r.sentences for r in rounds)
 
+    def ratios(self, side: str) -> list[float]:
+        """This side's throughput / the peer's in the same round, round by round."""
+        pairs = zip(self.rounds[side], self.rounds[PEER], strict=True)
+        return [ours.throughput / peer.throughput for ours, peer in pairs]
+
     def ratio(self, side: str) -> float:
         """Median over rounds of this side's throughput / the peer's in the same round."""
-        pairs = zip(self.rounds[side], self.rounds[PEER], strict=True)
-        return statistics.median(ours.throughput / peer.throughput for ours, peer in pairs)
+        return statistics.median(self.ratios(side))
 
 
 #: ``ort_server.py``'s environment: the ONNX Runtime peer's pins plus the WordPiece tokenizer our
@@ -473,12 +477,17 @@ def traffic_report(run: TrafficRun) -> list[str]:
                 f"| {ratio} | {p99_vs} |"
             )
         for side in (OURS_ZMQ, OURS_HTTP):
-            ratio, p99 = row.ratio(side), row.latency_ms(side, 99)
+            ratio, p99, spread = row.ratio(side), row.latency_ms(side, 99), row.ratios(side)
             cpu = row.cpu_ms_per_sentence(PEER) / row.cpu_ms_per_sentence(side)
+            line = traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO, (min(spread), max(spread)))
             verdicts.append(
-                f"- {row.scenario.label}, {side}: {traffic.verdict(ratio, p99, peer_p99, TARGET_RATIO)} "
-                f"(the peer's server CPU per sentence / ours: {cpu:.2f}x)"
+                f"- {row.scenario.label}, {side}: {line} (the peer's server CPU per sentence / ours: {cpu:.2f}x)"
             )
+        each = "; ".join(
+            f"{side} {', '.join(f'{r.throughput:.0f}' for r in row.rounds[side])}"
+            for side in (OURS_ZMQ, OURS_HTTP, PEER)
+        )
+        verdicts.append(f"- {row.scenario.label}, sentences/s of each round in order: {each}")
     return [
         f"## Natural-length traffic: ours vs ONNX Runtime as a batching server (target: >= {TARGET_RATIO}x "
         "throughput at equal or lower p99)",

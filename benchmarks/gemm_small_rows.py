@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = time_tensorflow(mats)
     peer = {int(k): v for k, v in json.loads(peer_out.strip().splitlines()[-1]).items()}
     flops_per_row = sum(2 * m.shape[0] * m.shape[1] for m in mats)
-    megabytes = sum(m.nbytes for m in mats) / 2**20
+    megabytes = sum({id(m): m.nbytes for m in mats}.values()) / 2**20  # each matrix once
     print(
         f"24 dense-layer GEMMs of MiniLM, {megabytes:.0f} MiB of weights ({'resident' if args.resident else 'distinct'})"
     )

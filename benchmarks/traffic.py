@@ -97,15 +97,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def verdict(ratio: float, p99_ms: float, peer_p99_ms: float, target: float) -> str:
-    """The target line: ``ratio`` x the peer's throughput at a p99 no higher than the peer's; by how much missed."""
+def verdict(
+    ratio: float, p99_ms: float, peer_p99_ms: float, target: float, spread: tuple[float, float] | None = None
+) -> str:
+    """The target line: ``ratio`` x the peer's throughput at a p99 no higher than the peer's; by how much missed.
+
+    ``spread`` (the lowest and highest per-round ratio) is shown beside the ratio: a median near
+    the target means little when the rounds disagree.
+    """
     misses = []
     if ratio < target:
         misses.append(f"throughput {target - ratio:.2f}x short ({target / ratio - 1:.0%} more needed)")
     if p99_ms > peer_p99_ms:
         misses.append(f"p99 {p99_ms / peer_p99_ms - 1:.0%} above the peer's")
     head = (
-        f"{ratio:.2f}x the peer's throughput (target {target}x), p99 {p99_ms:.0f} ms vs the peer's "
+        f"{ratio:.2f}x the peer's throughput"
+        + (f" (per round {spread[0]:.2f}-{spread[1]:.2f}x)" if spread else "")
+        + f" (target {target}x), p99 {p99_ms:.0f} ms vs the peer's "
         f"{peer_p99_ms:.0f} ms: "
     )
     return head + ("**met**" if not misses else "**not met**: " + "; ".join(misses))
