@@ -8,6 +8,7 @@ script on a tiny fine-tuned checkpoint. Every wait is bounded; processes are kil
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import sys
@@ -56,6 +57,69 @@ def test_sigterm_finishes_in_flight_work_refuses_new_work_and_exits(fake_process
     assert server.proc.wait(20) == 0
     assert time.monotonic() - sent < 20
     assert "draining" in server.log and "server stopped" in server.log
+
+
+def test_a_draining_server_closes_kept_alive_http_connections(fake_process):
+    """After SIGTERM each kept-alive connection gets one answer with ``Connection: close``, then EOF.
+
+    Behind a Service, a client's kept-alive connection stays on the pod it first reached; a
+    draining pod that kept the connection open would answer every later request 503 until it
+    exits. Closing it makes the client's next request (its retry) open a new connection, which
+    the Service sends to a pod that is not draining.
+    """
+    server = fake_process(0.4, max_batch_size="4", drain_timeout="20")
+    server.wait_ready(60)
+
+    def post(conn: http.client.HTTPConnection, number: int) -> http.client.HTTPResponse:
+        conn.request(
+            "POST",
+            "/encode",
+            body=json.dumps({"id": number, "texts": [f"text {number}"]}),
+            headers={"Content-Type": "application/json"},
+        )
+        return conn.getresponse()
+
+    in_flight = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    idle = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    for conn in (in_flight, idle):  # both kept alive before the drain
+        r = post(conn, 1)
+        assert r.status == 200 and r.getheader("Connection", "").lower() != "close"
+        r.read()
+    with server.client() as bc:
+        bc.encode([f"busy {i}" for i in range(8)], blocking=False)  # 2 batches x 0.4 s ahead of ours
+        answer: list[tuple[int, str, bytes]] = []
+
+        def slow() -> None:
+            r = post(in_flight, 2)
+            answer.append((r.status, r.getheader("Connection", ""), r.read()))
+
+        waiter = threading.Thread(target=slow)
+        waiter.start()
+        wait_until(
+            lambda: json.loads(server.get("/status/server").text)["queue_depth"] == 9, what="in flight"
+        )
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: server.get("/readyz").status_code == 503, what="readiness dropped")
+        # A new request on a connection kept alive from before: one 503, then the server closes.
+        idle.sock.sendall(
+            b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 29\r\n\r\n"
+            + b'{"id": 3, "texts": ["three"]}'
+        )
+        idle.sock.settimeout(10)
+        received = b""
+        while chunk := idle.sock.recv(65536):  # returns b"" once the server closed; times out if not
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["type"] == "ShuttingDown"
+        assert b"connection: close" in head.lower()
+        waiter.join(30)
+        status, connection, body = answer[0]
+        assert status == 200 and json.loads(body)["id"] == 2  # in-flight work is still answered...
+        assert connection.lower() == "close"  # ...and that connection closed after it
+        bc.fetch_all()
+    for conn in (in_flight, idle):
+        conn.close()
+    assert server.proc.wait(20) == 0
 
 
 def test_drain_timeout_bounds_the_shutdown(fake_process):

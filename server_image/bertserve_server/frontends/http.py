@@ -209,7 +209,7 @@ class HttpFrontend:
     def build_app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.config.max_request_bytes,
-            middlewares=[self._cors_middleware, self._auth_middleware],
+            middlewares=[self._close_when_draining, self._cors_middleware, self._auth_middleware],
         )
         for route in self.routes():
             app.router.add_route(route.method, route.path, route.handler)
@@ -288,6 +288,21 @@ class HttpFrontend:
         if origin and origin in allowed:
             return origin
         return None
+
+    @web.middleware
+    async def _close_when_draining(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Once the server drains, every answer closes its connection (``Connection: close``).
+
+        Why: behind a Service a client's kept-alive connection stays on the pod it first
+        reached. A draining pod refuses new work (503 ``ShuttingDown``); if it kept the
+        connection open, every later request on it would get 503 until the pod exits. Closed,
+        the client's next request, its retry included, opens a new connection, which the Service
+        sends to a pod that is not draining. Work accepted before the drain is still answered.
+        """
+        response = await handler(request)
+        if self.service.batcher.closed:
+            response.force_close()
+        return response
 
     @web.middleware
     async def _cors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
