@@ -10,7 +10,8 @@ same weights) gets the batching a competent server would give it, and the same l
   same ``vocab.txt``, lower-cased, cut at ``--max-seq-len``), as our server does;
 - one model thread takes every row waiting (after the first, up to ``--max-wait-ms`` for company
   while fewer than ``--max-batch-size`` wait), sorts the rows by length and runs them in batches
-  of at most ``--max-batch-size``, each padded only to its own longest row (:func:`plan_batches`);
+  of at most ``--max-batch-size``, each padded only to its own longest row (:func:`plan_batches`),
+  answering each request as soon as its last row is encoded (:func:`run_batches`);
 - pooling is masked REDUCE_MEAN of the last layer (``-pooling_layer -1`` on our side);
 - the answer is ``{"id", "result", "status": 200}`` as our ``/encode`` answers, the vectors
   written by orjson as ours are (float32 in the shortest exact form).
@@ -143,11 +144,14 @@ def run_batches(
 ) -> int:
     """Encode the rows of ``taken`` in length-sorted batches, write each vector back, resolve each request.
 
-    Returns the number of batches run. A failing batch fails every request it touched (with the
-    error text); the others still get their answers.
+    A request is resolved as soon as its last row is encoded (as our batcher does), not when the
+    whole take is done, so its client sends its next request sooner. Returns the number of batches run. A
+    failing batch fails every request it touched (with the error text); the others still get
+    their answers.
     """
     owners = [(p, i) for p in taken for i in range(len(p.rows))]
     plan = plan_batches([len(p.rows[i]) for p, i in owners], max_batch_size)
+    left = {id(p): len(p.rows) for p in taken}
     for batch in plan:
         members = [owners[j] for j in batch]
         try:
@@ -155,14 +159,15 @@ def run_batches(
             if stats is not None:
                 stats.add(mask)
             vectors = encode(ids, mask)
+            for (p, i), vector in zip(members, vectors, strict=True):
+                p.vectors[i] = vector
         except Exception as exc:  # the answer says what failed; the server keeps serving
             for p, _ in members:
                 p.error = f"{type(exc).__name__}: {exc}"
-            continue
-        for (p, i), vector in zip(members, vectors, strict=True):
-            p.vectors[i] = vector
-    for p in taken:
-        p.done.set()
+        for p, _ in members:
+            left[id(p)] -= 1
+            if not left[id(p)]:
+                p.done.set()
     return len(plan)
 
 

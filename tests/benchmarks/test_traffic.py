@@ -173,6 +173,22 @@ def test_run_batches_answers_each_request_in_its_own_order() -> None:
     assert [v.tolist() for v in second.vectors] == [[7, 6], [4, 4]]
 
 
+def test_a_request_is_answered_as_soon_as_its_last_row_is_encoded() -> None:
+    """As our batcher does: a request whose rows all ran in an early batch does not wait for the take."""
+    queue = ort_server.RowQueue(max_batch_size=2, max_wait_s=0)
+    short = queue.submit([[101, 1, 102], [101, 2, 102]])
+    long = queue.submit([[101, 3, 3, 3, 3, 102], [101, 4, 4, 4, 4, 102]])
+    done_at_call: list[tuple[bool, bool]] = []
+
+    def encode(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        done_at_call.append((short.done.is_set(), long.done.is_set()))
+        return np.zeros((len(ids), 2), np.float32)
+
+    assert ort_server.run_batches(queue.take(1), 2, encode) == 2
+    assert done_at_call == [(False, False), (True, False)]  # short answered before long's batch ran
+    assert short.done.is_set() and long.done.is_set()
+
+
 def test_a_failing_batch_fails_only_its_requests() -> None:
     queue = ort_server.RowQueue(max_batch_size=1, max_wait_s=0)
     short = queue.submit([[101, 102]])
