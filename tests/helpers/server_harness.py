@@ -99,6 +99,11 @@ def encode_rows_alone(
     return np.stack([encoder.encode(pad_batch([row], len(row)))[0] for row in rows])
 
 
+def http_url(server: BertServer, path: str) -> str:
+    """``path`` on an in-process server's HTTP port (``http_port=0`` given to :func:`fake_server`)."""
+    return f"http://127.0.0.1:{server.config.http_port}{path}"
+
+
 def expected_vectors(server: BertServer, texts: list[str], is_tokenized: bool = False) -> np.ndarray:
     """:func:`encode_rows_alone` with an in-process server's own tokenizer and encoder."""
     return encode_rows_alone(server.service.tokenizer, server.encoders[0], texts, is_tokenized)

@@ -15,15 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from server_harness import expected_vectors, fake_server
+from server_harness import expected_vectors, fake_server, http_url
 
 import bertserve_server.frontends.http as http_frontend
 
 TEXTS = ["hello world", "good day", "a b c d e f g", "the quick brown fox"]
-
-
-def url(server: Any, path: str) -> str:
-    return f"http://127.0.0.1:{server.config.http_port}{path}"
 
 
 def number_texts(value: Any) -> list[str]:
@@ -58,7 +54,7 @@ def assert_exact_and_shortest(numbers: list[str], expected: np.ndarray) -> None:
 @pytest.mark.parametrize("fp16", [False, True], ids=["float32", "fp16"])
 def test_encode_answer_numbers_are_the_vectors_values_in_shortest_form(tmp_path, fp16):
     with fake_server(tmp_path, http_port=0, fp16=fp16) as server:
-        r = requests.post(url(server, "/encode"), json={"id": 7, "texts": TEXTS}, timeout=10)
+        r = requests.post(http_url(server, "/encode"), json={"id": 7, "texts": TEXTS}, timeout=10)
         assert r.status_code == 200
         body = json.loads(r.text, parse_float=str)
         assert body["id"] == 7 and body["status"] == 200
@@ -69,7 +65,7 @@ def test_encode_answer_numbers_are_the_vectors_values_in_shortest_form(tmp_path,
 
 def test_per_token_answers_keep_their_shape_and_values(tmp_path):
     with fake_server(tmp_path, http_port=0, pooling_strategy="NONE", max_seq_len=6) as server:
-        r = requests.post(url(server, "/encode"), json={"id": 1, "texts": TEXTS[:2]}, timeout=10)
+        r = requests.post(http_url(server, "/encode"), json={"id": 1, "texts": TEXTS[:2]}, timeout=10)
         assert r.status_code == 200
         result = json.loads(r.text, parse_float=str)["result"]
         assert [len(result), len(result[0]), len(result[0][0])] == [2, 6, 8]
@@ -84,7 +80,7 @@ def test_a_large_answer_is_streamed_in_pieces_with_every_value_exact(tmp_path, m
     monkeypatch.setattr(http_frontend, "CHUNK_BYTES", 2048)  # many pieces, each cut between rows
     texts = [f"w{i % 97} x{i % 13} y{i % 7}" for i in range(4500)]  # 4500 x 8 x 8 bytes > OFFLOAD_BYTES
     with fake_server(tmp_path, http_port=0, max_batch_size=256) as server:
-        r = requests.post(url(server, "/encode"), json={"id": "big", "texts": texts}, timeout=60)
+        r = requests.post(http_url(server, "/encode"), json={"id": "big", "texts": texts}, timeout=60)
         assert r.status_code == 200
         assert int(r.headers["Content-Length"]) == len(r.content)
         body = json.loads(r.text, parse_float=str)
@@ -94,7 +90,7 @@ def test_a_large_answer_is_streamed_in_pieces_with_every_value_exact(tmp_path, m
 
 def test_openai_float_embeddings_are_the_vectors_values_in_shortest_form(tmp_path):
     with fake_server(tmp_path, http_port=0) as server:
-        r = requests.post(url(server, "/v1/embeddings"), json={"input": TEXTS, "model": "m"}, timeout=10)
+        r = requests.post(http_url(server, "/v1/embeddings"), json={"input": TEXTS, "model": "m"}, timeout=10)
         assert r.status_code == 200
         body = json.loads(r.text, parse_float=str)
         assert [d["index"] for d in body["data"]] == [0, 1, 2, 3]

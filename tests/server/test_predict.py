@@ -13,17 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import requests
-from server_harness import fake_server, wait_until
+from server_harness import fake_server, http_url, wait_until
 
 from bertserve_api.contract import API_KEY_ENV
 from bertserve_server.batcher import Batcher
 from bertserve_server.classifier import LabelError
 from bertserve_server.encoder import CLASSIFY, ENCODE, pad_batch
 from bertserve_server.tokenization import BertTokenizer
-
-
-def url(server, path: str) -> str:
-    return f"http://127.0.0.1:{server.config.http_port}{path}"
 
 
 def alone(server, example) -> np.ndarray:
@@ -38,7 +34,7 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 
 
 def post(server, body, path="/predict"):
-    return requests.post(url(server, path), json=body, timeout=10)
+    return requests.post(http_url(server, path), json=body, timeout=10)
 
 
 @pytest.fixture
@@ -135,7 +131,7 @@ def test_predict_shares_the_queue_and_metrics_with_encode(tmp_path):
         slow.join(10)
         server.encoders[0].delay_s = 0.0
         assert post(server, {"inputs": "b"}).status_code == 200
-        text = requests.get(url(server, "/metrics"), timeout=10).text
+        text = requests.get(http_url(server, "/metrics"), timeout=10).text
         assert 'bertserve_requests_total{frontend="http",kind="predict",outcome="ok"} 1.0' in text
         assert 'bertserve_requests_total{frontend="http",kind="predict",outcome="busy"} 1.0' in text
 
@@ -190,10 +186,12 @@ def test_predict_needs_the_api_key_like_encode(tmp_path, monkeypatch):
     monkeypatch.setenv(API_KEY_ENV, "predict-key-" + "p" * 32)
     with fake_server(tmp_path, http_port=0, classifier=True) as server:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
-            r = requests.post(url(server, "/predict"), json={"inputs": "hello"}, headers=headers, timeout=10)
+            r = requests.post(
+                http_url(server, "/predict"), json={"inputs": "hello"}, headers=headers, timeout=10
+            )
             assert r.status_code == 401 and r.json()["type"] == "Unauthorized"
         auth = {"Authorization": "Bearer predict-key-" + "p" * 32}
-        r = requests.post(url(server, "/predict"), json={"inputs": "hello"}, headers=auth, timeout=10)
+        r = requests.post(http_url(server, "/predict"), json={"inputs": "hello"}, headers=auth, timeout=10)
         assert r.status_code == 200 and len(r.json()) == 2
 
 
