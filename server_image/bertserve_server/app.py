@@ -107,6 +107,8 @@ class BertServer:
         self.encoders: list[Encoder] = []
         self.workers: list[Worker] = []
         self._large_calls: threading.Thread | None = None
+        self._stop_building = threading.Event()  # cancels the large-call build (see shutdown)
+        self._interruptible = True
         self.zmq: ZmqFrontend | None = None
         self.http: HttpFrontend | None = None
         self.peering: PeerMesh | None = None
@@ -120,6 +122,17 @@ class BertServer:
     @property
     def shutdown_requested(self) -> bool:
         return self._shutdown.is_set()
+
+    @property
+    def interruptible(self) -> bool:
+        """Whether start-up may still be abandoned by raising from a signal handler.
+
+        True while the model loads and warms up (long steps a pod deletion must not wait for).
+        False from the first step that makes the server live: a raise landing between those
+        steps would leave threads started and not recorded (the large-call build among them),
+        so from then on a signal only asks for the drain that follows ready.
+        """
+        return self._interruptible
 
     def _check_abort(self) -> None:
         if self._shutdown.is_set():
@@ -169,6 +182,7 @@ class BertServer:
         warm_up(self.encoders)
         self.startup.add("warmup", time.perf_counter() - warming)
         self._check_abort()
+        self._interruptible = False
         logger.info(
             "model loaded and warmed up in %.1fs on %s",
             time.perf_counter() - started,
@@ -195,7 +209,7 @@ class BertServer:
         self.service.set_ready()
         logger.info("startup phases: %s (process start to ready)", self.startup.summary())
         logger.info(READY_LOG_LINE)
-        self._large_calls = prepare_large_calls(self.encoders)
+        self._large_calls = prepare_large_calls(self.encoders, self._stop_building)
 
     def _status_extra(self) -> dict[str, Any]:
         return {
@@ -228,6 +242,8 @@ class BertServer:
         """Drain and stop. True if every accepted request was answered in time."""
         budget = self.config.drain_timeout if drain_timeout is None else drain_timeout
         deadline = time.monotonic() + budget
+        self._interruptible = False  # a second signal must not cut the drain short
+        self._stop_building.set()  # the build stops at its next step; joined below
         if self.peering is not None and self.zmq is not None:
             self.peering.hand_off(deadline)  # not Ready; clients' PUSH connections move to peers
         if self.service is not None:
@@ -252,8 +268,11 @@ class BertServer:
         self.batcher.stop()
         for worker in self.workers:
             worker.join(timeout=5.0)
-        if self._large_calls is not None:
-            self._large_calls.join(timeout=max(1.0, deadline - time.monotonic()))
+        if self._large_calls is not None and self._large_calls.is_alive():
+            # Never past a running build: TensorFlow torn down under it aborts the process
+            # (SIGABRT instead of exit 0). Cancelled, it ends within one step (one trace).
+            logger.info("waiting for the large-call function's build to stop")
+            self._large_calls.join()
         if self.peering is not None:
             self.peering.detach()  # answers still arriving from peers wait in the mesh, not in a closed outbox
         if self.zmq is not None:
@@ -283,13 +302,11 @@ def serve(
     server = BertServer(
         config, encoder_factory=encoder_factory, tokenizer=tokenizer, router_factory=router_factory
     )
-    loading = threading.Event()
-    loading.set()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("received %s: draining", signal.Signals(signum).name)
         server.request_shutdown()
-        if loading.is_set():
+        if server.interruptible:
             raise StartupAbortedError(f"{signal.Signals(signum).name} during start-up")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -297,14 +314,11 @@ def serve(
         aborted = False
         try:
             server.start()
-            loading.clear()
             server.wait()
         except StartupAbortedError as exc:
-            loading.clear()
             aborted = True
             logger.info("start-up aborted: %s", exc)
         except Exception as exc:
-            loading.clear()
             logger.error("start-up failed: %s: %s", type(exc).__name__, exc)
             logger.debug("start-up failure details", exc_info=True)
             server.shutdown(drain_timeout=0.0)

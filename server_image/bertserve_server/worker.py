@@ -179,14 +179,16 @@ def distinct_encoders(encoders: Sequence[Encoder]) -> list[Encoder]:
     return list({id(e): e for e in encoders}.values())
 
 
-def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
+def prepare_large_calls(encoders: Sequence[Encoder], cancel: threading.Event) -> threading.Thread | None:
     """Build the large-call function of each distinct encoder that has size classes, in the background.
 
     Why after ready, not in the warm-up: it doubles the trace and warm-up (BERT-base: about 7 s
     on 2 cores), and until it is done large calls are merely slower, not wrong (see
     ``TFEncoder.prepare_large_calls``). Encoders without the method (fakes, other backends) are
-    skipped. Returns the thread (a daemon, so it never holds up an exit; ``shutdown`` joins it
-    briefly so TensorFlow is not torn down under it), or None when there is nothing to build.
+    skipped. ``cancel`` stops the build at its next step (a shutdown sets it). Returns the
+    thread, or None when there is nothing to build. The thread is not a daemon: the interpreter
+    must never finalize while it runs inside TensorFlow, which aborts the process (SIGABRT);
+    ``BertServer.shutdown`` cancels and joins it.
     """
     builders = [
         prepare
@@ -198,14 +200,16 @@ def prepare_large_calls(encoders: Sequence[Encoder]) -> threading.Thread | None:
 
     def build() -> None:
         for prepare in builders:
+            if cancel.is_set():
+                return
             try:
-                prepare()
+                prepare(cancel)
             except Exception:  # serving goes on with the small-call function
                 logger.exception(
                     "building the large-call function failed; every call keeps the small-call one"
                 )
 
-    thread = threading.Thread(target=build, name="large-calls", daemon=True)
+    thread = threading.Thread(target=build, name="large-calls")
     thread.start()
     return thread
 

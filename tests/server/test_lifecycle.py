@@ -163,6 +163,46 @@ def test_a_signal_while_the_model_loads_aborts_start_up_and_exits_cleanly(fake_p
     assert server.get("/healthz") is None  # the HTTP listener is closed too
 
 
+def test_a_sigterm_as_start_up_turns_ready_drains_like_any_other(fake_process, monkeypatch):
+    """A signal in start-up's last steps (after ready) must not abort them half done.
+
+    Start-up is interrupted by raising from the signal handler while the model loads; once the
+    server is live the same raise landed wherever start-up was, e.g. between starting the
+    large-call build and recording it, so the build was never waited for (see the next test).
+    """
+    monkeypatch.setenv("FAKE_SERVE_SIGTERM_AT_READY", "1")
+    monkeypatch.setenv("FAKE_SERVE_LARGE_CALLS_S", "0.5")
+    server = fake_process(0.0)
+    assert server.proc.wait(30) == 0, server.log
+    log = server.log
+    assert "all set, ready to serve request!" in log
+    assert "start-up aborted" not in log, log
+    assert "fake large calls: building" in log, log
+    stopped = log.index("server stopped")
+    assert max(log.find("fake large calls: built"), log.find("fake large calls: cancelled")) < stopped, log
+
+
+def test_a_sigterm_during_the_large_call_build_stops_it_before_the_process_exits(fake_process, monkeypatch):
+    """The large-call function is built in a thread after ready; TensorFlow must not be torn down
+    under it (a process that exited mid-build died with SIGABRT, "terminate called ...").
+
+    The build takes far longer than the drain budget here, so the server must cancel it and wait
+    for it to stop, not exit beside it nor wait out the whole build.
+    """
+    build_s = 60.0
+    monkeypatch.setenv("FAKE_SERVE_LARGE_CALLS_S", str(build_s))
+    server = fake_process(0.0, drain_timeout="0")
+    server.wait_ready(60)
+    wait_until(lambda: "fake large calls: building" in server.log, timeout=30, what="the build to begin")
+    sent = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == 0, server.log
+    assert time.monotonic() - sent < build_s / 4
+    log = server.log
+    assert "fake large calls: built" not in log
+    assert log.index("fake large calls: cancelled") < log.index("server stopped"), log
+
+
 @pytest.mark.tf
 def test_real_bert_serving_start_serves_a_fine_tuned_checkpoint(tmp_path, tiny_model_dir, tiny_finetuned_dir):
     """The seed's command line, end to end: ready after warm-up, right vectors, clean SIGTERM."""

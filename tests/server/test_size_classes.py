@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,43 @@ def test_no_size_classes_where_weights_are_variables_or_xla(tiny_model_dir: Path
         assert not encoder.size_classes
         assert encoder.prepare_large_calls() == 0
         assert not encoder.large_calls_ready
+
+
+class _SetAfterChecks(threading.Event):
+    """An event that sets itself once it has been checked ``n`` times: a shutdown mid-build."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.checks = 0
+        self._n = n
+
+    def is_set(self) -> bool:
+        self.checks += 1
+        if self.checks > self._n:
+            self.set()
+        return super().is_set()
+
+
+@pytest.mark.parametrize("checks_before_cancel", [0, 1, 2])
+def test_a_cancelled_large_call_build_keeps_the_small_call_function(
+    minilm_google_dir: Path, checks_before_cancel: int
+) -> None:
+    """Cancelled before it starts, after the trace or after the first warm-up call: no function
+    is installed, calls keep working, and a later build (not cancelled) still completes."""
+    from bertserve_server.model.tf_encoder import TFEncoder
+
+    encoder = TFEncoder(minilm_google_dir, pooling_layer=[-1])
+    encoder.warm_up()
+    inputs = _inputs(6, 40, seed=3)  # more matmul rows than the small class
+    expected = encoder.encode_arrays(*inputs)
+    cancel = _SetAfterChecks(checks_before_cancel)
+    assert encoder.prepare_large_calls(cancel) == 0
+    assert cancel.checks == checks_before_cancel + 1  # it stopped at the first check that saw it
+    assert not encoder.large_calls_ready
+    np.testing.assert_array_equal(encoder.encode_arrays(*inputs), expected)
+    assert encoder.prepare_large_calls(threading.Event()) > 0
+    assert encoder.large_calls_ready
+    np.testing.assert_allclose(encoder.encode_arrays(*inputs), expected, atol=1e-5, rtol=0)
 
 
 #: Runs in a fresh interpreter: oneDNN reads ONEDNN_VERBOSE once, when it first runs.

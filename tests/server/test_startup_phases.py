@@ -184,3 +184,35 @@ def test_the_large_call_function_is_built_after_ready_and_a_stop_during_it_is_cl
         assert "server stopped" in again.log
     finally:
         again.stop()
+
+
+@pytest.mark.tf
+def test_a_sigterm_while_the_large_call_function_builds_drains_and_exits_0(
+    tmp_path: Path, minilm_google_dir: Path
+) -> None:
+    """A rollout may stop a pod the moment it is ready, while its background build still runs.
+
+    MiniLM's large-call build takes over a second, longer than a ``-drain_timeout=0`` shutdown,
+    so the SIGTERM sent on the first ``/readyz`` 200 lands inside it. TensorFlow must not be torn
+    down under a running build: that could end the process with SIGABRT ("terminate called …")
+    instead of a drained exit 0.
+    """
+    import signal
+
+    flags, ports = server_flags(minilm_google_dir, max_seq_len="128", drain_timeout="0")
+    server = ServerProcess([*_server_command(), *flags], tmp_path / "server.log", **ports)
+    try:
+        server.wait_ready(240)
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(120)
+        log = server.log
+        assert code == 0, log[-3000:]
+        assert "terminate called" not in log
+        # The signal came after ready: a drain, not an aborted start-up.
+        assert "start-up aborted" not in log, log[-3000:]
+        # The build ended (built or cancelled) before the process went; with -drain_timeout=0
+        # it used to be left running while the interpreter shut down.
+        ended = max(log.find("large-call function ready"), log.find("large-call function's build cancelled"))
+        assert 0 <= ended < log.index("server stopped"), log[-3000:]
+    finally:
+        server.stop()

@@ -597,7 +597,7 @@ class TFEncoder:
         """Whether ``prepare_large_calls`` has built the large-call function (calls now use it)."""
         return self._large_function is not None
 
-    def prepare_large_calls(self) -> float:
+    def prepare_large_calls(self, cancel: threading.Event | None = None) -> float:
         """Build and warm up the function for calls of more than ``SMALL_CALL_ROWS`` rows; seconds taken.
 
         Until this returns every call runs on the small-call function: the same results (the
@@ -605,10 +605,19 @@ class TFEncoder:
         weights, 5-20 % slower. It is kept out of ``warm_up`` because it costs as much as the
         first trace and warm-up again (BERT-base: about 7 s on 2 cores), which would push
         readiness out; the server runs it in the background once it is ready. Safe to call from
-        another thread while calls run. Returns 0 where there are no size classes or it ran.
+        another thread while calls run. ``cancel`` (a shutdown) is checked between the trace and
+        each warm-up call, so a cancelled build ends within one of them and leaves the small-call
+        function in use. Returns 0 where there are no size classes, it ran, or it was cancelled.
         """
+
+        def cancelled() -> bool:
+            if cancel is not None and cancel.is_set():
+                logger.info("large-call function's build cancelled (shutting down)")
+                return True
+            return False
+
         with self._large_lock:
-            if not self._size_classes or self._large_function is not None:
+            if not self._size_classes or self._large_function is not None or cancelled():
                 return 0.0
             started = time.perf_counter()
             with tf.device(self._device):
@@ -619,8 +628,12 @@ class TFEncoder:
                 rows = -(-(SMALL_CALL_ROWS + 1) // length) * 2
                 ids = np.ones((rows, length), np.int32)
                 mask = np.ones_like(ids)
+                if cancelled():
+                    return 0.0
                 function(ids, mask, np.zeros_like(ids))
                 mask[1::2, length // 2 :] = 0
+                if cancelled():
+                    return 0.0
                 function(ids, mask, np.zeros_like(ids))
             self._numpy_params.clear()
             self._large_function = function
