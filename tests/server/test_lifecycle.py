@@ -81,7 +81,8 @@ def test_a_draining_server_closes_kept_alive_http_connections(fake_process):
 
     in_flight = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
     idle = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-    for conn in (in_flight, idle):  # both kept alive before the drain
+    astray = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    for conn in (in_flight, idle, astray):  # all kept alive before the drain
         r = post(conn, 1)
         assert r.status == 200 and r.getheader("Connection", "").lower() != "close"
         r.read()
@@ -100,24 +101,35 @@ def test_a_draining_server_closes_kept_alive_http_connections(fake_process):
         )
         server.proc.send_signal(signal.SIGTERM)
         wait_until(lambda: server.get("/readyz").status_code == 503, what="readiness dropped")
+
+        def until_closed(conn: http.client.HTTPConnection, request: bytes) -> tuple[bytes, bytes]:
+            """Send raw bytes on a kept-alive connection; read until the server closes it."""
+            assert conn.sock is not None
+            conn.sock.sendall(request)
+            conn.sock.settimeout(10)
+            received = b""
+            while chunk := conn.sock.recv(65536):  # b"" once the server closed; times out if not
+                received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            return head, body
+
         # A new request on a connection kept alive from before: one 503, then the server closes.
-        idle.sock.sendall(
+        head, body = until_closed(
+            idle,
             b"POST /encode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 29\r\n\r\n"
-            + b'{"id": 3, "texts": ["three"]}'
+            + b'{"id": 3, "texts": ["three"]}',
         )
-        idle.sock.settimeout(10)
-        received = b""
-        while chunk := idle.sock.recv(65536):  # returns b"" once the server closed; times out if not
-            received += chunk
-        head, _, body = received.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 503") and json.loads(body)["type"] == "ShuttingDown"
         assert b"connection: close" in head.lower()
+        # The same for an answer the router gives (no such route), not a handler.
+        head, _ = until_closed(astray, b"GET /no-such-route HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404") and b"connection: close" in head.lower(), head
         waiter.join(30)
         status, connection, body = answer[0]
         assert status == 200 and json.loads(body)["id"] == 2  # in-flight work is still answered...
         assert connection.lower() == "close"  # ...and that connection closed after it
         bc.fetch_all()
-    for conn in (in_flight, idle):
+    for conn in (in_flight, idle, astray):
         conn.close()
     assert server.proc.wait(20) == 0
 

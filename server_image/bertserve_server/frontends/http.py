@@ -298,8 +298,15 @@ class HttpFrontend:
         connection open, every later request on it would get 503 until the pod exits. Closed,
         the client's next request, its retry included, opens a new connection, which the Service
         sends to a pod that is not draining. Work accepted before the drain is still answered.
+        Answers that are raised rather than returned (the router's 404 and 405) are turned into
+        responses here, so they close their connection too.
         """
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if not self.service.batcher.closed:
+                raise
+            response = web.Response(status=exc.status, reason=exc.reason, text=exc.text, headers=exc.headers)
         if self.service.batcher.closed:
             response.force_close()
         return response
