@@ -186,7 +186,13 @@ def _flags() -> tuple[Flag, ...]:
             "(card memory read with nvidia-smi); 1.0, or no nvidia-smi, = no cap, memory grows on demand",
         ),
         f("device_map", "device_map", "int_list", "GPU ids for the workers (round-robin); empty = all"),
-        f("prefetch_size", "prefetch_size", "int", "batches tokenized ahead of the device per worker"),
+        f(
+            "prefetch_size",
+            "prefetch_size",
+            "int",
+            "accepted for compatibility; no effect: requests are tokenized as they arrive and a batch "
+            "is formed when a worker is free, so nothing waits tokenized per worker",
+        ),
         f(
             "fixed_embed_length",
             "fixed_embed_length",
