@@ -17,13 +17,15 @@ owns it, and nothing else:
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from bertserve_api.contract import ServerConfig
 from bertserve_server.batcher import Batcher
@@ -233,6 +235,11 @@ class BertServer:
 
     # -- running and stopping --------------------------------------------------------------------
 
+    @property
+    def model_calls_running(self) -> bool:
+        """Whether a worker is still inside a model call (after ``shutdown``: one that outlived it)."""
+        return any(worker.is_alive() for worker in self.workers)
+
     def wait(self, poll_s: float = 0.5) -> None:
         """Block until a shutdown is requested (signals are handled between polls)."""
         while not self._shutdown.wait(poll_s):
@@ -268,6 +275,11 @@ class BertServer:
         self.batcher.stop()
         for worker in self.workers:
             worker.join(timeout=5.0)
+        if self.model_calls_running:
+            logger.warning(
+                "%s still in a model call after the drain; its batch is abandoned",
+                ", ".join(w.name for w in self.workers if w.is_alive()),
+            )
         if self._large_calls is not None and self._large_calls.is_alive():
             # Never past a running build: TensorFlow torn down under it aborts the process
             # (SIGABRT instead of exit 0). Cancelled, it ends within one step (one trace).
@@ -312,6 +324,7 @@ def serve(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         aborted = False
+        code = 0
         try:
             server.start()
             server.wait()
@@ -321,10 +334,25 @@ def serve(
         except Exception as exc:
             logger.error("start-up failed: %s: %s", type(exc).__name__, exc)
             logger.debug("start-up failure details", exc_info=True)
-            server.shutdown(drain_timeout=0.0)
-            return 1
-        server.shutdown(drain_timeout=0.0 if aborted else None)
-        return 0
+            code = 1
+        server.shutdown(drain_timeout=0.0 if aborted or code else None)
+        if server.model_calls_running:
+            exit_now(code)
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process at once, without the interpreter's shutdown, after flushing the logs.
+
+    Why: a worker thread still inside TensorFlow when the interpreter shuts down is killed as
+    soon as its call returns, and that kill unwinding through TensorFlow's C++ frames aborts the
+    whole process (SIGABRT, "terminate called ..."). The drain is over and every frontend is
+    closed, so nothing is left to clean up that the kernel does not.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -157,6 +157,34 @@ def test_sigterm_when_idle_exits_promptly(fake_process):
     assert server.proc.wait(10) == 0 and time.monotonic() - sent < 5
 
 
+def test_a_model_call_outliving_the_drain_does_not_hold_up_or_break_the_exit(fake_process):
+    """A batch still running when the drain budget is spent is abandoned, and the process exits 0.
+
+    Its answer can no longer be delivered (the frontends are closed), so waiting for it only
+    delays the exit. Nor may the interpreter shut down beside it: a real model call returning
+    into a finalizing interpreter aborts the process (SIGABRT, "terminate called ..."), the
+    fault this stands in for with a batch that sleeps in the fake model.
+    """
+    server = fake_process(30.0, drain_timeout="0")
+    server.wait_ready(60)
+    with server.client() as bc:
+        bc.encode(["a long batch"], blocking=False)
+        wait_until(lambda: _in_flight(server), what="the batch to be accepted")
+        time.sleep(0.5)  # the worker takes it within -max_wait_ms (2 ms) and sleeps 30 s in it
+        sent = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) == 0, server.log
+    assert time.monotonic() - sent < 15
+    log = server.log
+    assert "still in a model call" in log, log
+    assert "server stopped" in log
+
+
+def _in_flight(server) -> bool:
+    response = server.get("/status/server")
+    return response is not None and json.loads(response.text)["queue_depth"] == 1
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_while_the_model_loads_aborts_start_up_and_exits_cleanly(fake_process, monkeypatch, sig):
     """A pod deleted while its model still loads must go at once, not after loading and warm-up."""
